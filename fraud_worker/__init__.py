@@ -1,0 +1,1 @@
+"""The fraud consumer and FraudService."""

@@ -1,0 +1,1 @@
+"""wallet-bench: load generator and invariant checker."""

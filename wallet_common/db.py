@@ -1,0 +1,161 @@
+"""Database engines for both backends, behind one small ``Database`` handle.
+
+PostgreSQL runs on psycopg 3 (async) with a sized pool and server-side timeouts
+(``statement_timeout``, ``lock_timeout``, ``idle_in_transaction_session_timeout``) so
+a stuck or cancelled call can never hold locks or a connection for long.
+
+SQLite (the embedded default) serialises writers. Write transactions start with
+``BEGIN IMMEDIATE`` so concurrent requests queue on the write lock (``busy_timeout``)
+instead of failing with "database is locked" when a reader tries to upgrade. Read-only
+work uses :meth:`Database.read`, a plain deferred ``BEGIN`` that WAL mode lets run
+beside a writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from wallet_common.config import Settings
+from wallet_common.errors import UnavailableError
+
+READONLY = "wallet_readonly"
+
+
+def _normalise(url: str) -> Any:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite")
+    raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}")
+
+
+def sync_url(url: str) -> str:
+    """The URL for blocking use (migrations, walletctl reconcile)."""
+    return str(_normalise(url).render_as_string(hide_password=False))
+
+
+def async_url(url: str) -> str:
+    parsed = _normalise(url)
+    if parsed.get_backend_name() == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return str(parsed.render_as_string(hide_password=False))
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for PostgreSQL or in-memory)."""
+    parsed = _normalise(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        readonly = connection.get_execution_options().get(READONLY, False)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = async_url(settings.database_url)
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, pool_size=5, max_overflow=0, pool_timeout=60)
+        _install_sqlite_hooks(engine)
+        return engine
+    if url.startswith("sqlite"):
+        raise ValueError("in-memory SQLite is not supported; give a file path")
+    options = (
+        f"-c statement_timeout={settings.db_statement_timeout_ms} "
+        f"-c lock_timeout={settings.db_lock_timeout_ms} "
+        "-c idle_in_transaction_session_timeout=60000"
+    )
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_timeout=10,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"options": options, "connect_timeout": 5},
+    )
+
+
+class Database:
+    """The engine plus the two ways to use it: a write transaction or a read."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(create_engine(settings))
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: commits when the block ends, rolls back on error."""
+        async with _translate_connection_errors(), self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (never takes SQLite's write lock)."""
+        async with _translate_connection_errors(), self.engine.connect() as connection:
+            connection = await connection.execution_options(**{READONLY: True})
+            async with connection.begin():
+                yield connection
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True when the database itself is unreachable (as opposed to a bad statement)."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError):
+        text = str(error.orig).lower()
+        return any(
+            marker in text
+            for marker in ("connection", "could not connect", "server closed", "terminating")
+        )
+    return isinstance(error, ConnectionError | OSError)
+
+
+@asynccontextmanager
+async def _translate_connection_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except (DBAPIError, OSError) as error:
+        if is_connection_error(error):
+            raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
+        raise

@@ -1,0 +1,154 @@
+"""Domain errors and the one table that maps them to gRPC status codes.
+
+Services raise these; the gRPC boundary (``grpc_server.ErrorInterceptor``) turns
+them into a status with a ``google.rpc.ErrorInfo`` (machine-readable ``reason``) and,
+for bad input, a ``google.rpc.BadRequest`` naming the field. An error stored for an
+idempotent replay is rebuilt with :func:`error_from_record`, so the replay carries
+exactly the original code, reason and message.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class WalletPlatformError(Exception):
+    """Base of every error a client may see. ``reason`` is stable, UPPER_SNAKE."""
+
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return status_code_for(self)
+
+    @property
+    def error_reason(self) -> str:
+        return self.reason
+
+
+class InvalidArgumentError(WalletPlatformError):
+    """Malformed input: the message names the field."""
+
+    reason = "INVALID_ARGUMENT"
+
+
+class NotFoundError(WalletPlatformError):
+    reason = "NOT_FOUND"
+
+
+class WalletNotFoundError(NotFoundError):
+    reason = "WALLET_NOT_FOUND"
+
+    def __init__(self, wallet_id: str) -> None:
+        super().__init__(f"wallet {wallet_id!r} not found", field="wallet_id")
+        self.wallet_id = wallet_id
+
+
+class TransferNotFoundError(NotFoundError):
+    reason = "TRANSFER_NOT_FOUND"
+
+    def __init__(self, transfer_id: str) -> None:
+        super().__init__(f"transfer {transfer_id!r} not found", field="transfer_id")
+
+
+class FailedPreconditionError(WalletPlatformError):
+    reason = "FAILED_PRECONDITION"
+
+
+class InsufficientFundsError(FailedPreconditionError):
+    reason = "INSUFFICIENT_FUNDS"
+
+
+class WalletFrozenError(FailedPreconditionError):
+    reason = "WALLET_FROZEN"
+
+
+class CurrencyMismatchError(FailedPreconditionError):
+    reason = "CURRENCY_MISMATCH"
+
+
+class AlreadyExistsError(WalletPlatformError):
+    reason = "ALREADY_EXISTS"
+
+
+class IdempotencyKeyReusedError(AlreadyExistsError):
+    reason = "REQUEST_ID_REUSED"
+
+
+class WalletAlreadyExistsError(AlreadyExistsError):
+    reason = "WALLET_ALREADY_EXISTS"
+
+
+class OutOfRangeError(WalletPlatformError):
+    reason = "OUT_OF_RANGE"
+
+
+class BalanceOverflowError(OutOfRangeError):
+    reason = "BALANCE_OVERFLOW"
+
+
+class UnavailableError(WalletPlatformError):
+    """A dependency (database, broker, another service) is down; the client may retry."""
+
+    reason = "UNAVAILABLE"
+
+
+class UnauthenticatedError(WalletPlatformError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(WalletPlatformError):
+    reason = "PERMISSION_DENIED"
+
+
+class ReplayedError(WalletPlatformError):
+    """An error rebuilt from an idempotency record: same code, reason and message."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self._code = code
+        self._reason = reason
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    @property
+    def error_reason(self) -> str:
+        return self._reason
+
+
+# The one mapping from domain errors to gRPC status codes (most specific base wins).
+STATUS_CODES: dict[type[WalletPlatformError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    OutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def status_code_for(error: WalletPlatformError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def error_to_record(error: WalletPlatformError) -> tuple[str, str, str]:
+    """(status code name, reason, message): what an idempotency record stores."""
+    return error.code.name, error.error_reason, error.message
+
+
+def error_from_record(code_name: str, reason: str, message: str) -> ReplayedError:
+    return ReplayedError(grpc.StatusCode[code_name], reason, message)

@@ -1,0 +1,238 @@
+"""The gRPC server builder every process uses.
+
+``create_server(settings, components)`` returns a started-ready ``grpc.aio.Server``
+and the bound port (bind port 0 in tests). Every server gets gRPC health
+(``grpc.health.v1.Health``), server reflection, and the error interceptor that turns
+domain errors into status codes with ``google.rpc`` details, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from sqlalchemy.exc import DBAPIError
+
+from wallet_common.db import is_connection_error
+from wallet_common.errors import (
+    InvalidArgumentError,
+    UnavailableError,
+    WalletPlatformError,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "wallet.v1"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class Component(Protocol):
+    """A part of a process: gRPC services and/or background tasks."""
+
+    name: str
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Register servicers; return their full service names (for health/reflection)."""
+        ...
+
+    async def start(self) -> None:
+        """Start background work (relays, consumers, sweepers). Called after bind."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop background work and release resources. Called before the server stops."""
+        ...
+
+
+def rich_status(error: WalletPlatformError) -> grpc.Status:
+    """A status with ErrorInfo (reason) and, for bad input, BadRequest (the field)."""
+    details: list[any_pb2.Any] = []
+    info = error_details_pb2.ErrorInfo(reason=error.error_reason, domain=ERROR_DOMAIN)
+    if error.field:
+        info.metadata["field"] = error.field
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if isinstance(error, InvalidArgumentError) and error.field:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=error.field, description=error.message
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
+    """The ErrorInfo reason of a failed call, for clients that classify errors."""
+    status = rpc_status.from_call(call_error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return None
+
+
+def _translate(error: BaseException) -> WalletPlatformError | None:
+    if isinstance(error, WalletPlatformError):
+        return error
+    if isinstance(error, DBAPIError | OSError) and is_connection_error(error):
+        return UnavailableError("database unavailable, retry later")
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    translated = _translate(error)
+    if translated is None:
+        log.exception("unhandled error in %s", method, exc_info=error)
+        status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+        await context.abort_with_status(rpc_status.to_status(status))
+        return
+    if translated.code in (grpc.StatusCode.UNAVAILABLE,):
+        log.warning("%s: %s", method, translated.message)
+    await context.abort_with_status(rich_status(translated))
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions from servicers to gRPC statuses; nothing else does."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner_uu(request, context)
+                except Exception as error:
+                    if _is_abort(error):
+                        raise
+                    await _abort(context, error, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except Exception as error:
+                    if _is_abort(error):
+                        raise
+                    await _abort(context, error, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _is_abort(error: BaseException) -> bool:
+    # context.abort() raises grpc.aio's AbortError; it must pass through untouched.
+    return type(error).__name__ in ("AbortError", "_AbortError") or isinstance(
+        error, grpc.aio.AbortError
+    )
+
+
+def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS when a client CA is given) from the settings; None = plaintext."""
+    if not getattr(settings, "tls_cert", ""):
+        return None
+    with open(settings.tls_cert, "rb") as handle:
+        cert = handle.read()
+    with open(settings.tls_key, "rb") as handle:
+        key = handle.read()
+    client_ca = None
+    if settings.tls_client_ca:
+        with open(settings.tls_client_ca, "rb") as handle:
+            client_ca = handle.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+async def create_server(
+    listen: str,
+    components: Sequence[Component],
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Build a server with every component, health and reflection; bind ``listen``.
+
+    Returns the server (not yet started), the bound port and the health servicer
+    (every service NOT_SERVING until the caller says otherwise with ``set_health``).
+    """
+    server = grpc.aio.server(
+        interceptors=[*interceptors, ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 1),
+            *options,
+        ],
+    )
+    service_names: list[str] = []
+    for component in components:
+        service_names.extend(component.add_to_server(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    if credentials is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    for name in [*service_names, ""]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, port, health_servicer
+
+
+async def set_health(
+    health_servicer: health.aio.HealthServicer, serving: bool, names: Sequence[str] = ("",)
+) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in names:
+        await health_servicer.set(name, status)

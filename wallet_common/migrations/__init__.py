@@ -1,0 +1,1 @@
+"""Alembic migrations for the shared database (applied at start-up by ``migrate``)."""

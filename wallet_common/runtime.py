@@ -1,0 +1,168 @@
+"""What a process shares between its components, and the serve loop.
+
+``run_server`` is the whole life of a server process: logging, failpoints,
+migrations, the database, the components, the gRPC server, health, then a clean
+stop on SIGINT/SIGTERM (health NOT_SERVING, components stopped, in-flight calls
+given a grace period, connections closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from wallet_common import failpoints, migrate
+from wallet_common.config import Settings
+from wallet_common.db import Database
+from wallet_common.grpc_server import (
+    Component,
+    create_server,
+    server_credentials,
+    set_health,
+)
+from wallet_common.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class Runtime:
+    """Shared by the components of one process (built once, in ``run_server``)."""
+
+    settings: Settings
+    db: Database
+    # "stack" when every service runs in this process, else the service's name.
+    role: str = "stack"
+    # Set once the server is bound: how this process reaches its own services.
+    self_target: str = ""
+    # Extra shared objects added by components (e.g. the event bus), by name.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+ComponentFactory = Callable[[Runtime], Sequence[Component]]
+InterceptorFactory = Callable[[Runtime], Sequence[grpc.aio.ServerInterceptor]]
+
+
+def _no_interceptors(_runtime: Runtime) -> Sequence[grpc.aio.ServerInterceptor]:
+    return ()
+
+
+class RunningServer:
+    """A started server and its components (``start_server``); ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        server: grpc.aio.Server,
+        port: int,
+        components: Sequence[Component],
+        health_servicer: Any,
+    ) -> None:
+        self.runtime = runtime
+        self.server = server
+        self.port = port
+        self.components = components
+        self.health = health_servicer
+
+    @property
+    def target(self) -> str:
+        return self.runtime.self_target
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        await set_health(self.health, serving=False)
+        for component in reversed(self.components):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("error stopping %s", component.name)
+        await self.server.stop(grace)
+        await self.runtime.db.dispose()
+
+
+async def start_server(
+    settings: Settings,
+    build_components: ComponentFactory,
+    *,
+    role: str,
+    build_interceptors: InterceptorFactory = _no_interceptors,
+) -> RunningServer:
+    """Migrate, build and start a server; tests call this with ``listen=127.0.0.1:0``."""
+    failpoints.configure(settings.failpoints)
+    await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    db = Database.from_settings(settings)
+    runtime = Runtime(settings=settings, db=db, role=role)
+    components = build_components(runtime)
+    server, port, health_servicer = await create_server(
+        settings.listen,
+        components,
+        interceptors=build_interceptors(runtime),
+        credentials=server_credentials(settings),
+    )
+    host = settings.listen.rsplit(":", 1)[0]
+    if host in ("0.0.0.0", "[::]", "", "::"):
+        host = "127.0.0.1"
+    runtime.self_target = f"{host}:{port}"
+    await server.start()
+    for component in components:
+        await component.start()
+    await set_health(health_servicer, serving=True)
+    services = [name for c in components for name in getattr(c, "service_names", ())]
+    await set_health(health_servicer, serving=True, names=services)
+    log.info(
+        "%s listening on %s",
+        role,
+        runtime.self_target,
+        extra={"components": [c.name for c in components]},
+    )
+    return RunningServer(runtime, server, port, components, health_servicer)
+
+
+async def serve_forever(
+    settings: Settings,
+    build_components: ComponentFactory,
+    *,
+    role: str,
+    build_interceptors: InterceptorFactory = _no_interceptors,
+) -> None:
+    running = await start_server(
+        settings, build_components, role=role, build_interceptors=build_interceptors
+    )
+    print(f"{role} listening on {running.target}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("%s stopping", role)
+    await running.stop()
+    log.info("%s stopped", role)
+
+
+def run_server(
+    description: str,
+    role: str,
+    default_listen: str,
+    build_components: ComponentFactory,
+    argv: Sequence[str] | None = None,
+    build_interceptors: InterceptorFactory = _no_interceptors,
+) -> None:
+    """The body of every server's ``main()``."""
+    from wallet_common.config import parse_settings
+
+    settings = parse_settings(description, argv, default_listen=default_listen)
+    setup_logging(settings.log_level, settings.log_format, settings.log_file)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve_forever(
+                settings, build_components, role=role, build_interceptors=build_interceptors
+            )
+        )

@@ -1,0 +1,106 @@
+"""Input validation shared by every service. Each failure names the field."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from wallet_common.errors import InvalidArgumentError
+
+INT64_MAX = 2**63 - 1
+WALLET_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+CURRENCY_RE = re.compile(r"[A-Z]{3}")
+REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+TRANSFER_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A safe excerpt of bad input for an error message (no NULs, no megabytes)."""
+    text = value[:limit].encode("unicode_escape").decode("ascii")
+    return text + ("..." if len(value) > limit else "")
+
+
+def wallet_id(value: str, field: str = "wallet_id") -> str:
+    if not value:
+        raise InvalidArgumentError(f"{field} is required", field=field)
+    if not WALLET_ID_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            f"{field} must be 1-64 characters of [A-Za-z0-9._:-], got {_shown(value)!r}",
+            field=field,
+        )
+    return value
+
+
+def transfer_id(value: str, field: str = "transfer_id") -> str:
+    if not value:
+        raise InvalidArgumentError(f"{field} is required", field=field)
+    if not TRANSFER_ID_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            f"{field} must be 1-64 characters of [A-Za-z0-9._:-], got {_shown(value)!r}",
+            field=field,
+        )
+    return value
+
+
+def currency(value: str, field: str = "currency") -> str:
+    if not value:
+        raise InvalidArgumentError(f"{field} is required", field=field)
+    if not CURRENCY_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            f"{field} must be an ISO 4217 code of three upper-case letters, got {_shown(value)!r}",
+            field=field,
+        )
+    return value
+
+
+def amount(value: int, field: str = "amount") -> int:
+    if value <= 0:
+        raise InvalidArgumentError(f"{field} must be > 0 minor units, got {value}", field=field)
+    if value > INT64_MAX:
+        raise InvalidArgumentError(f"{field} exceeds int64", field=field)
+    return value
+
+
+def request_id(value: str, field: str = "request_id") -> str:
+    if not value:
+        raise InvalidArgumentError(f"{field} is required", field=field)
+    if not REQUEST_ID_RE.fullmatch(value):
+        raise InvalidArgumentError(
+            f"{field} must be 1-128 printable ASCII characters without spaces, "
+            f"got {_shown(value)!r} ({len(value)} characters)",
+            field=field,
+        )
+    return value
+
+
+def page_size(value: int, field: str = "page_size") -> int:
+    if value < 0 or value > MAX_PAGE_SIZE:
+        raise InvalidArgumentError(f"{field} must be 0-{MAX_PAGE_SIZE}, got {value}", field=field)
+    return value or DEFAULT_PAGE_SIZE
+
+
+def encode_page_token(position: dict[str, Any]) -> str:
+    """Opaque cursor: URL-safe base64 of a small JSON object."""
+    raw = json.dumps(position, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, field: str = "page_token") -> dict[str, Any] | None:
+    """None for the first page; INVALID_ARGUMENT for anything we did not issue."""
+    if not token:
+        return None
+    if len(token) > 512:
+        raise InvalidArgumentError(f"{field} is too long", field=field)
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeError):
+        raise InvalidArgumentError(f"{field} is malformed", field=field) from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(f"{field} is malformed", field=field)
+    return data

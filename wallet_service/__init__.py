@@ -1,0 +1,1 @@
+"""WalletService: wallets, deposits, withdrawals, history, freeze, transfer steps."""
