@@ -34,8 +34,10 @@ def _admin_conninfo(url: str) -> str:
 
 
 def pg_database_url(name: str) -> str:
-    return make_url(PG_URL).set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
+    return (
+        make_url(PG_URL)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
     )
 
 

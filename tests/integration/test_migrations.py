@@ -73,9 +73,7 @@ def test_event_log_is_append_only_in_postgres(pg_database_url_fresh: str) -> Non
     try:
         with engine.begin() as conn:
             conn.execute(
-                sa.text(
-                    "INSERT INTO wallets VALUES ('w1', 'USD', 0, 'ACTIVE', 1, now(), now())"
-                )
+                sa.text("INSERT INTO wallets VALUES ('w1', 'USD', 0, 'ACTIVE', 1, now(), now())")
             )
             conn.execute(
                 sa.text(
