@@ -53,6 +53,10 @@ class Settings:
     db_statement_timeout_ms: int = 5000
     db_lock_timeout_ms: int = 3000
     transfer_wait_ms: int = 2000
+    saga_lease_ms: int = 15000
+    saga_sweep_interval_ms: int = 2000
+    saga_step_deadline_ms: int = 5000
+    saga_retry_max_ms: int = 2000
     workers: int = 1
     tls_cert: str = ""
     tls_key: str = ""
@@ -112,6 +116,25 @@ OPTIONS: tuple[Option, ...] = (
         "transfer_wait_ms",
         "WALLET_TRANSFER_WAIT_MS",
         "how long CreateTransfer waits for a terminal state, ms",
+        int,
+    ),
+    Option("saga_lease_ms", "WALLET_SAGA_LEASE_MS", "how long a replica owns a saga, ms", int),
+    Option(
+        "saga_sweep_interval_ms",
+        "WALLET_SAGA_SWEEP_INTERVAL_MS",
+        "how often the saga sweeper looks for unfinished sagas, ms",
+        int,
+    ),
+    Option(
+        "saga_step_deadline_ms",
+        "WALLET_SAGA_STEP_DEADLINE_MS",
+        "gRPC deadline per saga step call, ms",
+        int,
+    ),
+    Option(
+        "saga_retry_max_ms",
+        "WALLET_SAGA_RETRY_MAX_MS",
+        "longest backoff between saga step retries, ms",
         int,
     ),
     Option("workers", "WALLET_WORKERS", "server processes sharing the port", int),
