@@ -1,0 +1,41 @@
+"""Composition root of WalletService: one component named ``wallet``.
+
+``wallet-service`` and ``wallet-stack`` both call :func:`build_components`; the
+outbox relay (``wallet_service.relay``, event pipeline) adds its own component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from wallet.v1 import wallet_pb2_grpc
+from wallet_common.grpc_server import Component
+from wallet_common.runtime import Runtime
+from wallet_service.grpc_api import SERVICE_NAME, WalletServicer
+from wallet_service.service import WalletService
+
+
+class WalletComponent:
+    """Registers the WalletService servicer; it has no background work of its own."""
+
+    name = "wallet"
+
+    def __init__(self, service: WalletService) -> None:
+        self.service = service
+        self.service_names: tuple[str, ...] = (SERVICE_NAME,)
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        wallet_pb2_grpc.add_WalletServiceServicer_to_server(WalletServicer(self.service), server)
+        return self.service_names
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def build_components(runtime: Runtime) -> list[Component]:
+    return [WalletComponent(WalletService(runtime.db))]

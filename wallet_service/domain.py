@@ -1,0 +1,175 @@
+"""Pure wallet rules: what a balance change, a freeze or a past state looks like.
+
+No I/O here. The repository hands in the locked current state of a wallet and this
+module decides, deterministically, what the change is or which error it is. The same
+rules back the PostgreSQL single-statement fast path: its ``WHERE`` clause is built from
+:func:`balance_bounds`, and when that statement matches no row, :func:`plan_movement`
+on the locked row names the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import Enum
+
+from wallet_common.errors import (
+    BalanceOverflowError,
+    CurrencyMismatchError,
+    InsufficientFundsError,
+    WalletFrozenError,
+)
+
+INT64_MAX = 2**63 - 1
+ACTIVE = "ACTIVE"
+FROZEN = "FROZEN"
+
+# wallet_events.type values (see wallet_common.events for the full vocabulary).
+WALLET_CREATED = "wallet_created"
+FUNDS_DEPOSITED = "funds_deposited"
+FUNDS_WITHDRAWN = "funds_withdrawn"
+TRANSFER_DEBITED = "transfer_debited"
+TRANSFER_CREDITED = "transfer_credited"
+TRANSFER_REFUNDED = "transfer_refunded"
+WALLET_FROZEN = "wallet_frozen"
+WALLET_UNFROZEN = "wallet_unfrozen"
+
+STATUS_EVENTS = (WALLET_CREATED, WALLET_FROZEN, WALLET_UNFROZEN)
+
+
+@dataclass(frozen=True)
+class Wallet:
+    """A wallet's state: now (from ``wallets``) or as of some event (from the log)."""
+
+    wallet_id: str
+    currency: str
+    balance: int
+    status: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class WalletEvent:
+    """One immutable log entry."""
+
+    event_id: str
+    wallet_id: str
+    sequence: int
+    type: str
+    amount: int
+    balance_after: int
+    currency: str
+    transfer_id: str | None
+    request_id: str
+    audit_id: str | None
+    occurred_at: datetime
+
+
+class Movement(Enum):
+    """Each kind of balance change: its event type, direction and freeze rule."""
+
+    DEPOSIT = (FUNDS_DEPOSITED, +1, False)
+    WITHDRAW = (FUNDS_WITHDRAWN, -1, False)
+    TRANSFER_DEBIT = (TRANSFER_DEBITED, -1, False)
+    TRANSFER_CREDIT = (TRANSFER_CREDITED, +1, False)
+    # A refund undoes the platform's own debit, so a freeze must not trap the money.
+    TRANSFER_REFUND = (TRANSFER_REFUNDED, +1, True)
+
+    def __init__(self, event_type: str, sign: int, allowed_when_frozen: bool) -> None:
+        self.event_type = event_type
+        self.sign = sign
+        self.allowed_when_frozen = allowed_when_frozen
+
+    @property
+    def is_transfer_step(self) -> bool:
+        return self in (Movement.TRANSFER_DEBIT, Movement.TRANSFER_CREDIT, Movement.TRANSFER_REFUND)
+
+
+def balance_bounds(movement: Movement, amount: int) -> tuple[int, int]:
+    """The range the current balance must lie in for ``movement`` of ``amount`` to apply.
+
+    A debit needs ``balance >= amount`` (never below zero); a credit needs
+    ``balance <= INT64_MAX - amount`` (no overflow). Written as bounds on the current
+    balance, the check itself can never overflow, in Python or in SQL.
+    """
+    if movement.sign < 0:
+        return amount, INT64_MAX
+    return 0, INT64_MAX - amount
+
+
+def plan_movement(
+    wallet: Wallet, movement: Movement, amount: int, expected_currency: str = ""
+) -> int:
+    """The balance after ``movement``, or the business error that forbids it.
+
+    Order of checks (so a replayed error is the one a client can act on): currency,
+    frozen, funds, overflow.
+    """
+    if expected_currency and expected_currency != wallet.currency:
+        raise CurrencyMismatchError(
+            f"wallet {wallet.wallet_id!r} holds {wallet.currency}, not {expected_currency}",
+            field="currency",
+        )
+    if wallet.status != ACTIVE and not movement.allowed_when_frozen:
+        raise WalletFrozenError(f"wallet {wallet.wallet_id!r} is frozen", field="wallet_id")
+    low, high = balance_bounds(movement, amount)
+    if wallet.balance < low:
+        raise InsufficientFundsError(
+            f"wallet {wallet.wallet_id!r} has {wallet.balance}, needs {amount}", field="amount"
+        )
+    if wallet.balance > high:
+        raise BalanceOverflowError(
+            f"wallet {wallet.wallet_id!r}: balance {wallet.balance} + {amount} exceeds int64",
+            field="amount",
+        )
+    return wallet.balance + movement.sign * amount
+
+
+def plan_status_change(wallet: Wallet, freeze: bool) -> str | None:
+    """The event type a freeze/unfreeze produces, or None when already in that state.
+
+    Freezing a frozen wallet (or unfreezing an active one) is a successful no-op: the
+    caller's intent already holds, and an extra log entry would only add noise.
+    """
+    target = FROZEN if freeze else ACTIVE
+    if wallet.status == target:
+        return None
+    return WALLET_FROZEN if freeze else WALLET_UNFROZEN
+
+
+def status_after(event_type: str, previous: str) -> str:
+    """A wallet's status right after an event of ``event_type``."""
+    if event_type == WALLET_FROZEN:
+        return FROZEN
+    if event_type in (WALLET_UNFROZEN, WALLET_CREATED):
+        return ACTIVE
+    return previous
+
+
+def state_after(wallet: Wallet, event: WalletEvent, status: str) -> Wallet:
+    """The wallet as it stood right after ``event`` (time travel through the log)."""
+    return replace(
+        wallet,
+        balance=event.balance_after,
+        status=status,
+        version=event.sequence,
+        updated_at=event.occurred_at,
+    )
+
+
+def next_timestamp(now: datetime, last_change: datetime) -> datetime:
+    """A wallet's events get non-decreasing times, even if the clock steps back."""
+    return max(now, last_change)
+
+
+def fingerprint(method: str, *params: object) -> str:
+    """A stable hash of the method and its parameters (the idempotency fingerprint).
+
+    The method is part of it, so reusing a request_id on another RPC is detected.
+    """
+    raw = json.dumps([method, *params], separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(raw.encode()).hexdigest()

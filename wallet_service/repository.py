@@ -1,0 +1,399 @@
+"""SQL for the ledger tables (SQLAlchemy Core), for both backends.
+
+Every function takes the caller's connection: the service decides the transaction
+boundary, so the balance change, its event, its outbox row and the idempotency
+record always commit or roll back together.
+
+Concurrency rests on two database guarantees, never on Python-side checks:
+
+* the primary key of ``idempotency_records``: :func:`claim` inserts the key first
+  (``ON CONFLICT DO NOTHING``), so a concurrent duplicate blocks on it until the
+  first transaction ends and then reads its stored outcome;
+* the wallet row lock: :func:`lock_wallet` (``SELECT ... FOR UPDATE`` on PostgreSQL;
+  SQLite's ``BEGIN IMMEDIATE`` already serialises writers) or the conditional
+  ``UPDATE`` of the PostgreSQL fast path (:func:`pg_fast_movement`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet_common.clock import ensure_utc
+from wallet_common.schema import idempotency_records, outbox, wallet_events, wallets
+from wallet_service import domain
+
+SCOPE = "wallet"
+PENDING = "PENDING"  # a claimed key whose outcome is written later in the same transaction
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    fingerprint: str
+    status_code: str  # "OK" or a grpc.StatusCode name
+    error_reason: str | None
+    error_message: str | None
+    response: bytes | None
+
+
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def wallet_from_row(row: Any) -> domain.Wallet:
+    return domain.Wallet(
+        wallet_id=row.wallet_id,
+        currency=row.currency,
+        balance=row.balance,
+        status=row.status,
+        version=row.version,
+        created_at=ensure_utc(row.created_at),
+        updated_at=ensure_utc(row.updated_at),
+    )
+
+
+def event_from_row(row: Any) -> domain.WalletEvent:
+    return domain.WalletEvent(
+        event_id=row.event_id,
+        wallet_id=row.wallet_id,
+        sequence=row.sequence,
+        type=row.type,
+        amount=row.amount,
+        balance_after=row.balance_after,
+        currency=row.currency,
+        transfer_id=row.transfer_id,
+        request_id=row.request_id,
+        audit_id=row.audit_id,
+        occurred_at=ensure_utc(row.occurred_at),
+    )
+
+
+# --- idempotency ---------------------------------------------------------------------
+
+
+async def claim(conn: AsyncConnection, request_id: str, fingerprint: str, now: datetime) -> bool:
+    """Insert the idempotency key; False when it already exists (a replay or a reuse).
+
+    On PostgreSQL a concurrent transaction holding the same key makes this wait until
+    it ends: afterwards the key is either committed (we read its outcome) or gone
+    (we claim it). That is what makes 20 concurrent copies apply once.
+    """
+    statement = (
+        _insert(conn, idempotency_records)
+        .values(
+            scope=SCOPE,
+            request_id=request_id,
+            fingerprint=fingerprint,
+            status_code=PENDING,
+            created_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(idempotency_records.c.request_id)
+    )
+    # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
+    return (await conn.execute(statement)).first() is not None
+
+
+async def get_record(conn: AsyncConnection, request_id: str) -> IdempotencyRecord | None:
+    row = (
+        await conn.execute(
+            select(
+                idempotency_records.c.fingerprint,
+                idempotency_records.c.status_code,
+                idempotency_records.c.error_reason,
+                idempotency_records.c.error_message,
+                idempotency_records.c.response,
+            ).where(
+                idempotency_records.c.scope == SCOPE,
+                idempotency_records.c.request_id == request_id,
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return IdempotencyRecord(
+        row.fingerprint, row.status_code, row.error_reason, row.error_message, row.response
+    )
+
+
+async def finish_record(
+    conn: AsyncConnection,
+    request_id: str,
+    *,
+    response: bytes | None = None,
+    error: tuple[str, str, str] | None = None,
+) -> None:
+    """Store the outcome of a claimed key: a response, or (code, reason, message)."""
+    values: dict[str, Any]
+    if error is None:
+        values = {"status_code": "OK", "response": response}
+    else:
+        code, reason, message = error
+        values = {"status_code": code, "error_reason": reason, "error_message": message}
+    await conn.execute(
+        update(idempotency_records)
+        .where(
+            idempotency_records.c.scope == SCOPE,
+            idempotency_records.c.request_id == request_id,
+        )
+        .values(**values)
+    )
+
+
+# --- wallets and events --------------------------------------------------------------
+
+
+async def insert_wallet(conn: AsyncConnection, wallet: domain.Wallet) -> bool:
+    """Insert a new wallet row; False when the id is taken."""
+    statement = (
+        _insert(conn, wallets)
+        .values(
+            wallet_id=wallet.wallet_id,
+            currency=wallet.currency,
+            balance=wallet.balance,
+            status=wallet.status,
+            version=wallet.version,
+            created_at=wallet.created_at,
+            updated_at=wallet.updated_at,
+        )
+        .on_conflict_do_nothing()
+        .returning(wallets.c.wallet_id)
+    )
+    return (await conn.execute(statement)).first() is not None
+
+
+async def get_wallet(
+    conn: AsyncConnection, wallet_id: str, *, for_update: bool = False
+) -> domain.Wallet | None:
+    """The wallet row; with ``for_update`` it stays locked until the transaction ends."""
+    statement = select(wallets).where(wallets.c.wallet_id == wallet_id)
+    if for_update:
+        statement = statement.with_for_update()
+    row = (await conn.execute(statement)).first()
+    return None if row is None else wallet_from_row(row)
+
+
+async def save_change(
+    conn: AsyncConnection, wallet: domain.Wallet, event: domain.WalletEvent
+) -> None:
+    """Write the new state of a LOCKED wallet row and append its event."""
+    await conn.execute(
+        update(wallets)
+        .where(wallets.c.wallet_id == wallet.wallet_id)
+        .values(
+            balance=wallet.balance,
+            status=wallet.status,
+            version=wallet.version,
+            updated_at=wallet.updated_at,
+        )
+    )
+    await insert_event(conn, event)
+
+
+async def insert_event(conn: AsyncConnection, event: domain.WalletEvent) -> None:
+    await conn.execute(
+        wallet_events.insert().values(
+            event_id=event.event_id,
+            wallet_id=event.wallet_id,
+            sequence=event.sequence,
+            type=event.type,
+            amount=event.amount,
+            balance_after=event.balance_after,
+            currency=event.currency,
+            transfer_id=event.transfer_id,
+            request_id=event.request_id,
+            audit_id=event.audit_id,
+            occurred_at=event.occurred_at,
+        )
+    )
+
+
+async def insert_outbox(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(outbox.insert().values(**row))
+
+
+async def events_page(
+    conn: AsyncConnection, wallet_id: str, before_sequence: int | None, limit: int
+) -> list[domain.WalletEvent]:
+    """Up to ``limit`` events, newest first, with sequence < ``before_sequence``."""
+    statement = select(wallet_events).where(wallet_events.c.wallet_id == wallet_id)
+    if before_sequence is not None:
+        statement = statement.where(wallet_events.c.sequence < before_sequence)
+    statement = statement.order_by(wallet_events.c.sequence.desc()).limit(limit)
+    return [event_from_row(row) for row in await conn.execute(statement)]
+
+
+async def event_at_sequence(
+    conn: AsyncConnection, wallet_id: str, sequence: int
+) -> domain.WalletEvent | None:
+    row = (
+        await conn.execute(
+            select(wallet_events).where(
+                wallet_events.c.wallet_id == wallet_id, wallet_events.c.sequence == sequence
+            )
+        )
+    ).first()
+    return None if row is None else event_from_row(row)
+
+
+async def last_event_at_time(
+    conn: AsyncConnection, wallet_id: str, moment: datetime
+) -> domain.WalletEvent | None:
+    """The newest event that had happened at ``moment`` (times are monotone per wallet)."""
+    row = (
+        await conn.execute(
+            select(wallet_events)
+            .where(
+                wallet_events.c.wallet_id == wallet_id,
+                wallet_events.c.occurred_at <= moment,
+            )
+            .order_by(wallet_events.c.sequence.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else event_from_row(row)
+
+
+async def status_at_sequence(conn: AsyncConnection, wallet_id: str, sequence: int) -> str:
+    """ACTIVE or FROZEN as of ``sequence``, from the last status-changing event."""
+    event_type = (
+        await conn.execute(
+            select(wallet_events.c.type)
+            .where(
+                wallet_events.c.wallet_id == wallet_id,
+                wallet_events.c.sequence <= sequence,
+                wallet_events.c.type.in_(domain.STATUS_EVENTS),
+            )
+            .order_by(wallet_events.c.sequence.desc())
+            .limit(1)
+        )
+    ).scalar()
+    return domain.status_after(event_type or domain.WALLET_CREATED, domain.ACTIVE)
+
+
+async def wallet_exists(conn: AsyncConnection, wallet_id: str) -> bool:
+    found = await conn.execute(
+        select(func.count()).select_from(wallets).where(and_(wallets.c.wallet_id == wallet_id))
+    )
+    return bool(found.scalar())
+
+
+# --- PostgreSQL fast path ------------------------------------------------------------
+
+# One round trip claims the idempotency key, conditionally moves the balance (the
+# WHERE clause is domain.balance_bounds plus the status and currency rules; PostgreSQL
+# re-checks it on the latest row version after waiting for a lock, so there is no lost
+# update) and appends the event with sequence = the new version. It always returns one
+# row: `claimed` says whether the key was ours, the wallet columns are NULL when the
+# update did not apply (the caller then locks the row and asks the domain why).
+# Event times come from clock_timestamp() taken after the row lock, never earlier than
+# the previous change, so a wallet's events are ordered in time as in sequence.
+_PG_MOVE = text(
+    """
+WITH claim AS (
+    INSERT INTO idempotency_records (scope, request_id, fingerprint, status_code, created_at)
+    VALUES (:scope, :request_id, :fingerprint, :pending, :now)
+    ON CONFLICT DO NOTHING
+    RETURNING 1 AS claimed
+), moved AS (
+    UPDATE wallets AS w
+    SET balance = w.balance + CAST(:delta AS bigint),
+        version = w.version + 1,
+        updated_at = GREATEST(w.updated_at, clock_timestamp())
+    WHERE w.wallet_id = :wallet_id
+      AND EXISTS (SELECT 1 FROM claim)
+      AND (w.status = 'ACTIVE' OR CAST(:allow_frozen AS boolean))
+      AND w.balance BETWEEN CAST(:low AS bigint) AND CAST(:high AS bigint)
+      AND (CAST(:currency AS varchar) = '' OR w.currency = CAST(:currency AS varchar))
+    RETURNING w.wallet_id, w.currency, w.balance, w.status, w.version, w.created_at,
+              w.updated_at
+), logged AS (
+    INSERT INTO wallet_events (event_id, wallet_id, sequence, type, amount, balance_after,
+                               currency, transfer_id, request_id, audit_id, occurred_at)
+    SELECT CAST(:event_id AS varchar), m.wallet_id, m.version, CAST(:event_type AS varchar),
+           CAST(:amount AS bigint), m.balance, m.currency, CAST(:transfer_id AS varchar),
+           CAST(:request_id AS varchar), CAST(:audit_id AS varchar), m.updated_at
+    FROM moved AS m
+    RETURNING event_id
+)
+SELECT (SELECT count(*) FROM claim) AS claimed, m.*
+FROM (SELECT 1) AS one LEFT JOIN moved AS m ON true
+"""
+)
+
+_PG_FINISH = text(
+    """
+WITH queued AS (
+    INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,
+                        created_at)
+    VALUES (:message_id, :routing_key, :message_type, :payload, :status, :attempts,
+            :created_at)
+)
+UPDATE idempotency_records SET status_code = 'OK', response = :response
+WHERE scope = :scope AND request_id = :request_id
+"""
+)
+
+
+@dataclass(frozen=True)
+class FastMove:
+    claimed: bool
+    wallet: domain.Wallet | None  # set when the balance moved
+
+
+async def pg_fast_movement(
+    conn: AsyncConnection,
+    *,
+    wallet_id: str,
+    movement: domain.Movement,
+    amount: int,
+    currency: str,
+    transfer_id: str | None,
+    request_id: str,
+    audit_id: str | None,
+    fingerprint: str,
+    event_id: str,
+    now: datetime,
+) -> FastMove:
+    low, high = domain.balance_bounds(movement, amount)
+    row = (
+        await conn.execute(
+            _PG_MOVE,
+            {
+                "scope": SCOPE,
+                "request_id": request_id,
+                "fingerprint": fingerprint,
+                "pending": PENDING,
+                "now": now,
+                "delta": movement.sign * amount,
+                "allow_frozen": movement.allowed_when_frozen,
+                "low": low,
+                "high": high,
+                "currency": currency,
+                "wallet_id": wallet_id,
+                "event_id": event_id,
+                "event_type": movement.event_type,
+                "amount": amount,
+                "transfer_id": transfer_id,
+                "audit_id": audit_id,
+            },
+        )
+    ).one()
+    wallet = None if row.wallet_id is None else wallet_from_row(row)
+    return FastMove(claimed=bool(row.claimed), wallet=wallet)
+
+
+async def pg_finish(
+    conn: AsyncConnection, request_id: str, response: bytes, outbox_row: dict[str, Any]
+) -> None:
+    """Queue the outbox row and store the response, in one round trip."""
+    await conn.execute(
+        _PG_FINISH,
+        {**outbox_row, "response": response, "scope": SCOPE, "request_id": request_id},
+    )

@@ -1,0 +1,410 @@
+"""WalletService use cases: validation, idempotency, one transaction per write.
+
+Each write follows the same shape inside ONE transaction:
+
+1. claim the idempotency key (``scope='wallet'``, ``request_id``, fingerprint of the
+   method and its parameters). A key that exists already is a replay (same
+   fingerprint: return the stored outcome with ``replayed = true``, or raise the stored
+   error) or a reuse (other fingerprint: ``IdempotencyKeyReusedError``);
+2. lock the wallet and let :mod:`wallet_service.domain` decide the change or the error;
+3. write the wallet row, append the event (sequence = new version), queue its outbox
+   row, and store the outcome (response bytes or error) under the key;
+4. commit, hit the ``wallet.after_commit`` failpoint, reply.
+
+Business rejections (not found, frozen, insufficient funds, currency mismatch,
+overflow, wallet id taken) are stored too, so a retry gets the very same error even if
+the wallet changed meanwhile. Malformed input (INVALID_ARGUMENT) is rejected before
+any database work and is not stored: the key was never valid.
+
+On PostgreSQL steps 1-3 of a balance change take two statements (see
+``repository.pg_fast_movement``); when the conditional update does not apply, the
+portable path (lock, ask the domain, write) runs in the same transaction.
+
+Write RPCs return their protobuf response message: it is exactly what the
+idempotency record stores, so the message is built once and a replay returns the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet_common import validation
+from wallet_common.clock import Clock, ensure_utc, utcnow
+from wallet_common.db import Database
+from wallet_common.errors import (
+    IdempotencyKeyReusedError,
+    InvalidArgumentError,
+    NotFoundError,
+    WalletAlreadyExistsError,
+    WalletNotFoundError,
+    WalletPlatformError,
+    error_from_record,
+    error_to_record,
+)
+from wallet_common.events import wallet_event_outbox_row
+from wallet_common.failpoints import failpoint
+from wallet_common.logs import audit_id_var
+from wallet_service import domain, repository
+from wallet_service.messages import RESPONSE_TYPES, event_to_pb, wallet_to_pb
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+
+MOVEMENT_METHODS = {
+    domain.Movement.DEPOSIT: "Deposit",
+    domain.Movement.WITHDRAW: "Withdraw",
+    domain.Movement.TRANSFER_DEBIT: "DebitForTransfer",
+    domain.Movement.TRANSFER_CREDIT: "CreditForTransfer",
+    domain.Movement.TRANSFER_REFUND: "RefundForTransfer",
+}
+
+
+@dataclass
+class _Replay:
+    response: Message
+
+
+class WalletService:
+    """The use cases; the gRPC servicer only translates to and from these calls."""
+
+    def __init__(self, db: Database, clock: Clock = utcnow) -> None:
+        self._db = db
+        self._clock = clock
+        self._fast_path = db.is_postgres
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def create_wallet(self, wallet_id: str, currency: str, request_id: str) -> Message:
+        """Open an ACTIVE wallet with balance 0 and its ``wallet_created`` event."""
+        if wallet_id:
+            validation.wallet_id(wallet_id)
+        validation.currency(currency)
+        validation.request_id(request_id)
+        method = "CreateWallet"
+        fingerprint = domain.fingerprint(method, wallet_id, currency)
+        new_id = wallet_id or str(uuid.uuid4())
+
+        async def apply(conn: AsyncConnection, now: datetime) -> Message:
+            wallet = domain.Wallet(new_id, currency, 0, domain.ACTIVE, 1, now, now)
+            if not await repository.insert_wallet(conn, wallet):
+                raise WalletAlreadyExistsError(
+                    f"wallet {new_id!r} already exists", field="wallet_id"
+                )
+            event = self._event(
+                wallet, domain.WALLET_CREATED, 0, None, request_id, now, audit_id_var.get()
+            )
+            await repository.insert_event(conn, event)
+            return await self._finish(conn, method, request_id, wallet, event)
+
+        return await self._write(method, request_id, fingerprint, apply)
+
+    async def deposit(self, wallet_id: str, amount: int, request_id: str) -> Message:
+        return await self.move(domain.Movement.DEPOSIT, wallet_id, amount, request_id)
+
+    async def withdraw(self, wallet_id: str, amount: int, request_id: str) -> Message:
+        return await self.move(domain.Movement.WITHDRAW, wallet_id, amount, request_id)
+
+    async def move(
+        self,
+        movement: domain.Movement,
+        wallet_id: str,
+        amount: int,
+        request_id: str,
+        *,
+        transfer_id: str = "",
+        currency: str = "",
+    ) -> Message:
+        """Any balance change: deposit, withdrawal, or a transfer step."""
+        validation.wallet_id(wallet_id)
+        validation.amount(amount)
+        validation.request_id(request_id)
+        if movement.is_transfer_step:
+            validation.transfer_id(transfer_id)
+        elif transfer_id:
+            raise InvalidArgumentError(
+                "transfer_id is only for transfer steps", field="transfer_id"
+            )
+        if currency:
+            validation.currency(currency)
+        method = MOVEMENT_METHODS[movement]
+        fingerprint = domain.fingerprint(method, wallet_id, amount, transfer_id, currency)
+        audit_id = audit_id_var.get()
+
+        async def apply(conn: AsyncConnection, now: datetime) -> Message:
+            wallet = await repository.get_wallet(conn, wallet_id, for_update=True)
+            if wallet is None:
+                raise WalletNotFoundError(wallet_id)
+            balance = domain.plan_movement(wallet, movement, amount, currency)
+            at = domain.next_timestamp(now, wallet.updated_at)
+            changed = domain.Wallet(
+                wallet.wallet_id,
+                wallet.currency,
+                balance,
+                wallet.status,
+                wallet.version + 1,
+                wallet.created_at,
+                at,
+            )
+            event = self._event(
+                changed, movement.event_type, amount, transfer_id or None, request_id, at, audit_id
+            )
+            await repository.save_change(conn, changed, event)
+            return await self._finish(conn, method, request_id, changed, event)
+
+        fast = None
+        if self._fast_path:
+
+            async def fast(conn: AsyncConnection, now: datetime) -> Message | _Replay | None:
+                event_id = str(uuid.uuid4())
+                result = await repository.pg_fast_movement(
+                    conn,
+                    wallet_id=wallet_id,
+                    movement=movement,
+                    amount=amount,
+                    currency=currency,
+                    transfer_id=transfer_id or None,
+                    request_id=request_id,
+                    audit_id=audit_id,
+                    fingerprint=fingerprint,
+                    event_id=event_id,
+                    now=now,
+                )
+                if not result.claimed:
+                    return await self._replay(conn, method, request_id, fingerprint)
+                if result.wallet is None:
+                    return None  # key claimed, rule not met: the portable path says why
+                wallet = result.wallet
+                event = self._event(
+                    wallet,
+                    movement.event_type,
+                    amount,
+                    transfer_id or None,
+                    request_id,
+                    wallet.updated_at,
+                    audit_id,
+                    event_id=event_id,
+                )
+                response, stored, outbox_row = self._response(method, wallet, event)
+                assert outbox_row is not None
+                await repository.pg_finish(conn, request_id, stored, outbox_row)
+                return response
+
+        return await self._write(method, request_id, fingerprint, apply, fast)
+
+    async def set_frozen(self, wallet_id: str, request_id: str, *, freeze: bool) -> Message:
+        """Freeze or unfreeze; already in that state = success without a new event."""
+        validation.wallet_id(wallet_id)
+        validation.request_id(request_id)
+        method = "FreezeWallet" if freeze else "UnfreezeWallet"
+        fingerprint = domain.fingerprint(method, wallet_id)
+
+        async def apply(conn: AsyncConnection, now: datetime) -> Message:
+            wallet = await repository.get_wallet(conn, wallet_id, for_update=True)
+            if wallet is None:
+                raise WalletNotFoundError(wallet_id)
+            event_type = domain.plan_status_change(wallet, freeze)
+            if event_type is None:
+                return await self._finish(conn, method, request_id, wallet, None)
+            at = domain.next_timestamp(now, wallet.updated_at)
+            changed = domain.Wallet(
+                wallet.wallet_id,
+                wallet.currency,
+                wallet.balance,
+                domain.status_after(event_type, wallet.status),
+                wallet.version + 1,
+                wallet.created_at,
+                at,
+            )
+            event = self._event(changed, event_type, 0, None, request_id, at, audit_id_var.get())
+            await repository.save_change(conn, changed, event)
+            return await self._finish(conn, method, request_id, changed, event)
+
+        return await self._write(method, request_id, fingerprint, apply)
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def get_wallet(
+        self, wallet_id: str, as_of_sequence: int = 0, as_of_time: datetime | None = None
+    ) -> domain.Wallet:
+        """The wallet now, or as it stood after event ``as_of_sequence`` / at ``as_of_time``."""
+        validation.wallet_id(wallet_id)
+        if as_of_sequence < 0:
+            raise InvalidArgumentError(
+                f"as_of_sequence must be >= 0, got {as_of_sequence}", field="as_of_sequence"
+            )
+        async with self._db.read() as conn:
+            wallet = await repository.get_wallet(conn, wallet_id)
+            if wallet is None:
+                raise WalletNotFoundError(wallet_id)
+            if as_of_sequence > 0:
+                if as_of_sequence > wallet.version:
+                    raise InvalidArgumentError(
+                        f"as_of_sequence {as_of_sequence} is after the wallet's last event "
+                        f"({wallet.version})",
+                        field="as_of_sequence",
+                    )
+                event = await repository.event_at_sequence(conn, wallet_id, as_of_sequence)
+            elif as_of_time is not None:
+                event = await repository.last_event_at_time(conn, wallet_id, ensure_utc(as_of_time))
+                if event is None:
+                    raise NotFoundError(
+                        f"wallet {wallet_id!r} did not exist yet at {as_of_time.isoformat()}",
+                        field="as_of_time",
+                    )
+            else:
+                return wallet
+            if event is None:  # the log is gap-free, so only a broken database gets here
+                raise NotFoundError(f"event {as_of_sequence} of wallet {wallet_id!r} is missing")
+            status = await repository.status_at_sequence(conn, wallet_id, event.sequence)
+        return domain.state_after(wallet, event, status)
+
+    async def list_events(
+        self, wallet_id: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[domain.WalletEvent], str]:
+        """One page of the log, newest first, and the token of the next page ('' at end)."""
+        validation.wallet_id(wallet_id)
+        size = validation.page_size(page_size)
+        before = self._decode_token(wallet_id, page_token)
+        async with self._db.read() as conn:
+            events = await repository.events_page(conn, wallet_id, before, size + 1)
+            if not events and not await repository.wallet_exists(conn, wallet_id):
+                raise WalletNotFoundError(wallet_id)
+        next_token = ""
+        if len(events) > size:
+            events = events[:size]
+            next_token = validation.encode_page_token({"w": wallet_id, "s": events[-1].sequence})
+        return events, next_token
+
+    @staticmethod
+    def _decode_token(wallet_id: str, page_token: str) -> int | None:
+        position = validation.decode_page_token(page_token)
+        if position is None:
+            return None
+        sequence = position.get("s")
+        if (
+            position.get("w") != wallet_id
+            or not isinstance(sequence, int)
+            or isinstance(sequence, bool)
+            or sequence < 1
+        ):
+            raise InvalidArgumentError(
+                "page_token does not belong to this wallet's listing", field="page_token"
+            )
+        return sequence
+
+    # --- the write skeleton ----------------------------------------------------------
+
+    async def _write(
+        self,
+        method: str,
+        request_id: str,
+        fingerprint: str,
+        apply: Any,
+        fast: Any = None,
+    ) -> Message:
+        """Run one idempotent write in one transaction; see the module docstring."""
+        error: WalletPlatformError | None = None
+        async with self._db.transaction() as conn:
+            now = self._clock()
+            outcome: Message | _Replay | None = None
+            if fast is not None:
+                outcome = await fast(conn, now)
+            elif not await repository.claim(conn, request_id, fingerprint, now):
+                outcome = await self._replay(conn, method, request_id, fingerprint)
+            if outcome is None:
+                try:
+                    outcome = await apply(conn, now)
+                except WalletPlatformError as rejected:
+                    error = rejected
+                    await repository.finish_record(
+                        conn, request_id, error=error_to_record(rejected)
+                    )
+        if isinstance(outcome, _Replay):
+            return outcome.response
+        await failpoint("wallet.after_commit")
+        if error is not None:
+            raise error
+        assert outcome is not None
+        return outcome
+
+    async def _replay(
+        self, conn: AsyncConnection, method: str, request_id: str, fingerprint: str
+    ) -> _Replay:
+        """The stored outcome of an earlier request with this key (or the reuse error)."""
+        record = await repository.get_record(conn, request_id)
+        if record is None:  # pragma: no cover - the claim just saw it
+            raise RuntimeError(f"idempotency record {request_id!r} vanished")
+        if record.fingerprint != fingerprint:
+            raise IdempotencyKeyReusedError(
+                f"request_id {request_id!r} was already used with other parameters "
+                "(or another method)",
+                field="request_id",
+            )
+        if record.status_code != "OK":
+            raise error_from_record(
+                record.status_code, record.error_reason or "", record.error_message or ""
+            )
+        response = RESPONSE_TYPES[method].FromString(record.response or b"")
+        response.replayed = True  # type: ignore[attr-defined]
+        return _Replay(response)
+
+    def _event(
+        self,
+        wallet: domain.Wallet,
+        event_type: str,
+        amount: int,
+        transfer_id: str | None,
+        request_id: str,
+        at: datetime,
+        audit_id: str | None = None,
+        *,
+        event_id: str | None = None,
+    ) -> domain.WalletEvent:
+        return domain.WalletEvent(
+            event_id=event_id or str(uuid.uuid4()),
+            wallet_id=wallet.wallet_id,
+            sequence=wallet.version,
+            type=event_type,
+            amount=amount,
+            balance_after=wallet.balance,
+            currency=wallet.currency,
+            transfer_id=transfer_id,
+            request_id=request_id,
+            audit_id=audit_id,
+            occurred_at=at,
+        )
+
+    def _response(
+        self, method: str, wallet: domain.Wallet, event: domain.WalletEvent | None
+    ) -> tuple[Message, bytes, dict[str, Any] | None]:
+        """Build the response protobuf once: its bytes are stored, its event is queued."""
+        response_type = RESPONSE_TYPES[method]
+        response = response_type(wallet=wallet_to_pb(wallet))
+        if event is None:
+            return response, response.SerializeToString(), None
+        event_pb = event_to_pb(event)
+        if "event" in response_type.DESCRIPTOR.fields_by_name:
+            response.event.CopyFrom(event_pb)  # type: ignore[attr-defined]
+        outbox_row = wallet_event_outbox_row(event_pb, event.occurred_at)
+        return response, response.SerializeToString(), outbox_row
+
+    async def _finish(
+        self,
+        conn: AsyncConnection,
+        method: str,
+        request_id: str,
+        wallet: domain.Wallet,
+        event: domain.WalletEvent | None,
+    ) -> Message:
+        """Queue the event's outbox row, store the response, return it."""
+        response, stored, outbox_row = self._response(method, wallet, event)
+        if outbox_row is not None:
+            await repository.insert_outbox(conn, outbox_row)
+        await repository.finish_record(conn, request_id, response=stored)
+        return response
