@@ -96,16 +96,24 @@ def _translate(error: BaseException) -> WalletPlatformError | None:
     return None
 
 
+def _keep_trailers(context: grpc.aio.ServicerContext, status: Any) -> Any:
+    """abort_with_status replaces trailing metadata: keep what was set (x-audit-id)."""
+    already = tuple(context.trailing_metadata() or ())
+    if not already:
+        return status
+    return status._replace(trailing_metadata=(*status.trailing_metadata, *already))
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
     translated = _translate(error)
     if translated is None:
         log.exception("unhandled error in %s", method, exc_info=error)
         status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-        await context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(_keep_trailers(context, rpc_status.to_status(status)))
         return
     if translated.code in (grpc.StatusCode.UNAVAILABLE,):
         log.warning("%s: %s", method, translated.message)
-    await context.abort_with_status(rich_status(translated))
+    await context.abort_with_status(_keep_trailers(context, rich_status(translated)))
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

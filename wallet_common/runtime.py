@@ -28,6 +28,7 @@ from wallet_common.grpc_server import (
     set_health,
 )
 from wallet_common.logs import setup_logging
+from wallet_common.plumbing import ServerPlumbing
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ class RunningServer:
         port: int,
         components: Sequence[Component],
         health_servicer: Any,
+        plumbing: ServerPlumbing | None = None,
     ) -> None:
+        self.plumbing = plumbing
         self.runtime = runtime
         self.server = server
         self.port = port
@@ -85,6 +88,8 @@ class RunningServer:
             except Exception:
                 log.exception("error stopping %s", component.name)
         await self.server.stop(grace)
+        if self.plumbing is not None:  # after the drain: the last calls' audit rows
+            await self.plumbing.stop()
         await self.runtime.db.dispose()
 
 
@@ -101,19 +106,22 @@ async def start_server(
     db = Database.from_settings(settings)
     runtime = Runtime(settings=settings, db=db, role=role)
     components = build_components(runtime)
+    plumbing = ServerPlumbing(runtime)  # metrics, audit, auth: every server
     server, port, health_servicer = await create_server(
         settings.listen,
         components,
-        interceptors=build_interceptors(runtime),
+        interceptors=[*plumbing.interceptors(), *build_interceptors(runtime)],
         credentials=server_credentials(settings),
     )
     host = settings.listen.rsplit(":", 1)[0]
     if host in ("0.0.0.0", "[::]", "", "::"):
         host = "127.0.0.1"
     runtime.self_target = f"{host}:{port}"
+    await plumbing.start()
     await server.start()
     for component in components:
         await component.start()
+    await plumbing.start_collecting()
     await set_health(health_servicer, serving=True)
     services = [name for c in components for name in getattr(c, "service_names", ())]
     await set_health(health_servicer, serving=True, names=services)
@@ -123,7 +131,7 @@ async def start_server(
         runtime.self_target,
         extra={"components": [c.name for c in components]},
     )
-    return RunningServer(runtime, server, port, components, health_servicer)
+    return RunningServer(runtime, server, port, components, health_servicer, plumbing)
 
 
 async def serve_forever(

@@ -1,0 +1,342 @@
+"""The audit trail: one ``audit_log`` row for every write call, accepted or refused.
+
+:class:`AuditInterceptor` wraps every write RPC (the one list is :data:`WRITE_METHODS`
+plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
+
+- makes an audit id (UUID) and puts it in ``wallet_common.logs.audit_id_var`` while the
+  call runs, so the service can stamp it on the events and transfers the call produces
+  and every log line of the call carries it;
+- sends it back to the client as trailing metadata ``x-audit-id``;
+- records method, request (JSON, secrets redacted), caller identity, peer, start time,
+  duration and the resulting status code, including calls refused by authentication,
+  validation or business rules.
+
+A call that arrives with ``x-audit-id`` (the orchestrator's step calls, sent by
+``wallet_common.channels``) still gets its own row, but the id it stamps on events is
+the incoming one, so the ``CreateTransfer`` audit id leads to the debit, credit or
+refund entries in the ledger.
+
+Rows are written off the hot path by :class:`AuditWriter`, a small batching task: the
+call only appends to a list. A clean shutdown drains every pending row (the server
+stops accepting calls first); if the database stays down past the drain deadline the
+remaining rows are written to the log as ERROR lines rather than dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from wallet_common.clock import Clock, utcnow
+from wallet_common.db import Database
+from wallet_common.logs import audit_id_var
+from wallet_common.schema import audit_log
+from wallet_common.security import TokenTable, caller_identity
+
+log = logging.getLogger(__name__)
+
+AUDIT_ID_HEADER = "x-audit-id"
+
+_WALLET = "/wallet.v1.WalletService/"
+_TRANSFER = "/wallet.v1.TransferService/"
+
+# The write RPCs: every call to one of these is audited.
+WRITE_METHODS: frozenset[str] = frozenset(
+    {
+        _WALLET + "CreateWallet",
+        _WALLET + "Deposit",
+        _WALLET + "Withdraw",
+        _WALLET + "FreezeWallet",
+        _WALLET + "UnfreezeWallet",
+        _WALLET + "DebitForTransfer",
+        _WALLET + "CreditForTransfer",
+        _WALLET + "RefundForTransfer",
+        _TRANSFER + "CreateTransfer",
+    }
+)
+# A wallet.v1 RPC whose name starts with one of these is a write too (e.g. a DLQ replay
+# RPC added later): better an extra audit row than a missing one.
+WRITE_NAME_PREFIXES = (
+    "Create",
+    "Deposit",
+    "Withdraw",
+    "Freeze",
+    "Unfreeze",
+    "Debit",
+    "Credit",
+    "Refund",
+    "Replay",
+    "Purge",
+    "Delete",
+    "Update",
+    "Set",
+)
+
+REDACTED = "[REDACTED]"
+# Field names that hold secrets, anywhere in a request.
+_SECRET_FIELD = re.compile(
+    r"(password|passwd|secret|credential|private_key|api_key|apikey|auth_token|access_token"
+    r"|refresh_token|^token$|bearer|^pin$|card_number|cvv|iban)",
+    re.IGNORECASE,
+)
+MAX_REQUEST_JSON = 8192
+_MAX_TEXT = 2000
+
+
+def is_write_method(method: str) -> bool:
+    if method in WRITE_METHODS:
+        return True
+    if not method.startswith("/wallet.v1."):
+        return False
+    return method.rsplit("/", 1)[-1].startswith(WRITE_NAME_PREFIXES)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a JSON-like value with every secret-named field replaced."""
+    if isinstance(value, dict):
+        return {
+            key: (REDACTED if _SECRET_FIELD.search(str(key)) else redact(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+def request_json(request: Any) -> str:
+    """The request as compact JSON with secrets redacted (bounded in size)."""
+    if isinstance(request, Message):
+        try:
+            data: Any = MessageToDict(
+                request,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            )
+        except TypeError:  # older protobuf without that keyword
+            data = MessageToDict(request, preserving_proto_field_name=True)
+    else:
+        data = {"repr": repr(request)[:_MAX_TEXT]}
+    text = json.dumps(redact(data), separators=(",", ":"), sort_keys=True, default=str)
+    if len(text) > MAX_REQUEST_JSON:
+        text = json.dumps({"truncated": True, "prefix": text[: MAX_REQUEST_JSON - 64]})
+    return text
+
+
+def _valid_uuid(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _incoming_audit_id(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == AUDIT_ID_HEADER:
+            return _valid_uuid(value.decode() if isinstance(value, bytes) else str(value))
+    return None
+
+
+def _status_name(code: Any) -> str:
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "OK" if code is None else str(code)
+
+
+class AuditWriter:
+    """Batches audit rows into the database from a background task.
+
+    ``submit`` never waits on the database. ``stop`` drains everything: it keeps
+    retrying for ``drain_timeout`` seconds, then logs what it could not write.
+    """
+
+    name = "audit-writer"
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batch_size: int = 500,
+        linger: float = 0.02,
+        max_pending: int = 100_000,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.db = db
+        self.batch_size = batch_size
+        self.linger = linger
+        self.max_pending = max_pending
+        self.drain_timeout = drain_timeout
+        self._pending: list[dict[str, Any]] = []
+        self._wakeup = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._submitted = 0
+        self._settled = 0  # rows written, or given up on (logged)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def submit(self, row: dict[str, Any]) -> None:
+        if len(self._pending) >= self.max_pending:
+            # The database has been down a long time: keep memory bounded, keep the record.
+            log.error("audit row not persisted (backlog full)", extra={"audit_row": row})
+            self._submitted += 1
+            self._settled += 1
+            return
+        self._pending.append(row)
+        self._submitted += 1
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def flush(self) -> None:
+        """Wait until every row submitted so far is written (or given up on)."""
+        target = self._submitted
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._settled >= target)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        elif self._pending:
+            await self._drain_once_more()
+
+    async def _notify(self, count: int) -> None:
+        self._settled += count
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(audit_log.insert(), batch)
+
+    async def _drain_once_more(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.batch_size]
+            await self._write(batch)
+            del self._pending[: len(batch)]
+            await self._notify(len(batch))
+
+    async def _run(self) -> None:
+        failures = 0
+        deadline: float | None = None
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    return
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            if not self._stopping and len(self._pending) < self.batch_size and failures == 0:
+                await asyncio.sleep(self.linger)  # let a few more rows join the batch
+            batch = self._pending[: self.batch_size]
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                if self._stopping:
+                    deadline = deadline or time.monotonic() + self.drain_timeout
+                    if time.monotonic() >= deadline:
+                        for row in self._pending:
+                            log.error("audit row not persisted", extra={"audit_row": row})
+                        lost = len(self._pending)
+                        self._pending.clear()
+                        await self._notify(lost)
+                        return
+                log.warning("audit write failed (%s rows pending): %s", len(self._pending), error)
+                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+                continue
+            failures = 0
+            del self._pending[: len(batch)]
+            await self._notify(len(batch))
+
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
+class AuditInterceptor(grpc.aio.ServerInterceptor):
+    """Records every write call (see the module docstring). Install it outside auth."""
+
+    def __init__(
+        self, writer: AuditWriter, tokens: TokenTable | None = None, clock: Clock = utcnow
+    ) -> None:
+        self.writer = writer
+        self.tokens = tokens
+        self.clock = clock
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not handler.unary_unary or not is_write_method(method):
+            return handler
+        inner = handler.unary_unary
+        writer, tokens, clock = self.writer, self.tokens, self.clock
+
+        async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            audit_id = str(uuid.uuid4())
+            started_at = clock()
+            t0 = time.perf_counter()
+            context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
+            reset = audit_id_var.set(_incoming_audit_id(context) or audit_id)
+            status = "OK"
+            error_message: str | None = None
+            try:
+                response = await inner(request, context)
+                code = context.code()
+                status = _status_name(code)
+                if status != "OK":
+                    error_message = context.details() or None
+                return response
+            except asyncio.CancelledError:
+                status = "CANCELLED"
+                raise
+            except BaseException as error:
+                code = context.code()
+                status = _status_name(code) if code is not None else "UNKNOWN"
+                if status == "OK":
+                    status = "UNKNOWN"
+                error_message = context.details() or str(error) or type(error).__name__
+                raise
+            finally:
+                audit_id_var.reset(reset)
+                writer.submit(
+                    {
+                        "audit_id": audit_id,
+                        "method": method,
+                        "request_json": request_json(request),
+                        "caller": caller_identity(context, tokens)[:128],
+                        "peer": (context.peer() or "")[:128],
+                        "status_code": status,
+                        "error_message": error_message[:_MAX_TEXT] if error_message else None,
+                        "started_at": started_at,
+                        "duration_ms": int((time.perf_counter() - t0) * 1000),
+                    }
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            audited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

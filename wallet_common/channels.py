@@ -1,0 +1,120 @@
+"""Client channels that speak the platform's security settings.
+
+Every client of a platform service (the orchestrator's stub to WalletService,
+``walletctl``, ``wallet-bench``) opens its channel here, so TLS, mutual TLS, the bearer
+token and audit-id propagation are configured once:
+
+- ``WALLET_TLS_CA`` (CA that signed the server certificate) and/or
+  ``WALLET_TLS_CLIENT_CERT`` + ``WALLET_TLS_CLIENT_KEY`` (mTLS) -> a TLS channel;
+  neither -> plaintext (the local default).
+- ``WALLET_AUTH_TOKEN`` -> ``authorization: Bearer <token>`` on every call.
+- the current audit id (``wallet_common.logs.audit_id_var``) -> ``x-audit-id`` request
+  metadata, so the saga's step calls stamp their ledger events with the audit id of the
+  ``CreateTransfer`` that started the saga.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from wallet_common.logs import audit_id_var
+
+AUDIT_ID_HEADER = "x-audit-id"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def channel_credentials(settings: Any) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the client settings, or None for plaintext."""
+    ca = getattr(settings, "tls_ca", "") or ""
+    cert = getattr(settings, "tls_client_cert", "") or ""
+    key = getattr(settings, "tls_client_key", "") or ""
+    if not (ca or cert):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("WALLET_TLS_CLIENT_CERT and WALLET_TLS_CLIENT_KEY go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca) if ca else None,
+        private_key=_read(key) if key else None,
+        certificate_chain=_read(cert) if cert else None,
+    )
+
+
+def _with_metadata(details: Any, extra: Sequence[tuple[str, str]]) -> Any:
+    if not extra:
+        return details
+    metadata = list(details.metadata or ())
+    present = {key for key, _ in metadata}
+    metadata.extend((key, value) for key, value in extra if key not in present)
+    return details._replace(metadata=tuple(metadata))
+
+
+class _MetadataInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+):
+    """Adds the bearer token and the current audit id to every outgoing call."""
+
+    def __init__(self, token: str) -> None:
+        self._static: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+
+    def _extra(self) -> list[tuple[str, str]]:
+        extra = list(self._static)
+        audit_id = audit_id_var.get()
+        if audit_id:
+            extra.append((AUDIT_ID_HEADER, audit_id))
+        return extra
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: Any,
+        request: Any,
+    ) -> Any:
+        return await continuation(_with_metadata(client_call_details, self._extra()), request)
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[Any, Any], Awaitable[Any]],
+        client_call_details: Any,
+        request: Any,
+    ) -> Any:
+        return await continuation(_with_metadata(client_call_details, self._extra()), request)
+
+
+def make_channel(
+    target: str,
+    settings: Any,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A ``grpc.aio`` channel to ``target`` with TLS/mTLS and the bearer token applied.
+
+    Plaintext when no TLS setting is given. Must be called inside a running event loop
+    (grpc.aio binds channels to the loop that creates them).
+    """
+    all_options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *options,
+    ]
+    all_interceptors: list[grpc.aio.ClientInterceptor] = [
+        _MetadataInterceptor(getattr(settings, "auth_token", "") or ""),
+        *interceptors,
+    ]
+    credentials = channel_credentials(settings)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=all_options, interceptors=all_interceptors)
+    return grpc.aio.secure_channel(
+        target, credentials, options=all_options, interceptors=all_interceptors
+    )

@@ -1,0 +1,430 @@
+"""Prometheus metrics: every server process exposes them on ``WALLET_METRICS_PORT``.
+
+Three sources:
+
+- :class:`MetricsInterceptor` counts every RPC and times it, by service, method and
+  status code (the RED metrics of each server).
+- :class:`StateCollector` periodically reads the platform's state from the database
+  and the broker: sagas by state and the age of the oldest unfinished one, the outbox
+  backlog and the age of its oldest pending row, per-consumer lag (ready messages in
+  its queue; events in the log with no inbox row for it) and DLQ depth.
+- the audit writer's backlog (``wallet_audit_pending_rows``).
+
+Metric names live in :data:`METRIC_NAMES` (the deploy tests check the Grafana
+dashboard against it). All metrics go to prometheus-client's default registry, so
+several servers in one test process share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from sqlalchemy import and_, exists, func, not_, select
+
+from wallet_common import events as event_names
+from wallet_common.clock import Clock, ensure_utc, utcnow
+from wallet_common.db import Database
+from wallet_common.schema import inbox, outbox, transfers, wallet_events
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+RPC_HANDLED = Counter(
+    "wallet_grpc_server_handled",
+    "RPCs completed by the server, by service, method and status code",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+RPC_LATENCY = Histogram(
+    "wallet_grpc_server_handling_seconds",
+    "Time from receiving an RPC to its status, by service, method and status code",
+    ["grpc_service", "grpc_method", "grpc_code"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_IN_FLIGHT = Gauge(
+    "wallet_grpc_server_in_flight",
+    "RPCs being served right now",
+    ["grpc_service", "grpc_method"],
+)
+SAGAS = Gauge("wallet_sagas", "Transfers (sagas) by state", ["state"])
+SAGA_OLDEST_UNFINISHED = Gauge(
+    "wallet_saga_oldest_unfinished_age_seconds",
+    "Age of the oldest transfer not yet in a terminal state (0 when none)",
+)
+OUTBOX_PENDING = Gauge("wallet_outbox_pending", "Outbox rows not yet published")
+OUTBOX_OLDEST_PENDING = Gauge(
+    "wallet_outbox_oldest_pending_age_seconds",
+    "Age of the oldest unpublished outbox row (0 when none)",
+)
+CONSUMER_QUEUE_MESSAGES = Gauge(
+    "wallet_consumer_queue_messages",
+    "Messages ready in a consumer's queue (not yet delivered), as the broker reports",
+    ["consumer", "queue"],
+)
+CONSUMER_UNAPPLIED_EVENTS = Gauge(
+    "wallet_consumer_unapplied_events",
+    "Events in the wallet log with no inbox row for this consumer "
+    "(in flight, queued, or dead-lettered)",
+    ["consumer"],
+)
+DLQ_MESSAGES = Gauge("wallet_dlq_messages", "Messages in a dead-letter queue", ["queue"])
+AUDIT_PENDING = Gauge("wallet_audit_pending_rows", "Audit rows waiting to be written")
+COLLECT_ERRORS = Counter(
+    "wallet_metrics_collect_errors",
+    "Failed state collections (the gauges keep their last value)",
+    ["source"],
+)
+LAST_COLLECT = Gauge(
+    "wallet_metrics_last_collect_timestamp_seconds",
+    "Unix time of the last successful state collection",
+    ["source"],
+)
+
+# Every metric family this module registers (as Prometheus exposes them).
+METRIC_NAMES: frozenset[str] = frozenset(
+    {
+        "wallet_grpc_server_handled_total",
+        "wallet_grpc_server_handling_seconds_bucket",
+        "wallet_grpc_server_handling_seconds_count",
+        "wallet_grpc_server_handling_seconds_sum",
+        "wallet_grpc_server_in_flight",
+        "wallet_sagas",
+        "wallet_saga_oldest_unfinished_age_seconds",
+        "wallet_outbox_pending",
+        "wallet_outbox_oldest_pending_age_seconds",
+        "wallet_consumer_queue_messages",
+        "wallet_consumer_unapplied_events",
+        "wallet_dlq_messages",
+        "wallet_audit_pending_rows",
+        "wallet_metrics_collect_errors_total",
+        "wallet_metrics_last_collect_timestamp_seconds",
+    }
+)
+
+SAGA_STATES = ("PENDING", "DEBITED", "COMPLETED", "FAILED", "COMPENSATING", "COMPENSATED")
+TERMINAL_SAGA_STATES = ("COMPLETED", "FAILED", "COMPENSATED")
+# consumer name (inbox.consumer) -> (its queue, its dead-letter queue)
+CONSUMERS: dict[str, tuple[str, str]] = {
+    "analytics": (event_names.ANALYTICS_QUEUE, event_names.ANALYTICS_DLQ),
+    "fraud": (event_names.FRAUD_QUEUE, event_names.FRAUD_DLQ),
+}
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """``/wallet.v1.WalletService/Deposit`` -> (``wallet.v1.WalletService``, ``Deposit``)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service or "unknown", name or method
+
+
+def _code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        name = code.name
+        return "UNKNOWN" if failed and name == "OK" else name
+    return "UNKNOWN" if failed else "OK"
+
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC (unary and server-streaming). Install it outermost."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, name = split_method(handler_call_details.method)
+
+        def observe(context: grpc.aio.ServicerContext, started: float, outcome: str) -> None:
+            code = "CANCELLED" if outcome == "cancelled" else _code_name(context, outcome != "ok")
+            RPC_HANDLED.labels(service, name, code).inc()
+            RPC_LATENCY.labels(service, name, code).observe(time.perf_counter() - started)
+
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                outcome = "failed"
+                in_flight = RPC_IN_FLIGHT.labels(service, name)
+                in_flight.inc()
+                try:
+                    response = await inner_uu(request, context)
+                    outcome = "ok"
+                    return response
+                except asyncio.CancelledError:
+                    outcome = "cancelled"
+                    raise
+                finally:
+                    in_flight.dec()
+                    observe(context, started, outcome)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                outcome = "failed"
+                in_flight = RPC_IN_FLIGHT.labels(service, name)
+                in_flight.inc()
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                    outcome = "ok"
+                except (asyncio.CancelledError, GeneratorExit):
+                    outcome = "cancelled"
+                    raise
+                finally:
+                    in_flight.dec()
+                    observe(context, started, outcome)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _age(now: datetime, then: Any) -> float:
+    if then is None:
+        return 0.0
+    return max(0.0, (now - ensure_utc(then)).total_seconds())
+
+
+def role_sources(role: str) -> set[str]:
+    """Which state a process reports: its own part of the platform (all of it in a stack).
+
+    Several processes reporting the same global gauge is harmless (dashboards take
+    ``max``), but each query costs, so a worker does not count sagas.
+    """
+    lowered = role.lower()
+    known = {
+        "sagas": ("saga", "orchestrator", "transfer"),
+        "outbox": ("wallet-service", "wallet_service", "walletservice", "wallet"),
+        "analytics": ("analytics",),
+        "fraud": ("fraud",),
+    }
+    chosen = {source for source, marks in known.items() if any(m in lowered for m in marks)}
+    if lowered == "stack" or not chosen:
+        return set(known)
+    return chosen
+
+
+QueueDepth = Callable[[str], Any]
+
+
+class StateCollector:
+    """Refreshes the state gauges every ``interval`` seconds from a background task."""
+
+    name = "metrics-collector"
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        role: str = "stack",
+        amqp_url: str = "",
+        extras: dict[str, Any] | None = None,
+        interval: float = 15.0,
+        clock: Clock = utcnow,
+        audit_pending: Callable[[], int] | None = None,
+    ) -> None:
+        self.db = db
+        self.sources = role_sources(role)
+        self.amqp_url = amqp_url
+        self.extras = extras if extras is not None else {}
+        self.interval = interval
+        self.clock = clock
+        self.audit_pending = audit_pending
+        self._task: asyncio.Task[None] | None = None
+        self._connection: Any = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="metrics-collector")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.collect_once()
+            await asyncio.sleep(self.interval)
+
+    async def collect_once(self) -> None:
+        """One refresh of every gauge this process reports (errors are counted, not raised)."""
+        if self.audit_pending is not None:
+            AUDIT_PENDING.set(self.audit_pending())
+        try:
+            await self._collect_database()
+            LAST_COLLECT.labels("database").set(time.time())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            COLLECT_ERRORS.labels("database").inc()
+            log.warning("metrics: database collection failed: %s", error)
+        consumers = [c for c in CONSUMERS if c in self.sources]
+        if not consumers:
+            return
+        try:
+            await self._collect_queues(consumers)
+            LAST_COLLECT.labels("broker").set(time.time())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            COLLECT_ERRORS.labels("broker").inc()
+            log.warning("metrics: broker collection failed: %s", error)
+
+    async def _collect_database(self) -> None:
+        now = self.clock()
+        async with self.db.read() as conn:
+            if "sagas" in self.sources:
+                rows = (
+                    await conn.execute(
+                        select(transfers.c.state, func.count()).group_by(transfers.c.state)
+                    )
+                ).all()
+                counts = {state: 0 for state in SAGA_STATES}
+                counts.update({str(state): int(count) for state, count in rows})
+                for state, count in counts.items():
+                    SAGAS.labels(state).set(count)
+                oldest = (
+                    await conn.execute(
+                        select(func.min(transfers.c.created_at)).where(
+                            transfers.c.state.not_in(TERMINAL_SAGA_STATES)
+                        )
+                    )
+                ).scalar()
+                SAGA_OLDEST_UNFINISHED.set(_age(now, oldest))
+            if "outbox" in self.sources:
+                count, oldest = (
+                    await conn.execute(
+                        select(func.count(), func.min(outbox.c.created_at)).where(
+                            outbox.c.status == "pending"
+                        )
+                    )
+                ).one()
+                OUTBOX_PENDING.set(int(count))
+                OUTBOX_OLDEST_PENDING.set(_age(now, oldest))
+            for consumer in CONSUMERS:
+                if consumer not in self.sources:
+                    continue
+                applied = exists().where(
+                    and_(
+                        inbox.c.consumer == consumer,
+                        inbox.c.message_id == wallet_events.c.event_id,
+                    )
+                )
+                unapplied = (await conn.execute(select(func.count()).where(not_(applied)))).scalar()
+                CONSUMER_UNAPPLIED_EVENTS.labels(consumer).set(int(unapplied or 0))
+
+    async def _queue_depth_function(self) -> QueueDepth | None:
+        """How to ask for a queue's depth: RabbitMQ, or the in-process bus if it says."""
+        if self.amqp_url:
+            import aio_pika
+
+            if self._connection is None or self._connection.is_closed:
+                self._connection = await aio_pika.connect_robust(self.amqp_url, timeout=5)
+            connection = self._connection
+
+            async def rabbit_depth(queue: str) -> int | None:
+                channel = await connection.channel()
+                try:
+                    declared = await channel.declare_queue(queue, passive=True)
+                    return int(declared.declaration_result.message_count)
+                except Exception as error:  # queue not declared yet: nothing to report
+                    if "NOT_FOUND" in str(error) or "404" in str(error):
+                        return None
+                    raise
+                finally:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+
+            return rabbit_depth
+        bus = self.extras.get("bus")
+        for attribute in ("queue_depth", "message_count", "queue_size"):
+            function = getattr(bus, attribute, None)
+            if callable(function):
+                return function
+        return None
+
+    async def _collect_queues(self, consumers: list[str]) -> None:
+        depth = await self._queue_depth_function()
+        if depth is None:
+            return
+        for consumer in consumers:
+            queue, dlq = CONSUMERS[consumer]
+            ready = depth(queue)
+            ready = await ready if inspect.isawaitable(ready) else ready
+            if ready is not None:
+                CONSUMER_QUEUE_MESSAGES.labels(consumer, queue).set(int(ready))
+            dead = depth(dlq)
+            dead = await dead if inspect.isawaitable(dead) else dead
+            if dead is not None:
+                DLQ_MESSAGES.labels(dlq).set(int(dead))
+
+
+class MetricsHttpServer:
+    """prometheus-client's HTTP exporter on ``host:port``, stoppable."""
+
+    name = "metrics-http"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._server: Any = None
+        self._thread: Any = None
+
+    async def start(self) -> None:
+        self._server, self._thread = start_http_server(self.port, addr=self.host)
+        self.port = int(self._server.server_address[1])
+        log.info("metrics on http://%s:%s/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            server = self._server
+            self._server = None
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
