@@ -1,0 +1,174 @@
+"""SQL for the ``wallet_stats`` projection: upserts, reads, rebuild and drift check.
+
+Writes are ``INSERT ... ON CONFLICT (wallet_id) DO UPDATE`` that ADD to the counters
+(never read-compute-write in Python), so concurrent consumers cannot lose updates and
+a batch of events becomes one statement. ``last_activity_at`` keeps the later of the
+stored and the new event time, which makes the result independent of arrival order.
+
+The rebuild and the drift check aggregate ``wallet_events`` with ``CASE`` expressions
+generated from :data:`analytics_worker.domain.EFFECTS`, restricted to the events this
+consumer has applied (its ``inbox`` rows): an event still queued is counted when it is
+consumed, never twice, and a consumer that lags is not reported as drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from analytics_worker.domain import (
+    COUNT_FIELDS,
+    COUNTER_FIELDS,
+    EFFECTS,
+    TOTAL_FIELDS,
+    StatsDelta,
+    WalletStats,
+)
+from wallet_common.clock import ensure_utc
+from wallet_common.schema import inbox, wallet_events, wallet_stats
+
+CONSUMER_NAME = "analytics"
+
+_STATS_COLUMNS = (*COUNTER_FIELDS, "last_activity_at")
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    """The dialect's INSERT (both PostgreSQL and SQLite speak ON CONFLICT)."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+async def add_deltas(conn: AsyncConnection, deltas: Sequence[StatsDelta], now: datetime) -> None:
+    """Add each delta to its wallet's row (creating it). At most one delta per wallet."""
+    if not deltas:
+        return
+    rows = [
+        {
+            "wallet_id": delta.wallet_id,
+            **{name: getattr(delta, name) for name in COUNTER_FIELDS},
+            "last_activity_at": delta.last_activity_at,
+            "updated_at": now,
+        }
+        for delta in deltas
+    ]
+    insert = _insert(conn)(wallet_stats).values(rows)
+    new = insert.excluded
+    current = wallet_stats.c
+    updates: dict[str, Any] = {name: current[name] + new[name] for name in COUNTER_FIELDS}
+    updates["last_activity_at"] = sa.case(
+        (current.last_activity_at.is_(None), new.last_activity_at),
+        (new.last_activity_at > current.last_activity_at, new.last_activity_at),
+        else_=current.last_activity_at,
+    )
+    updates["updated_at"] = new.updated_at
+    await conn.execute(insert.on_conflict_do_update(index_elements=["wallet_id"], set_=updates))
+
+
+def _stats_from_row(row: Any) -> WalletStats:
+    values = {name: int(getattr(row, name) or 0) for name in COUNTER_FIELDS}
+    last = row.last_activity_at
+    return WalletStats(
+        wallet_id=row.wallet_id,
+        last_activity_at=ensure_utc(last) if last is not None else None,
+        **values,
+    )
+
+
+async def get_stats(conn: AsyncConnection, wallet_id: str) -> WalletStats | None:
+    columns = [wallet_stats.c.wallet_id, *(wallet_stats.c[name] for name in _STATS_COLUMNS)]
+    row = (
+        await conn.execute(sa.select(*columns).where(wallet_stats.c.wallet_id == wallet_id))
+    ).first()
+    return None if row is None else _stats_from_row(row)
+
+
+def _aggregates(consumer: str = CONSUMER_NAME) -> sa.Select[Any]:
+    """Per wallet: the stats that the applied events of the log add up to."""
+    event_type = wallet_events.c.type
+    amount = wallet_events.c.amount
+
+    def total(name: str) -> Any:
+        whens = [(event_type == t, e.sign * amount) for t, e in EFFECTS.items() if e.total == name]
+        return sa.func.coalesce(sa.func.sum(sa.case(*whens, else_=0)), 0)
+
+    def count(name: str) -> Any:
+        whens = [(event_type == t, e.sign) for t, e in EFFECTS.items() if e.count == name]
+        return sa.func.coalesce(sa.func.sum(sa.case(*whens, else_=0)), 0)
+
+    applied = wallet_events.join(
+        inbox,
+        sa.and_(inbox.c.consumer == consumer, inbox.c.message_id == wallet_events.c.event_id),
+    )
+    return (
+        sa.select(
+            wallet_events.c.wallet_id.label("wallet_id"),
+            *(total(name).label(name) for name in TOTAL_FIELDS),
+            *(count(name).label(name) for name in COUNT_FIELDS),
+            sa.func.count().label("events_applied"),
+            sa.func.max(wallet_events.c.occurred_at).label("last_activity_at"),
+        )
+        .select_from(applied)
+        .group_by(wallet_events.c.wallet_id)
+    )
+
+
+async def rebuild(conn: AsyncConnection, now: datetime) -> int:
+    """Replace every row by the aggregates over the applied log; returns the row count.
+
+    On PostgreSQL the table is locked first (EXCLUSIVE: reads go on, consumers wait),
+    so a consumer transaction either committed before (its event is in the inbox and
+    counted here) or applies its delta after the rebuild commits (counted once there).
+    SQLite's BEGIN IMMEDIATE already serialises every writer.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("LOCK TABLE wallet_stats IN EXCLUSIVE MODE"))
+    await conn.execute(sa.delete(wallet_stats))
+    source = _aggregates().subquery()
+    select = sa.select(
+        source.c.wallet_id,
+        *(source.c[name] for name in _STATS_COLUMNS),
+        sa.literal(now, type_=wallet_stats.c.updated_at.type).label("updated_at"),
+    )
+    result = await conn.execute(
+        sa.insert(wallet_stats).from_select(["wallet_id", *_STATS_COLUMNS, "updated_at"], select)
+    )
+    return int(result.rowcount or 0)
+
+
+async def projected_and_expected(
+    conn: AsyncConnection,
+) -> tuple[dict[str, WalletStats], dict[str, WalletStats]]:
+    """Both sides of the drift check, read by ONE statement (one snapshot).
+
+    The UNION takes its column types from the first SELECT, so the aggregated times
+    are parsed like stored ones on SQLite too.
+    """
+    source = _aggregates().subquery()
+    projected = sa.select(
+        sa.literal("p").label("side"),
+        wallet_stats.c.wallet_id,
+        *(wallet_stats.c[name] for name in _STATS_COLUMNS),
+    )
+    expected = sa.select(
+        sa.literal("e").label("side"),
+        source.c.wallet_id,
+        *(source.c[name] for name in _STATS_COLUMNS),
+    )
+    rows = (await conn.execute(sa.union_all(projected, expected))).all()
+    sides: dict[str, dict[str, WalletStats]] = {"p": {}, "e": {}}
+    for row in rows:
+        sides[row.side][row.wallet_id] = _stats_from_row(row)
+    return sides["p"], sides["e"]
+
+
+async def count_unapplied_events(conn: AsyncConnection, consumer: str = CONSUMER_NAME) -> int:
+    """Events in the log this consumer has not applied (queued, in flight, or in its DLQ)."""
+    applied = sa.exists().where(
+        sa.and_(inbox.c.consumer == consumer, inbox.c.message_id == wallet_events.c.event_id)
+    )
+    query = sa.select(sa.func.count()).select_from(wallet_events).where(~applied)
+    return int((await conn.execute(query)).scalar_one())

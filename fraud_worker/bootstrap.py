@@ -1,0 +1,23 @@
+"""Composition root of the fraud worker: its consumer and FraudService.
+
+``fraud-worker`` and ``wallet-stack`` both call :func:`build_components`; the rule
+thresholds come from the settings (``WALLET_FRAUD_*``).
+"""
+
+from __future__ import annotations
+
+from fraud_worker.grpc_api import FraudApi
+from fraud_worker.projection import FraudProjection
+from fraud_worker.rules import FraudRules
+from fraud_worker.service import FraudService
+from wallet_common.consumer import consumer_component
+from wallet_common.grpc_server import Component
+from wallet_common.runtime import Runtime
+
+
+def build_components(runtime: Runtime) -> list[Component]:
+    rules = FraudRules.from_settings(runtime.settings)
+    return [
+        consumer_component(runtime, FraudProjection(rules), "fraud-consumer"),
+        FraudApi(FraudService(runtime.db)),
+    ]

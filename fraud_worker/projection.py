@@ -1,0 +1,112 @@
+"""The fraud consumer: ``funds_withdrawn`` entries -> rules -> alerts (+ events).
+
+Runs inside the consumer runner's transaction (the one that writes the inbox row), so
+a withdrawal is remembered, judged, and its alerts stored and queued for publication
+(outbox row, same transaction) exactly once. Every other message is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fraud_worker import repository
+from fraud_worker.rules import AlertDraft, FraudRules, Withdrawal
+from wallet.v1 import events_pb2, fraud_pb2
+from wallet_common import events
+from wallet_common.bus import Delivery, PoisonMessageError
+from wallet_common.clock import Clock, utcnow
+
+CONSUMER_NAME = "fraud"
+ALERT_ROUTING_KEY = "wallet.fraud_alert_raised"
+RULE_ENUMS = {
+    "RAPID_WITHDRAWALS": fraud_pb2.FRAUD_RULE_RAPID_WITHDRAWALS,
+    "LARGE_WITHDRAWAL": fraud_pb2.FRAUD_RULE_LARGE_WITHDRAWAL,
+}
+RULE_NAMES = {value: name for name, value in RULE_ENUMS.items()}
+
+
+def withdrawal_of(message: Message) -> Withdrawal | None:
+    """The withdrawal a message announces; None for every other message."""
+    if not isinstance(message, events_pb2.FundsWithdrawn):
+        return None
+    event = message.event
+    if not event.event_id or not event.wallet_id or not event.HasField("occurred_at"):
+        raise PoisonMessageError("withdrawal without event_id, wallet_id or occurred_at")
+    if event.amount < 0:
+        raise PoisonMessageError(f"withdrawal with negative amount {event.amount}")
+    return Withdrawal(
+        occurred_at=event.occurred_at.ToDatetime(tzinfo=UTC),
+        event_id=event.event_id,
+        wallet_id=event.wallet_id,
+        amount=event.amount,
+        currency=event.currency,
+    )
+
+
+def alert_message(
+    alert_id: str,
+    wallet_id: str,
+    rule: str,
+    event_ids: Sequence[str],
+    detail: str,
+    created_at: Timestamp,
+) -> fraud_pb2.FraudAlert:
+    return fraud_pb2.FraudAlert(
+        alert_id=alert_id,
+        wallet_id=wallet_id,
+        rule=RULE_ENUMS[rule],
+        event_ids=list(event_ids),
+        detail=detail,
+        created_at=created_at,
+    )
+
+
+class FraudProjection:
+    """``wallet_common.consumer.Projection`` for the fraud queue."""
+
+    consumer_name = CONSUMER_NAME
+    queue = events.FRAUD_QUEUE
+
+    def __init__(self, rules: FraudRules, clock: Clock = utcnow) -> None:
+        self.rules = rules
+        self._clock = clock
+
+    async def apply(self, conn: AsyncConnection, delivery: Delivery, message: Message) -> None:
+        withdrawal = withdrawal_of(message)
+        if withdrawal is not None:
+            await self.judge(conn, withdrawal)
+
+    async def apply_many(
+        self, conn: AsyncConnection, items: Sequence[tuple[Delivery, Message]]
+    ) -> None:
+        """Several messages in one transaction, judged one after another in order."""
+        for delivery, message in items:
+            await self.apply(conn, delivery, message)
+
+    async def judge(self, conn: AsyncConnection, withdrawal: Withdrawal) -> list[AlertDraft]:
+        """Remember the withdrawal, run the rules, store and announce new alerts."""
+        await repository.lock_wallet(conn, withdrawal.wallet_id)
+        if not await repository.add_withdrawal(conn, withdrawal):
+            return []  # judged before (redelivered without an inbox row): nothing new
+        around = self.rules.lookaround(withdrawal.occurred_at)
+        nearby, bursts = await repository.nearby(conn, withdrawal.wallet_id, around)
+        drafts = self.rules.evaluate(withdrawal, nearby, bursts)
+        if not drafts:
+            return []
+        now = self._clock()
+        stamp = Timestamp()
+        stamp.FromDatetime(now)
+        for draft in drafts:
+            alert = alert_message(
+                draft.alert_id, draft.wallet_id, draft.rule, draft.event_ids, draft.detail, stamp
+            )
+            row = events.outbox_row(
+                draft.alert_id, ALERT_ROUTING_KEY, events_pb2.FraudAlertRaised(alert=alert), now
+            )
+            await repository.add_alert(conn, draft, now, row)
+        return drafts

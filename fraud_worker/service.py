@@ -1,0 +1,59 @@
+"""FraudService use cases (no protobuf here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from fraud_worker import repository
+from fraud_worker.repository import StoredAlert
+from wallet_common import validation
+from wallet_common.clock import ensure_utc
+from wallet_common.db import Database
+from wallet_common.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class AlertPage:
+    alerts: list[StoredAlert]
+    next_page_token: str
+
+
+def _cursor(token: str) -> tuple[datetime, str] | None:
+    position = validation.decode_page_token(token)
+    if position is None:
+        return None
+    try:
+        created_at = ensure_utc(datetime.fromisoformat(position["c"]))
+        alert_id = str(position["a"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArgumentError("page_token is malformed", field="page_token") from None
+    return created_at, alert_id
+
+
+class FraudService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def list_alerts(self, wallet_id: str, page_size: int, page_token: str) -> AlertPage:
+        """Alerts newest first, optionally of one wallet (an unknown wallet has none).
+
+        The cursor is the (created_at, alert_id) of the last alert returned, so pages
+        stay stable while new alerts arrive (they sort before the first page).
+        """
+        if wallet_id:
+            validation.wallet_id(wallet_id)
+        size = validation.page_size(page_size)
+        after = _cursor(page_token)
+        async with self._db.read() as conn:
+            rows = await repository.list_alerts(
+                conn, wallet_id=wallet_id or None, limit=size + 1, after=after
+            )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            last = rows[-1]
+            token = validation.encode_page_token(
+                {"c": last.created_at.isoformat(), "a": last.alert_id}
+            )
+        return AlertPage(rows, token)
