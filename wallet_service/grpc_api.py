@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_common.errors import InvalidArgumentError
 from wallet_common.logs import log_context
 from wallet_service.domain import Movement
 from wallet_service.messages import event_to_pb, wallet_to_pb
@@ -32,7 +33,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             )
 
     async def GetWallet(self, request: Any, context: Context) -> Any:
-        as_of_time = request.as_of_time.ToDatetime() if request.HasField("as_of_time") else None
+        as_of_time = None
+        if request.HasField("as_of_time"):
+            try:
+                as_of_time = request.as_of_time.ToDatetime()
+            except (ValueError, OverflowError):
+                raise InvalidArgumentError(
+                    "as_of_time is not a valid timestamp", field="as_of_time"
+                ) from None
         wallet = await self._service.get_wallet(
             request.wallet_id, request.as_of_sequence, as_of_time
         )

@@ -42,6 +42,7 @@ from wallet_common.errors import (
     IdempotencyKeyReusedError,
     InvalidArgumentError,
     NotFoundError,
+    UnavailableError,
     WalletAlreadyExistsError,
     WalletNotFoundError,
     WalletPlatformError,
@@ -321,6 +322,8 @@ class WalletService:
                 try:
                     outcome = await apply(conn, now)
                 except WalletPlatformError as rejected:
+                    if isinstance(rejected, UnavailableError):
+                        raise  # not a definite outcome: the retry must run again
                     error = rejected
                     await repository.finish_record(
                         conn, request_id, error=error_to_record(rejected)
