@@ -20,6 +20,9 @@ from wallet_common import migrate
 from wallet_common.config import Settings
 from wallet_common.db import Database
 
+# RabbitMQ fixtures (fresh vhost per test): rabbit_vhost, amqp_url.
+pytest_plugins = ["tests.rabbit"]
+
 PG_URL = os.environ.get("WALLET_TEST_DATABASE_URL", "")
 AMQP_URL = os.environ.get("WALLET_TEST_AMQP_URL", "")
 RUN_ID = uuid.uuid4().hex[:8]

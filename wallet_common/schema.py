@@ -204,6 +204,32 @@ fraud_alerts = Table(
 Index("ix_fraud_alerts_wallet_created", fraud_alerts.c.wallet_id, fraud_alerts.c.created_at)
 Index("ix_fraud_alerts_created", fraud_alerts.c.created_at)
 
+# In-process event bus (WALLET_AMQP_URL empty): one row per (queue, message) until it
+# is acked (deleted) or dead-lettered (state 'dead', with the reason in last_error).
+bus_messages = Table(
+    "bus_messages",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("queue", String(64), nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("routing_key", String(64), nullable=False),
+    Column("message_type", String(128), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", String(8), nullable=False),  # ready | dead
+    Column("attempt", Integer, nullable=False, server_default="0"),  # deliveries so far
+    Column("available_at_ms", BigInteger, nullable=False),  # epoch ms (retry back-off)
+    Column("locked_until_ms", BigInteger, nullable=True),  # a consumer's claim lease
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("dead_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("state IN ('ready', 'dead')", name="ck_bus_messages_state"),
+)
+Index(
+    "ix_bus_messages_queue_state_id", bus_messages.c.queue, bus_messages.c.state, bus_messages.c.id
+)
+
 # --- Audit trail ---------------------------------------------------------------------
 
 audit_log = Table(

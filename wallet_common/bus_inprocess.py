@@ -1,0 +1,318 @@
+"""The embedded event bus: RabbitMQ's semantics on top of the platform database.
+
+Why a table and not memory: the relay marks outbox rows published once the bus has
+them, so a bus that forgot its queues in a crash would silently lose events. Queues
+in ``bus_messages`` survive restarts, work across processes that share the database
+(e.g. ``wallet-service`` and ``analytics-worker`` without RabbitMQ), and let
+``walletctl dlq`` inspect and replay dead letters from outside the server.
+
+Semantics, as on RabbitMQ:
+- publish = one row per queue the routing key reaches (topic ``wallet.#``), in one
+  transaction; no queue reached -> :class:`PublishError` (``mandatory``);
+- a consumer claims up to ``prefetch`` rows (a lease, so a crashed consumer's
+  messages come back after ``LEASE_MS``), runs the handler for each, then acks
+  (deletes) it; a handler error schedules a retry with back-off (``attempt`` + 1)
+  until ``max_attempts``, then the row becomes a dead letter (state ``dead``) with
+  the reason; :class:`PoisonMessageError` dead-letters at once;
+- publishers in this process wake the consumers at once; other processes' publishes
+  are noticed by a short poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet_common.bus import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PREFETCH,
+    Delivery,
+    Handler,
+    OutgoingMessage,
+    PoisonMessageError,
+    PublishError,
+    error_text,
+    routed_queues,
+)
+from wallet_common.clock import utcnow
+from wallet_common.db import Database
+from wallet_common.schema import bus_messages as bm
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 5_000  # a claimed message returns to the queue after this if never acked
+IDLE_POLL_SECONDS = 0.1  # notices other processes' publishes and due retries
+MAX_CLAIM = 32  # rows per claim (keeps each batch well inside the lease)
+ERROR_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def retry_delay_ms(attempt: int) -> int:
+    """Back-off before delivery ``attempt + 1``: 100 ms, 200 ms, 400 ms ... 2 s."""
+    return int(min(100 * 2 ** max(attempt - 1, 0), 2000))
+
+
+@dataclass
+class _Consumer:
+    queue: str
+    handler: Handler
+    prefetch: int
+    max_attempts: int
+    task: asyncio.Task[None] | None = None
+
+
+class InProcessBus:
+    """An :class:`~wallet_common.bus.EventBus` whose queues live in ``bus_messages``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._users = 0
+        self._consumers: dict[str, _Consumer] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._users += 1
+
+    async def close(self) -> None:
+        self._users = max(self._users - 1, 0)
+        if self._users == 0:
+            for queue in list(self._consumers):
+                await self.stop_consuming(queue)
+
+    # --- publishing --------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        rows: list[dict[str, Any]] = []
+        created_at = utcnow()
+        available = now_ms()
+        for message in messages:
+            queues = routed_queues(message.routing_key)
+            if not queues:
+                raise PublishError(
+                    f"message {message.message_id} is unroutable "
+                    f"(routing key {message.routing_key!r})"
+                )
+            rows.extend(
+                {
+                    "queue": queue,
+                    "message_id": message.message_id,
+                    "routing_key": message.routing_key,
+                    "message_type": message.message_type,
+                    "body": message.body,
+                    "state": "ready",
+                    "attempt": 0,
+                    "available_at_ms": available,
+                    "locked_until_ms": None,
+                    "created_at": created_at,
+                }
+                for queue in queues
+            )
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(insert(bm), rows)
+        except Exception as error:
+            raise PublishError(f"in-process publish failed: {error_text(error)}") from error
+        for queue in {row["queue"] for row in rows}:
+            self._wake(queue)
+
+    def _wake(self, queue: str) -> None:
+        event = self._wakeups.get(queue)
+        if event is not None:
+            event.set()
+
+    # --- consuming ---------------------------------------------------------------------
+
+    async def consume(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        if queue in self._consumers:
+            raise RuntimeError(f"already consuming {queue}")
+        consumer = _Consumer(queue, handler, max(1, prefetch), max(1, max_attempts))
+        self._wakeups[queue] = asyncio.Event()
+        consumer.task = asyncio.create_task(self._run(consumer), name=f"bus-consume-{queue}")
+        self._consumers[queue] = consumer
+
+    async def stop_consuming(self, queue: str) -> None:
+        consumer = self._consumers.pop(queue, None)
+        self._wakeups.pop(queue, None)
+        if consumer is None or consumer.task is None:
+            return
+        consumer.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.task
+
+    async def _run(self, consumer: _Consumer) -> None:
+        failures = 0
+        wakeup = self._wakeups[consumer.queue]
+        while True:
+            try:
+                handled = await self._consume_batch(consumer)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = ERROR_BACKOFF_SECONDS[min(failures, len(ERROR_BACKOFF_SECONDS) - 1)]
+                failures += 1
+                log.exception("in-process bus: consuming %s failed", consumer.queue)
+                await asyncio.sleep(delay)
+                continue
+            if handled:
+                continue
+            wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), IDLE_POLL_SECONDS)
+
+    async def _consume_batch(self, consumer: _Consumer) -> int:
+        """Claim, handle and settle one batch; returns how many were claimed."""
+        claimed = await self._claim(consumer.queue, min(consumer.prefetch, MAX_CLAIM))
+        if not claimed:
+            return 0
+        acked: list[int] = []
+        retried: list[tuple[int, int, str]] = []  # id, attempt, reason
+        dead: list[tuple[int, str]] = []  # id, reason
+        for row in claimed:
+            delivery = Delivery(
+                message_id=row.message_id,
+                routing_key=row.routing_key,
+                message_type=row.message_type,
+                body=row.body,
+                attempt=row.attempt,
+            )
+            try:
+                await consumer.handler(delivery)
+            except asyncio.CancelledError:
+                # Stopping: settle what is done; the rest returns after the lease.
+                await self._settle(acked, retried, dead)
+                raise
+            except PoisonMessageError as error:
+                dead.append((row.id, error_text(error)))
+                log.warning(
+                    "dead-lettering poison message %s from %s: %s",
+                    row.message_id,
+                    consumer.queue,
+                    error,
+                )
+            except Exception as error:
+                reason = error_text(error)
+                if row.attempt >= consumer.max_attempts:
+                    dead.append((row.id, f"{reason} (after {row.attempt} attempts)"))
+                    log.warning(
+                        "dead-lettering %s from %s after %d attempts: %s",
+                        row.message_id,
+                        consumer.queue,
+                        row.attempt,
+                        reason,
+                    )
+                else:
+                    retried.append((row.id, row.attempt, reason))
+                    log.info(
+                        "retrying %s from %s (attempt %d failed: %s)",
+                        row.message_id,
+                        consumer.queue,
+                        row.attempt,
+                        reason,
+                    )
+            else:
+                acked.append(row.id)
+        await self._settle(acked, retried, dead)
+        return len(claimed)
+
+    async def _has_ready(self, queue: str, now: int) -> bool:
+        """A cheap read first, so an idle poll never takes SQLite's write lock."""
+        async with self.db.read() as conn:
+            found = await conn.execute(select(bm.c.id).where(*_ready_filter(queue, now)).limit(1))
+            return found.first() is not None
+
+    async def _claim(self, queue: str, limit: int) -> list[Any]:
+        now = now_ms()
+        if not await self._has_ready(queue, now):
+            return []
+        candidates = (
+            select(bm.c.id)
+            .where(*_ready_filter(queue, now))
+            .order_by(bm.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers
+        )
+        statement = (
+            update(bm)
+            .where(bm.c.id.in_(candidates.scalar_subquery()))
+            .values(attempt=bm.c.attempt + 1, locked_until_ms=now + LEASE_MS)
+            .returning(
+                bm.c.id,
+                bm.c.message_id,
+                bm.c.routing_key,
+                bm.c.message_type,
+                bm.c.body,
+                bm.c.attempt,
+            )
+        )
+        async with self.db.transaction() as conn:
+            rows = list((await conn.execute(statement)).all())
+        rows.sort(key=lambda row: row.id)
+        return rows
+
+    async def _settle(
+        self, acked: list[int], retried: list[tuple[int, int, str]], dead: list[tuple[int, str]]
+    ) -> None:
+        if not (acked or retried or dead):
+            return
+        async with self.db.transaction() as conn:
+            await _settle_rows(conn, acked, retried, dead)
+
+
+def _ready_filter(queue: str, now: int) -> list[Any]:
+    return [
+        bm.c.queue == queue,
+        bm.c.state == "ready",
+        bm.c.available_at_ms <= now,
+        or_(bm.c.locked_until_ms.is_(None), bm.c.locked_until_ms < now),
+    ]
+
+
+async def _settle_rows(
+    conn: AsyncConnection,
+    acked: list[int],
+    retried: list[tuple[int, int, str]],
+    dead: list[tuple[int, str]],
+) -> None:
+    if acked:
+        await conn.execute(delete(bm).where(bm.c.id.in_(acked)))
+    now = now_ms()
+    for row_id, attempt, reason in retried:
+        await conn.execute(
+            update(bm)
+            .where(bm.c.id == row_id)
+            .values(
+                available_at_ms=now + retry_delay_ms(attempt),
+                locked_until_ms=None,
+                last_error=reason,
+            )
+        )
+    dead_at = utcnow()
+    for row_id, reason in dead:
+        await conn.execute(
+            update(bm)
+            .where(bm.c.id == row_id)
+            .values(state="dead", locked_until_ms=None, last_error=reason, dead_at=dead_at)
+        )
