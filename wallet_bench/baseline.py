@@ -1,0 +1,121 @@
+"""The raw-SQL baselines: pgbench running ``bench/*.sql`` on a fresh, migrated database.
+
+The scripts do the rows of a deposit and of a completed transfer saga with the fewest
+statements (one each), so ``service rate / pgbench rate`` says how close the platform
+gets to what PostgreSQL alone can do on the same machine in the same run.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = {"deposit": "deposit.sql", "transfer": "transfer.sql"}
+
+
+@dataclass
+class PgbenchResult:
+    script: str
+    tps: float
+    latency_ms: float
+    transactions: int
+    failed: int
+    command: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "script": self.script,
+            "tps": round(self.tps, 1),
+            "latency_avg_ms": round(self.latency_ms, 3),
+            "transactions": self.transactions,
+            "failed": self.failed,
+            "command": self.command,
+        }
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """``postgresql+psycopg://...`` -> ``postgresql://...`` for psql and pgbench."""
+    url = make_url(sqlalchemy_url).set(drivername="postgresql")
+    return str(url.render_as_string(hide_password=False))
+
+
+def available() -> bool:
+    return shutil.which("pgbench") is not None and shutil.which("psql") is not None
+
+
+def seed(database_url: str, wallets: int) -> None:
+    """Create the baseline's wallets (bench/seed.sql) in a migrated database."""
+    subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            f"wallets={wallets}",
+            "-f",
+            str(BENCH_DIR / "seed.sql"),
+            libpq_url(database_url),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def run_pgbench(
+    database_url: str,
+    name: str,
+    *,
+    clients: int = 32,
+    threads: int = 2,
+    duration_s: int = 15,
+    wallets: int = 1000,
+) -> PgbenchResult:
+    """Run one baseline script and parse its summary."""
+    script = BENCH_DIR / SCRIPTS[name]
+    args = [
+        "pgbench",
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        str(threads),
+        "-T",
+        str(duration_s),
+        "-D",
+        f"wallets={wallets}",
+        "-f",
+        str(script),
+        libpq_url(database_url),
+    ]
+    done = subprocess.run(args, check=False, capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"pgbench {name} failed ({done.returncode}):\n{output[-2000:]}")
+    shown = " ".join([*args[:-1], "$DB"]).replace(str(BENCH_DIR), "bench")
+    return PgbenchResult(
+        script=name,
+        tps=_number(r"tps = ([\d.]+)", output),
+        latency_ms=_number(r"latency average = ([\d.]+) ms", output),
+        transactions=int(_number(r"actually processed: (\d+)", output)),
+        failed=int(_number(r"failed transactions: (\d+)", output, default=0.0)),
+        command=shown,
+    )
+
+
+def _number(pattern: str, text: str, default: float | None = None) -> float:
+    match = re.search(pattern, text)
+    if match is None:
+        if default is not None:
+            return default
+        raise RuntimeError(f"cannot find {pattern!r} in pgbench output:\n{text[-2000:]}")
+    return float(match.group(1))
