@@ -1,1 +1,1 @@
-"""walletctl: the operator CLI."""
+"""walletctl: the operator CLI of the wallet platform (``walletctl --help``)."""

@@ -1,0 +1,128 @@
+"""gRPC channels for walletctl: one target per service, TLS, bearer token, deadline.
+
+Every service defaults to ``--target`` (``WALLET_TARGET``, a ``wallet-stack``); a
+per-service flag points one of them elsewhere when the services run as separate
+processes. The TLS and token options are the client-side fields of
+``wallet_common.config.Settings`` (same environment variables), so one set of
+variables configures the servers' clients and the operator's CLI alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from wallet.v1 import (
+    analytics_pb2_grpc,
+    fraud_pb2_grpc,
+    transfer_pb2_grpc,
+    wallet_pb2_grpc,
+)
+
+SERVICES = ("wallet", "transfer", "analytics", "fraud")
+_STUBS: dict[str, Any] = {
+    "wallet": wallet_pb2_grpc.WalletServiceStub,
+    "transfer": transfer_pb2_grpc.TransferServiceStub,
+    "analytics": analytics_pb2_grpc.AnalyticsServiceStub,
+    "fraud": fraud_pb2_grpc.FraudServiceStub,
+}
+
+
+@dataclass
+class ClientConfig:
+    """Where and how to reach the services."""
+
+    target: str = "127.0.0.1:50051"
+    service_targets: dict[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+    tls_ca: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
+    tls_server_name: str = ""
+    tls: bool = False
+    auth_token: str = ""
+
+    def target_for(self, service: str) -> str:
+        return self.service_targets.get(service) or self.target
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or bool(self.tls_ca or self.tls_client_cert)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if not self.auth_token:
+            return ()
+        return (("authorization", f"Bearer {self.auth_token}"),)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
+    root = _read(config.tls_ca) if config.tls_ca else None
+    key = _read(config.tls_client_key) if config.tls_client_key else None
+    chain = _read(config.tls_client_cert) if config.tls_client_cert else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=chain
+    )
+
+
+def open_channel(config: ClientConfig, target: str) -> grpc.Channel:
+    options: list[tuple[str, Any]] = []
+    if config.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+    if config.secure:
+        return grpc.secure_channel(target, channel_credentials(config), options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+class Clients:
+    """Lazily opened channels and stubs, closed together at the end of a command."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def stub(self, service: str) -> Any:
+        target = self.config.target_for(service)
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = open_channel(self.config, target)
+            self._channels[target] = channel
+        return _STUBS[service](channel)
+
+    def call(self, service: str, method: str, request: Any, timeout: float | None = None) -> Any:
+        """A unary call with the configured deadline and credentials metadata."""
+        rpc = getattr(self.stub(service), method)
+        return rpc(
+            request,
+            timeout=self.config.timeout if timeout is None else timeout,
+            metadata=self.config.metadata,
+        )
+
+    def stream(self, service: str, method: str, request: Any, timeout: float | None) -> Any:
+        """A server-streaming call (the caller cancels it or gives a deadline)."""
+        rpc = getattr(self.stub(service), method)
+        return rpc(request, timeout=timeout, metadata=self.config.metadata)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            with contextlib.suppress(Exception):
+                channel.close()
+        self._channels.clear()
+
+
+@contextlib.contextmanager
+def clients(config: ClientConfig) -> Iterator[Clients]:
+    opened = Clients(config)
+    try:
+        yield opened
+    finally:
+        opened.close()

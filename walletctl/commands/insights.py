@@ -1,0 +1,90 @@
+"""``walletctl stats`` (AnalyticsService) and ``walletctl alerts`` (FraudService).
+
+Both read projections that the workers build from the event stream, so they lag the
+ledger by the pipeline's delay; ``walletctl reconcile`` compares them with the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from wallet.v1 import analytics_pb2, fraud_pb2
+from walletctl import render
+from walletctl.commands import leaf, positive_int
+from walletctl.context import Context
+
+STATS_KEYS = (
+    "wallet_id",
+    "total_deposited",
+    "deposit_count",
+    "total_withdrawn",
+    "withdrawal_count",
+    "total_transferred_in",
+    "transfer_in_count",
+    "total_transferred_out",
+    "transfer_out_count",
+    "events_applied",
+    "last_activity_at",
+)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = leaf(
+        sub,
+        "stats",
+        common,
+        stats,
+        "a wallet's analytics: totals and counts (AnalyticsService)",
+        "A wallet's running totals from the analytics projection. Transfer-out figures "
+        "are net of refunds (a compensated transfer counts as no transfer out).",
+    )
+    p.add_argument("wallet_id")
+
+    p = leaf(sub, "alerts", common, alerts, "fraud alerts, newest first (FraudService)")
+    p.add_argument("--wallet", default="", help="only this wallet's alerts")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50)")
+    p.add_argument("--all", action="store_true", help="every alert (pages through)")
+
+
+def stats(ctx: Context, args: argparse.Namespace) -> int:
+    response = ctx.call(
+        "analytics",
+        "GetWalletStats",
+        analytics_pb2.GetWalletStatsRequest(wallet_id=args.wallet_id),
+    )
+    data = render.stats(response.stats)
+    ctx.emit({"stats": data}, lambda: render.record(data, STATS_KEYS))
+    return 0
+
+
+def alerts(ctx: Context, args: argparse.Namespace) -> int:
+    found: list[dict[str, Any]] = []
+    token = ""
+    limit = None if args.all else args.limit
+    while True:
+        page_size = 1000 if limit is None else min(1000, limit - len(found))
+        response = ctx.call(
+            "fraud",
+            "ListFraudAlerts",
+            fraud_pb2.ListFraudAlertsRequest(
+                wallet_id=args.wallet, page_size=page_size, page_token=token
+            ),
+        )
+        found.extend(render.alert(a) for a in response.alerts)
+        token = response.next_page_token
+        if not token or (limit is not None and len(found) >= limit):
+            break
+    more = bool(token)
+    ctx.emit(
+        {"alerts": found, "more": more},
+        lambda: (
+            render.table(
+                found,
+                ("created_at", "wallet_id", "rule", "detail", "alert_id"),
+                ("created at", "wallet", "rule", "detail", "alert"),
+            )
+            + ("\n(more: use --limit N or --all)" if more else "")
+        ),
+    )
+    return 0
