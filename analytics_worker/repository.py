@@ -133,10 +133,12 @@ async def rebuild(conn: AsyncConnection, now: datetime) -> int:
         *(source.c[name] for name in _STATS_COLUMNS),
         sa.literal(now, type_=wallet_stats.c.updated_at.type).label("updated_at"),
     )
-    result = await conn.execute(
-        sa.insert(wallet_stats).from_select(["wallet_id", *_STATS_COLUMNS, "updated_at"], select)
+    # RETURNING, not rowcount: SQLAlchemy 2.1 on psycopg reports -1 for Core inserts.
+    insert = sa.insert(wallet_stats).from_select(
+        ["wallet_id", *_STATS_COLUMNS, "updated_at"], select
     )
-    return int(result.rowcount or 0)
+    result = await conn.execute(insert.returning(wallet_stats.c.wallet_id))
+    return len(result.all())
 
 
 async def projected_and_expected(

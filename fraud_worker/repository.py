@@ -60,9 +60,10 @@ async def add_withdrawal(conn: AsyncConnection, withdrawal: Withdrawal) -> bool:
             occurred_at=withdrawal.occurred_at,
         )
         .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(fraud_withdrawals.c.event_id)
     )
-    result = await conn.execute(statement)
-    return bool(result.rowcount)
+    # RETURNING, not rowcount: SQLAlchemy 2.1 on psycopg reports -1 for Core inserts.
+    return (await conn.execute(statement)).first() is not None
 
 
 async def nearby(
@@ -116,8 +117,9 @@ async def add_alert(
             created_at=created_at,
         )
         .on_conflict_do_nothing(index_elements=["alert_id"])
+        .returning(fraud_alerts.c.alert_id)
     )
-    if not (await conn.execute(statement)).rowcount:
+    if (await conn.execute(statement)).first() is None:
         return False
     await conn.execute(
         _insert(conn)(outbox)
