@@ -186,6 +186,8 @@ def _report(ctx: Context | None, out: TextIO, err: TextIO, want_json: bool, **er
     error = {k: v for k, v in error.items() if v not in (None, "")}
     if ctx is not None and ctx.request_id:
         error["request_id"] = ctx.request_id
+    if ctx is not None and ctx.audit_id:
+        error["audit_id"] = ctx.audit_id
     if want_json:
         render.dump_json({"error": error}, out)
         return
@@ -193,6 +195,8 @@ def _report(ctx: Context | None, out: TextIO, err: TextIO, want_json: bool, **er
     reason = error.get("reason")
     text = f"{head}{f' ({reason})' if reason else ''}: {error.get('message', '')}"
     err.write(f"walletctl: {text}\n")
+    if error.get("audit_id"):
+        err.write(f"walletctl: audit id {error['audit_id']}\n")
     if ctx is not None and ctx.request_id and error.get("exit_code") == exitcodes.UNAVAILABLE:
         err.write(f"walletctl: retry safely with --request-id {ctx.request_id}\n")
 

@@ -23,6 +23,7 @@ from wallet.v1 import (
     wallet_pb2_grpc,
 )
 
+AUDIT_ID_HEADER = "x-audit-id"
 SERVICES = ("wallet", "transfer", "analytics", "fraud")
 _STUBS: dict[str, Any] = {
     "wallet": wallet_pb2_grpc.WalletServiceStub,
@@ -60,6 +61,18 @@ class ClientConfig:
         return (("authorization", f"Bearer {self.auth_token}"),)
 
 
+def audit_id_of(call: Any) -> str | None:
+    """The ``x-audit-id`` trailing metadata of a finished call, if the server sent one."""
+    try:
+        trailers = call.trailing_metadata() or ()
+    except Exception:
+        return None
+    for key, value in trailers:
+        if key == AUDIT_ID_HEADER:
+            return str(value)
+    return None
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as handle:
         return handle.read()
@@ -89,6 +102,7 @@ class Clients:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self._channels: dict[str, grpc.Channel] = {}
+        self.last_audit_id: str | None = None
 
     def stub(self, service: str) -> Any:
         target = self.config.target_for(service)
@@ -99,13 +113,24 @@ class Clients:
         return _STUBS[service](channel)
 
     def call(self, service: str, method: str, request: Any, timeout: float | None = None) -> Any:
-        """A unary call with the configured deadline and credentials metadata."""
+        """A unary call with the configured deadline and credentials metadata.
+
+        The server's ``x-audit-id`` trailer (set on audited writes) is kept in
+        ``last_audit_id`` so the operator can look the call up with ``walletctl audit``.
+        """
         rpc = getattr(self.stub(service), method)
-        return rpc(
-            request,
-            timeout=self.config.timeout if timeout is None else timeout,
-            metadata=self.config.metadata,
-        )
+        self.last_audit_id = None
+        try:
+            response, call = rpc.with_call(
+                request,
+                timeout=self.config.timeout if timeout is None else timeout,
+                metadata=self.config.metadata,
+            )
+        except grpc.RpcError as error:
+            self.last_audit_id = audit_id_of(error)
+            raise
+        self.last_audit_id = audit_id_of(call)
+        return response
 
     def stream(self, service: str, method: str, request: Any, timeout: float | None) -> Any:
         """A server-streaming call (the caller cancels it or gives a deadline)."""

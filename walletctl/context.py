@@ -54,6 +54,11 @@ class Context:
     def call(self, service: str, method: str, request: Any) -> Any:
         return self.clients.call(service, method, request)
 
+    @property
+    def audit_id(self) -> str | None:
+        """The audit id the server gave the last call (audited writes only)."""
+        return self._clients.last_audit_id if self._clients is not None else None
+
     def close(self) -> None:
         if self._clients is not None:
             self._clients.close()

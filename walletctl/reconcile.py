@@ -154,8 +154,9 @@ class Report:
             lines.append(f"{mark}  {r.name.ljust(width)}  {r.description}{count}")
             if r.note:
                 lines.append(f"       {' ' * width}  note: {r.note}")
-            for key, value in r.facts.items():
-                lines.append(f"       {' ' * width}  {key}: {_fact(value)}")
+            if r.facts:
+                facts = "; ".join(f"{key}: {_fact(value)}" for key, value in r.facts.items())
+                lines.append(f"       {' ' * width}  {facts}")
             for example in r.examples:
                 lines.append(f"       {' ' * width}  - {_example(example)}")
             if r.problems > len(r.examples):

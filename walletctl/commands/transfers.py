@@ -125,6 +125,7 @@ def create(ctx: Context, args: argparse.Namespace) -> int:
         ),
     )
     transfer = response.transfer
+    audit_id = ctx.audit_id
     deadline = time.monotonic() + max(0.0, args.wait)
     delay = 0.05
     while transfer.state not in TERMINAL and time.monotonic() < deadline:
@@ -136,12 +137,19 @@ def create(ctx: Context, args: argparse.Namespace) -> int:
             transfer_pb2.GetTransferRequest(transfer_id=transfer.transfer_id),
         ).transfer
     data = render.transfer(transfer)
-    payload = {"transfer": data, "request_id": request_id, "replayed": response.replayed}
+    payload = {
+        "transfer": data,
+        "request_id": request_id,
+        "replayed": response.replayed,
+        "audit_id": audit_id,
+    }
 
     def text() -> str:
         lines = [_transfer_text(data)]
         if response.replayed:
             lines.append("(replayed: this request id names an existing transfer)")
+        if audit_id:
+            lines.append(f"(audit id {audit_id})")
         if transfer.state not in TERMINAL:
             lines.append(
                 f"(still {data['state']}; follow it with: walletctl transfers show "

@@ -104,12 +104,19 @@ def create(ctx: Context, args: argparse.Namespace) -> int:
 
 def _wallet_change(ctx: Context, response: Any, request_id: str) -> int:
     data = render.wallet(response.wallet)
-    payload = {"wallet": data, "request_id": request_id, "replayed": response.replayed}
+    payload = {
+        "wallet": data,
+        "request_id": request_id,
+        "replayed": response.replayed,
+        "audit_id": ctx.audit_id,
+    }
 
     def text() -> str:
         lines = [_wallet_text(data)]
         if response.replayed:
             lines.append("(replayed: this request id was already applied; nothing changed)")
+        if ctx.audit_id:
+            lines.append(f"(audit id {ctx.audit_id})")
         return "\n".join(lines)
 
     ctx.emit(payload, text)
@@ -209,6 +216,7 @@ def _money(ctx: Context, args: argparse.Namespace, method: str, request_cls: Any
         "event": event,
         "request_id": request_id,
         "replayed": response.replayed,
+        "audit_id": ctx.audit_id,
     }
 
     def text() -> str:
@@ -220,6 +228,8 @@ def _money(ctx: Context, args: argparse.Namespace, method: str, request_cls: Any
         )
         if response.replayed:
             line += "\n(replayed: this request id was already applied; nothing changed)"
+        if ctx.audit_id:
+            line += f"\n(audit id {ctx.audit_id})"
         return line
 
     ctx.emit(payload, text)
