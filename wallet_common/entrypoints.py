@@ -9,7 +9,11 @@ from wallet_common.grpc_server import Component
 from wallet_common.runtime import Runtime, run_server
 
 # Each module exposes ``build_components(runtime) -> Sequence[Component]``.
-STACK_MODULES: tuple[str, ...] = ("wallet_service.bootstrap",)
+STACK_MODULES: tuple[str, ...] = (
+    "wallet_service.bootstrap",
+    "analytics_worker.bootstrap",
+    "fraud_worker.bootstrap",
+)
 
 
 def build_stack(runtime: Runtime) -> Sequence[Component]:
