@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from wallet.v1 import wallet_pb2_grpc
 from wallet_common.grpc_server import Component
 from wallet_common.runtime import Runtime
-from wallet_service.grpc_api import SERVICE_NAME, WalletServicer
+from wallet_service.grpc_api import SERVICE_NAME, WalletServicer, add_to_server
 from wallet_service.service import WalletService
 
 
@@ -27,7 +26,7 @@ class WalletComponent:
         self.service_names: tuple[str, ...] = (SERVICE_NAME,)
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        wallet_pb2_grpc.add_WalletServiceServicer_to_server(WalletServicer(self.service), server)
+        add_to_server(WalletServicer(self.service), server)
         return self.service_names
 
     async def start(self) -> None:

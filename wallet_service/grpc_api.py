@@ -6,7 +6,11 @@ which maps them to status codes with error details.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_common.errors import InvalidArgumentError
@@ -97,3 +101,54 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 transfer_id=request.transfer_id,
                 currency=request.currency,
             )
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+
+def _lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """A deserializer that never raises (gRPC would answer UNKNOWN with internals)."""
+
+    def deserialize(body: bytes) -> Any:
+        try:
+            return message_type.FromString(body)
+        except (DecodeError, ValueError, UnicodeDecodeError) as error:
+            return _Undecodable(message_type.DESCRIPTOR.full_name, error)
+
+    return deserialize
+
+
+def _guarded(behaviour: Callable[[Any, Context], Any]) -> Callable[[Any, Context], Any]:
+    async def call(request: Any, context: Context) -> Any:
+        if isinstance(request, _Undecodable):
+            raise InvalidArgumentError(
+                f"request body is not a valid {request.type_name} (e.g. bad UTF-8 in a string)"
+            )
+        return await behaviour(request, context)
+
+    return call
+
+
+def add_to_server(servicer: WalletServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer like the generated helper, but with tolerant decoding.
+
+    Malformed request bytes then become INVALID_ARGUMENT through the one error
+    interceptor, like any other bad input.
+    """
+    service = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(wallet_pb2, method.input_type.name)
+        response_type = getattr(wallet_pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _guarded(getattr(servicer, method.name)),
+            request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

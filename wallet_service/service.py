@@ -9,7 +9,7 @@ Each write follows the same shape inside ONE transaction:
 2. lock the wallet and let :mod:`wallet_service.domain` decide the change or the error;
 3. write the wallet row, append the event (sequence = new version), queue its outbox
    row, and store the outcome (response bytes or error) under the key;
-4. commit, hit the ``wallet.after_commit`` failpoint, reply.
+4. commit; after a balance change hit the ``wallet.after_commit`` failpoint; reply.
 
 Business rejections (not found, frozen, insufficient funds, currency mismatch,
 overflow, wallet id taken) are stored too, so a retry gets the very same error even if
@@ -196,7 +196,7 @@ class WalletService:
                 await repository.pg_finish(conn, request_id, stored, outbox_row)
                 return response
 
-        return await self._write(method, request_id, fingerprint, apply, fast)
+        return await self._write(method, request_id, fingerprint, apply, fast, balance_change=True)
 
     async def set_frozen(self, wallet_id: str, request_id: str, *, freeze: bool) -> Message:
         """Freeze or unfreeze; already in that state = success without a new event."""
@@ -308,6 +308,8 @@ class WalletService:
         fingerprint: str,
         apply: Any,
         fast: Any = None,
+        *,
+        balance_change: bool = False,
     ) -> Message:
         """Run one idempotent write in one transaction; see the module docstring."""
         error: WalletPlatformError | None = None
@@ -330,9 +332,10 @@ class WalletService:
                     )
         if isinstance(outcome, _Replay):
             return outcome.response
-        await failpoint("wallet.after_commit")
         if error is not None:
             raise error
+        if balance_change:
+            await failpoint("wallet.after_commit")
         assert outcome is not None
         return outcome
 
