@@ -11,6 +11,7 @@ from wallet_common.runtime import Runtime, run_server
 # Each module exposes ``build_components(runtime) -> Sequence[Component]``.
 STACK_MODULES: tuple[str, ...] = (
     "wallet_service.bootstrap",
+    "saga_orchestrator.bootstrap",
     "analytics_worker.bootstrap",
     "fraud_worker.bootstrap",
 )

@@ -1,0 +1,110 @@
+"""Composition root of the saga orchestrator: one component named ``saga``.
+
+``saga-orchestrator`` and ``wallet-stack`` both call :func:`build_components`. The
+WalletService target: in the stack (every service in this process) the process's own
+address, unless ``WALLET_SERVICE_TARGET`` / ``--wallet-service-target`` says otherwise;
+elsewhere ``settings.wallet_service_target``. The channel is opened on first use,
+inside the event loop, after the server knows its own bound address.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import grpc
+
+from saga_orchestrator.engine.runner import RetryPolicy, SagaRunner
+from saga_orchestrator.gateway import GrpcWalletGateway, WalletGateway
+from saga_orchestrator.grpc_api import TransferServicer
+from saga_orchestrator.notifier import TransferNotifier
+from saga_orchestrator.repository import TransferRepository
+from saga_orchestrator.service import TransferService
+from saga_orchestrator.sweeper import Sweeper
+from wallet.v1 import transfer_pb2, transfer_pb2_grpc
+from wallet_common.channels import make_channel
+from wallet_common.config import Settings
+from wallet_common.grpc_server import Component
+from wallet_common.runtime import Runtime
+
+SERVICE_NAME = str(transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name)
+
+
+class SagaComponent:
+    """TransferService plus the background work that finishes sagas (runner, sweeper)."""
+
+    name = "saga"
+
+    def __init__(
+        self,
+        service: TransferService,
+        runner: SagaRunner,
+        sweeper: Sweeper,
+        servicer: TransferServicer,
+        gateway: WalletGateway,
+    ) -> None:
+        self.service = service
+        self.runner = runner
+        self.sweeper = sweeper
+        self.servicer = servicer
+        self.gateway = gateway
+        self.service_names: tuple[str, ...] = (SERVICE_NAME,)
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        transfer_pb2_grpc.add_TransferServiceServicer_to_server(self.servicer, server)
+        return self.service_names
+
+    async def start(self) -> None:
+        self.sweeper.start()  # its first sweep resumes what a previous run left unfinished
+
+    async def stop(self) -> None:
+        await self.sweeper.stop()
+        await self.runner.stop()
+        close = getattr(self.gateway, "close", None)
+        if close is not None:
+            await close()
+
+
+def wallet_service_target(runtime: Runtime) -> str:
+    settings = runtime.settings
+    explicit = bool(os.environ.get("WALLET_SERVICE_TARGET")) or (
+        settings.wallet_service_target != Settings().wallet_service_target
+    )
+    if runtime.role == "stack" and not explicit and runtime.self_target:
+        return runtime.self_target
+    return settings.wallet_service_target
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        step_deadline=settings.saga_step_deadline_ms / 1000,
+        max_backoff=settings.saga_retry_max_ms / 1000,
+        lease=settings.saga_lease_ms / 1000,
+    )
+
+
+def build_components(runtime: Runtime, *, gateway: WalletGateway | None = None) -> list[Component]:
+    """Wire the orchestrator; tests may pass a fake ``gateway``."""
+    settings = runtime.settings
+    if gateway is None:
+        gateway = GrpcWalletGateway(
+            lambda: make_channel(
+                wallet_service_target(runtime),
+                settings,
+                options=[("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100)],
+            )
+        )
+    repository = TransferRepository(runtime.db)
+    notifier = TransferNotifier()
+    runner = SagaRunner(repository, gateway, notifier, retry_policy(settings))
+    sweeper = Sweeper(repository, runner, interval=settings.saga_sweep_interval_ms / 1000)
+    service = TransferService(
+        repository,
+        runner,
+        gateway,
+        notifier,
+        wait_seconds=settings.transfer_wait_ms / 1000,
+        lookup_timeout=settings.saga_step_deadline_ms / 1000,
+    )
+    servicer = TransferServicer(service, repository, notifier)
+    return [SagaComponent(service, runner, sweeper, servicer, gateway)]

@@ -1,0 +1,1 @@
+"""Saga execution: the runner that drives one saga through its steps."""

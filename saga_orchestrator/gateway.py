@@ -1,0 +1,143 @@
+"""The orchestrator's only way to WalletService, behind a small protocol.
+
+``GrpcWalletGateway`` turns gRPC calls and their failures into the domain's terms:
+a step either returns or raises :class:`StepFailedError` carrying a
+:class:`~saga_orchestrator.domain.StepError` (status code name + ErrorInfo reason).
+Tests of the state machine plug in a fake that implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from saga_orchestrator.domain import StepError, StepName
+from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_common.grpc_server import error_reason
+
+
+class StepFailedError(Exception):
+    """A WalletService call did not succeed; ``error`` says how (classified by domain)."""
+
+    def __init__(self, error: StepError) -> None:
+        super().__init__(error.describe())
+        self.error = error
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """Everything one step call needs; the same values on every retry."""
+
+    step: StepName
+    wallet_id: str
+    amount: int
+    transfer_id: str
+    request_id: str
+    currency: str
+
+
+@dataclass(frozen=True)
+class WalletInfo:
+    wallet_id: str
+    currency: str
+    frozen: bool
+
+
+class WalletGateway(Protocol):
+    async def call_step(self, call: StepCall, deadline: float) -> bool:
+        """Apply the step; returns ``replayed``. Raises StepFailedError on any failure."""
+        ...
+
+    async def get_wallet(self, wallet_id: str, deadline: float) -> WalletInfo:
+        """Read a wallet (currency check before a transfer). Raises StepFailedError."""
+        ...
+
+
+def step_error_from_rpc(error: grpc.aio.AioRpcError) -> StepError:
+    code = error.code()
+    return StepError(
+        code=code.name if code is not None else "UNKNOWN",
+        reason=error_reason(error) or "",
+        message=error.details() or "",
+    )
+
+
+class GrpcWalletGateway:
+    """Real WalletService over one shared channel (created lazily inside the loop)."""
+
+    def __init__(self, channel_factory: Callable[[], grpc.aio.Channel]) -> None:
+        self._channel_factory = channel_factory
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: wallet_pb2_grpc.WalletServiceStub | None = None
+
+    def _get_stub(self) -> wallet_pb2_grpc.WalletServiceStub:
+        # grpc.aio binds a channel to the running loop: create it on first use.
+        if self._stub is None:
+            self._channel = self._channel_factory()
+            self._stub = wallet_pb2_grpc.WalletServiceStub(self._channel)
+        return self._stub
+
+    async def call_step(self, call: StepCall, deadline: float) -> bool:
+        stub = self._get_stub()
+        try:
+            if call.step is StepName.DEBIT:
+                debit = await stub.DebitForTransfer(
+                    wallet_pb2.DebitForTransferRequest(
+                        wallet_id=call.wallet_id,
+                        amount=call.amount,
+                        transfer_id=call.transfer_id,
+                        request_id=call.request_id,
+                        currency=call.currency,
+                    ),
+                    timeout=deadline,
+                )
+                return bool(debit.replayed)
+            if call.step is StepName.CREDIT:
+                credit = await stub.CreditForTransfer(
+                    wallet_pb2.CreditForTransferRequest(
+                        wallet_id=call.wallet_id,
+                        amount=call.amount,
+                        transfer_id=call.transfer_id,
+                        request_id=call.request_id,
+                        currency=call.currency,
+                    ),
+                    timeout=deadline,
+                )
+                return bool(credit.replayed)
+            refund = await stub.RefundForTransfer(
+                wallet_pb2.RefundForTransferRequest(
+                    wallet_id=call.wallet_id,
+                    amount=call.amount,
+                    transfer_id=call.transfer_id,
+                    request_id=call.request_id,
+                    currency=call.currency,
+                ),
+                timeout=deadline,
+            )
+            return bool(refund.replayed)
+        except grpc.aio.AioRpcError as error:
+            raise StepFailedError(step_error_from_rpc(error)) from None
+
+    async def get_wallet(self, wallet_id: str, deadline: float) -> WalletInfo:
+        stub = self._get_stub()
+        try:
+            response = await stub.GetWallet(
+                wallet_pb2.GetWalletRequest(wallet_id=wallet_id), timeout=deadline
+            )
+        except grpc.aio.AioRpcError as error:
+            raise StepFailedError(step_error_from_rpc(error)) from None
+        wallet = response.wallet
+        return WalletInfo(
+            wallet_id=wallet.wallet_id,
+            currency=wallet.currency,
+            frozen=wallet.status == wallet_pb2.WALLET_STATUS_FROZEN,
+        )
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub = None

@@ -1,0 +1,56 @@
+"""In-process fan-out of saga state changes (for WatchTransfers and CreateTransfer's wait).
+
+Changes made by this process arrive here at once; changes made by other replicas are
+found by the watch stream polling the table (see ``grpc_api``). Subscribers get a
+bounded queue: a subscriber that does not keep up loses the oldest changes rather than
+growing memory without limit (the table stays the source of truth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from saga_orchestrator.domain import Transfer
+
+QUEUE_SIZE = 1000
+
+
+class TransferNotifier:
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[Transfer]] = set()
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    def publish(self, transfer: Transfer) -> None:
+        """Called after a change was committed."""
+        for queue in list(self._subscribers):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(transfer)
+        for event in self._waiters.get(transfer.transfer_id, ()):
+            event.set()
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[asyncio.Queue[Transfer]]:
+        queue: asyncio.Queue[Transfer] = asyncio.Queue(QUEUE_SIZE)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)
+
+    @contextlib.contextmanager
+    def waiter(self, transfer_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever ``transfer_id`` changes (the caller clears it)."""
+        event = asyncio.Event()
+        self._waiters.setdefault(transfer_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._waiters.get(transfer_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[transfer_id]

@@ -1,0 +1,193 @@
+"""The TransferService use cases, in domain terms (the gRPC layer only translates).
+
+CreateTransfer is idempotent on request_id: the transfers table has a unique key on it
+and stores a fingerprint of (from, to, amount). The same request again returns the
+existing transfer (``replayed``); other parameters under the same key fail with
+ALREADY_EXISTS. Wallets are checked up front (existence, same currency) through
+WalletService, so a typo is a NOT_FOUND for the caller rather than a FAILED saga;
+balance and frozen status are left to the saga's steps, which decide them atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from saga_orchestrator.domain import (
+    Transfer,
+    TransferState,
+    transfer_fingerprint,
+)
+from saga_orchestrator.engine.runner import SagaRunner
+from saga_orchestrator.gateway import StepFailedError, WalletGateway, WalletInfo
+from saga_orchestrator.notifier import TransferNotifier
+from saga_orchestrator.repository import DuplicateRequestError, Summary, TransferRepository
+from wallet_common import validation
+from wallet_common.errors import (
+    CurrencyMismatchError,
+    IdempotencyKeyReusedError,
+    InvalidArgumentError,
+    TransferNotFoundError,
+    UnavailableError,
+    WalletNotFoundError,
+)
+from wallet_common.logs import audit_id_var
+
+# How often CreateTransfer re-reads a transfer it waits for that another replica drives.
+WAIT_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class TransferPage:
+    transfers: list[Transfer]
+    next_after: tuple[datetime, str] | None
+
+
+class TransferService:
+    def __init__(
+        self,
+        repository: TransferRepository,
+        runner: SagaRunner,
+        gateway: WalletGateway,
+        notifier: TransferNotifier,
+        *,
+        wait_seconds: float,
+        lookup_timeout: float = 5.0,
+    ) -> None:
+        self.repository = repository
+        self.runner = runner
+        self.gateway = gateway
+        self.notifier = notifier
+        self.wait_seconds = wait_seconds
+        self.lookup_timeout = lookup_timeout
+
+    async def create_transfer(
+        self, request_id: str, from_wallet_id: str, to_wallet_id: str, amount: int
+    ) -> tuple[Transfer, bool]:
+        """Start a saga (or find the one this request_id started); returns (transfer, replayed)."""
+        validation.request_id(request_id)
+        validation.wallet_id(from_wallet_id, "from_wallet_id")
+        validation.wallet_id(to_wallet_id, "to_wallet_id")
+        validation.amount(amount)
+        if from_wallet_id == to_wallet_id:
+            raise InvalidArgumentError(
+                "from_wallet_id and to_wallet_id must differ", field="to_wallet_id"
+            )
+        fingerprint = transfer_fingerprint(from_wallet_id, to_wallet_id, amount)
+
+        existing = await self.repository.get_by_request_id(request_id)
+        if existing is not None:
+            return await self._replay(existing, fingerprint), True
+
+        sender, receiver = await asyncio.gather(
+            self._wallet(from_wallet_id), self._wallet(to_wallet_id)
+        )
+        if sender.currency != receiver.currency:
+            raise CurrencyMismatchError(
+                f"cannot transfer from {sender.currency} wallet {from_wallet_id!r} "
+                f"to {receiver.currency} wallet {to_wallet_id!r}"
+            )
+
+        now = self.runner.clock()
+        transfer = Transfer(
+            transfer_id=str(uuid.uuid4()),
+            request_id=request_id,
+            fingerprint=fingerprint,
+            from_wallet_id=from_wallet_id,
+            to_wallet_id=to_wallet_id,
+            amount=amount,
+            currency=sender.currency,
+            state=TransferState.PENDING,
+            failure_reason="",
+            failure_code="",
+            attempts=0,
+            last_error="",
+            next_attempt_at=None,
+            lease_owner=self.runner.owner,
+            lease_expires_at=self.runner.lease_until(),
+            created_at=now,
+            updated_at=now,
+            audit_id=audit_id_var.get() or "",
+        )
+        try:
+            await self.repository.insert(transfer)
+        except DuplicateRequestError:
+            # A concurrent identical request won the insert: answer as its replay.
+            existing = await self.repository.get_by_request_id(request_id)
+            if existing is None:  # pragma: no cover - the unique key says it exists
+                raise UnavailableError("transfer insert conflicted; retry") from None
+            return await self._replay(existing, fingerprint), True
+        self.notifier.publish(transfer)
+        self.runner.spawn(transfer.transfer_id)
+        return await self.wait_for_terminal(transfer.transfer_id), False
+
+    async def _replay(self, existing: Transfer, fingerprint: str) -> Transfer:
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReusedError(
+                f"request_id {existing.request_id!r} was already used for another transfer "
+                f"({existing.transfer_id})",
+                field="request_id",
+            )
+        if existing.is_terminal:
+            return existing
+        return await self.wait_for_terminal(existing.transfer_id)
+
+    async def _wallet(self, wallet_id: str) -> WalletInfo:
+        try:
+            return await self.gateway.get_wallet(wallet_id, self.lookup_timeout)
+        except StepFailedError as failed:
+            if failed.error.code == "NOT_FOUND":
+                raise WalletNotFoundError(wallet_id) from None
+            raise UnavailableError(
+                f"cannot check wallet {wallet_id!r} with WalletService: {failed.error.describe()}"
+            ) from None
+
+    async def wait_for_terminal(self, transfer_id: str) -> Transfer:
+        """The transfer once terminal, or as it stands when the wait is over."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_seconds
+        with self.notifier.waiter(transfer_id) as changed:
+            while True:
+                changed.clear()  # before the read: a change after it wakes us at once
+                transfer = await self.repository.get(transfer_id)
+                if transfer is None:
+                    raise TransferNotFoundError(transfer_id)
+                remaining = deadline - loop.time()
+                if transfer.is_terminal or remaining <= 0:
+                    return transfer
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, WAIT_POLL_SECONDS))
+
+    async def get_transfer(self, transfer_id: str) -> Transfer:
+        validation.transfer_id(transfer_id)
+        transfer = await self.repository.get(transfer_id)
+        if transfer is None:
+            raise TransferNotFoundError(transfer_id)
+        return transfer
+
+    async def list_transfers(
+        self,
+        *,
+        state: TransferState | None,
+        wallet_id: str,
+        page_size: int,
+        after: tuple[datetime, str] | None,
+    ) -> TransferPage:
+        if wallet_id:
+            validation.wallet_id(wallet_id)
+        limit = validation.page_size(page_size)
+        rows = await self.repository.list_page(
+            state=state, wallet_id=wallet_id or None, limit=limit + 1, after=after
+        )
+        page = rows[:limit]
+        next_after = None
+        if len(rows) > limit:
+            last = page[-1]
+            next_after = (last.created_at, last.transfer_id)
+        return TransferPage(page, next_after)
+
+    async def summary(self) -> Summary:
+        return await self.repository.summary()
