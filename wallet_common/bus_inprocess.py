@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 LEASE_MS = 5_000  # a claimed message returns to the queue after this if never acked
 IDLE_POLL_SECONDS = 0.1  # notices other processes' publishes and due retries
 MAX_CLAIM = 32  # rows per claim (keeps each batch well inside the lease)
+STOP_GRACE_SECONDS = 10.0
 ERROR_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -70,6 +71,7 @@ class _Consumer:
     prefetch: int
     max_attempts: int
     task: asyncio.Task[None] | None = None
+    stopping: bool = False
 
 
 class InProcessBus:
@@ -154,17 +156,24 @@ class InProcessBus:
 
     async def stop_consuming(self, queue: str) -> None:
         consumer = self._consumers.pop(queue, None)
-        self._wakeups.pop(queue, None)
+        wakeup = self._wakeups.pop(queue, None)
         if consumer is None or consumer.task is None:
             return
-        consumer.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # Finish the batch in hand: cancelling inside a database call can leave a
+        # SQLite connection holding the write lock.
+        consumer.stopping = True
+        if wakeup is not None:
+            wakeup.set()
+        done, _ = await asyncio.wait({consumer.task}, timeout=STOP_GRACE_SECONDS)
+        if not done:
+            consumer.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await consumer.task
 
     async def _run(self, consumer: _Consumer) -> None:
         failures = 0
         wakeup = self._wakeups[consumer.queue]
-        while True:
+        while not consumer.stopping:
             try:
                 handled = await self._consume_batch(consumer)
                 failures = 0

@@ -13,6 +13,7 @@ import grpc
 from wallet_common.grpc_server import Component
 from wallet_common.runtime import Runtime
 from wallet_service.grpc_api import SERVICE_NAME, WalletServicer, add_to_server
+from wallet_service.relay import relay_component
 from wallet_service.service import WalletService
 
 
@@ -37,4 +38,4 @@ class WalletComponent:
 
 
 def build_components(runtime: Runtime) -> list[Component]:
-    return [WalletComponent(WalletService(runtime.db))]
+    return [WalletComponent(WalletService(runtime.db)), relay_component(runtime)]

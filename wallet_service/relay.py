@@ -1,0 +1,301 @@
+"""The outbox relay: moves committed outbox rows onto the event bus.
+
+Why a status column and not an "id > last seen" cursor: ids are handed out when a
+transaction inserts, not when it commits, so a cursor skips a row whose transaction
+commits after a higher id was already relayed. The relay instead claims the oldest
+``pending`` rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so several relays share the
+work), publishes them with publisher confirms and ``mandatory``, and only then marks
+them ``published``. A crash in between (failpoint ``outbox.after_publish``) republishes
+them: duplicates are possible, loss is not; consumers deduplicate by message id.
+
+On SQLite (one writer, one relay per database) the rows are read, published and then
+marked in a second transaction: holding SQLite's write lock while publishing would stall
+every deposit, and the in-process bus itself writes to the same database.
+
+Latency: a commit that inserted an outbox row wakes the relay at once (an engine
+event, so no service has to remember to call it); otherwise it polls every 20 ms while
+there has been recent traffic, slowing to 200 ms when idle. When the bus is down the
+rows stay pending, writes keep working and the relay retries with back-off (at most
+2 s), so the backlog drains soon after the broker returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from sqlalchemy import event, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallet_common.bus import EventBus, OutgoingMessage, PublishError, error_text, get_bus
+from wallet_common.clock import utcnow
+from wallet_common.db import Database
+from wallet_common.failpoints import failpoint
+from wallet_common.runtime import Runtime
+from wallet_common.schema import outbox
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+BUSY_POLL_SECONDS = 0.02  # while rows keep arriving
+IDLE_POLL_SECONDS = 0.2  # after a quiet spell (commits still wake us at once)
+QUIET_ROUNDS = 50  # empty polls (about one second) before slowing down
+FAILURE_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
+RELAY_EXTRA_KEY = "outbox_relay"
+STOP_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class RelayStats:
+    """Counters for logs, metrics and tests."""
+
+    published: int = 0
+    batches: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+class PendingRows:
+    """Claimed outbox rows and the messages to publish for them."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self.ids = [row.id for row in rows]
+        self.messages = [
+            OutgoingMessage(
+                message_id=row.message_id,
+                routing_key=row.routing_key,
+                message_type=row.message_type,
+                body=bytes(row.payload),
+            )
+            for row in rows
+        ]
+
+
+def _pending_query(batch_size: int, lock: bool) -> Any:
+    query = (
+        select(
+            outbox.c.id,
+            outbox.c.message_id,
+            outbox.c.routing_key,
+            outbox.c.message_type,
+            outbox.c.payload,
+        )
+        .where(outbox.c.status == "pending")
+        .order_by(outbox.c.id)
+        .limit(batch_size)
+    )
+    return query.with_for_update(skip_locked=True) if lock else query
+
+
+async def _mark_published(conn: AsyncConnection, ids: list[int]) -> None:
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_(ids), outbox.c.status == "pending")
+        .values(status="published", published_at=utcnow())
+    )
+
+
+async def _mark_failed(conn: AsyncConnection, ids: list[int], reason: str) -> None:
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_(ids))
+        .values(attempts=outbox.c.attempts + 1, last_error=reason)
+    )
+
+
+async def relay_batch(db: Database, bus: EventBus, batch_size: int = BATCH_SIZE) -> int:
+    """Publish one batch of pending outbox rows; returns how many were published.
+
+    Raises :class:`PublishError` when the bus did not confirm them (the rows stay
+    pending, with ``attempts`` + 1 and ``last_error``).
+    """
+    if db.is_postgres:
+        return await _relay_batch_locked(db, bus, batch_size)
+    return await _relay_batch_single_writer(db, bus, batch_size)
+
+
+async def _relay_batch_locked(db: Database, bus: EventBus, batch_size: int) -> int:
+    failure: PublishError | None = None
+    async with db.transaction() as conn:
+        rows = (await conn.execute(_pending_query(batch_size, lock=True))).all()
+        if not rows:
+            return 0
+        pending = PendingRows(rows)
+        try:
+            await bus.publish(pending.messages)
+        except PublishError as error:
+            failure = error
+            await _mark_failed(conn, pending.ids, error_text(error))
+        else:
+            await failpoint("outbox.after_publish")
+            await _mark_published(conn, pending.ids)
+    if failure is not None:
+        raise failure
+    return len(pending.ids)
+
+
+async def _relay_batch_single_writer(db: Database, bus: EventBus, batch_size: int) -> int:
+    async with db.read() as conn:
+        rows = (await conn.execute(_pending_query(batch_size, lock=False))).all()
+    if not rows:
+        return 0
+    pending = PendingRows(rows)
+    try:
+        await bus.publish(pending.messages)
+    except PublishError as error:
+        async with db.transaction() as conn:
+            await _mark_failed(conn, pending.ids, error_text(error))
+        raise
+    await failpoint("outbox.after_publish")
+    async with db.transaction() as conn:
+        await _mark_published(conn, pending.ids)
+    return len(pending.ids)
+
+
+class OutboxRelay:
+    """The relay as a :class:`~wallet_common.grpc_server.Component` (no gRPC service)."""
+
+    name = "outbox-relay"
+
+    def __init__(self, runtime: Runtime, *, batch_size: int = BATCH_SIZE) -> None:
+        self.runtime = runtime
+        self.db = runtime.db
+        self.batch_size = batch_size
+        self.stats = RelayStats()
+        self._bus: EventBus | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hooks: list[tuple[str, Any]] = []
+        self._stopping = False
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        return ()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        bus = get_bus(self.runtime)
+        await bus.start()
+        self._bus = bus
+        self._install_commit_hook()
+        self.runtime.extras[RELAY_EXTRA_KEY] = self
+        self._task = asyncio.create_task(self._run(bus), name="outbox-relay")
+        log.info("outbox relay started")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            # Let the current round finish: cancelling in the middle of a database
+            # call can leave a SQLite connection holding the write lock.
+            self._stopping = True
+            self._wakeup.set()
+            done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_SECONDS)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._remove_commit_hook()
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            await bus.close()
+        if self.runtime.extras.get(RELAY_EXTRA_KEY) is self:
+            del self.runtime.extras[RELAY_EXTRA_KEY]
+
+    def wake(self) -> None:
+        """Ask for a relay round now (safe from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wakeup.set()
+        else:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    # --- wake on commits that wrote outbox rows -------------------------------------
+
+    def _install_commit_hook(self) -> None:
+        engine = self.db.engine.sync_engine
+
+        def after_execute(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "INSERT INTO outbox" in statement:
+                conn.info["outbox_written"] = True
+
+        def after_commit(conn: Any) -> None:
+            if conn.info.pop("outbox_written", False):
+                self.wake()
+
+        def after_rollback(conn: Any) -> None:
+            conn.info.pop("outbox_written", None)
+
+        for name, fn in (
+            ("after_cursor_execute", after_execute),
+            ("commit", after_commit),
+            ("rollback", after_rollback),
+        ):
+            event.listen(engine, name, fn)
+            self._hooks.append((name, fn))
+
+    def _remove_commit_hook(self) -> None:
+        engine = self.db.engine.sync_engine
+        for name, fn in self._hooks:
+            with contextlib.suppress(Exception):
+                event.remove(engine, name, fn)
+        self._hooks.clear()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def _run(self, bus: EventBus) -> None:
+        failures = 0
+        quiet_rounds = 0
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                published = await relay_batch(self.db, bus, self.batch_size)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = FAILURE_BACKOFF_SECONDS[min(failures, len(FAILURE_BACKOFF_SECONDS) - 1)]
+                failures += 1
+                self.stats.failures += 1
+                self.stats.last_error = error_text(error)
+                level = logging.WARNING if failures <= 3 or failures % 20 == 0 else logging.DEBUG
+                log.log(level, "outbox relay: %s; retrying in %.1fs", error_text(error), delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped_or_woken(), delay)
+                continue
+            if failures:
+                log.info("outbox relay: publishing again after %d failed rounds", failures)
+                failures = 0
+            if published:
+                self.stats.published += published
+                self.stats.batches += 1
+                quiet_rounds = 0
+                if published >= self.batch_size:
+                    continue  # backlog: next batch at once (unless stopping)
+            else:
+                quiet_rounds += 1
+            interval = BUSY_POLL_SECONDS if quiet_rounds < QUIET_ROUNDS else IDLE_POLL_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), interval)
+
+
+    async def _stopped_or_woken(self) -> None:
+        """During a back-off only a stop request cuts the wait short."""
+        while not self._stopping:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+def relay_component(runtime: Runtime) -> OutboxRelay:
+    """The relay of this process (``wallet-service`` and ``wallet-stack``)."""
+    return OutboxRelay(runtime)
