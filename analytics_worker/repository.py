@@ -42,6 +42,29 @@ def _insert(conn: AsyncConnection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(conn: AsyncConnection) -> Any:
+    """The add-to-counters upsert, built once per dialect (the hot path of the worker:
+    executing a prebuilt statement skips SQLAlchemy's per-call construction work)."""
+    statement = _UPSERTS.get(conn.dialect.name)
+    if statement is None:
+        insert = _insert(conn)(wallet_stats)
+        new = insert.excluded
+        current = wallet_stats.c
+        updates: dict[str, Any] = {name: current[name] + new[name] for name in COUNTER_FIELDS}
+        updates["last_activity_at"] = sa.case(
+            (current.last_activity_at.is_(None), new.last_activity_at),
+            (new.last_activity_at > current.last_activity_at, new.last_activity_at),
+            else_=current.last_activity_at,
+        )
+        updates["updated_at"] = new.updated_at
+        statement = insert.on_conflict_do_update(index_elements=["wallet_id"], set_=updates)
+        _UPSERTS[conn.dialect.name] = statement
+    return statement
+
+
 async def add_deltas(conn: AsyncConnection, deltas: Sequence[StatsDelta], now: datetime) -> None:
     """Add each delta to its wallet's row (creating it). At most one delta per wallet."""
     if not deltas:
@@ -55,17 +78,7 @@ async def add_deltas(conn: AsyncConnection, deltas: Sequence[StatsDelta], now: d
         }
         for delta in deltas
     ]
-    insert = _insert(conn)(wallet_stats).values(rows)
-    new = insert.excluded
-    current = wallet_stats.c
-    updates: dict[str, Any] = {name: current[name] + new[name] for name in COUNTER_FIELDS}
-    updates["last_activity_at"] = sa.case(
-        (current.last_activity_at.is_(None), new.last_activity_at),
-        (new.last_activity_at > current.last_activity_at, new.last_activity_at),
-        else_=current.last_activity_at,
-    )
-    updates["updated_at"] = new.updated_at
-    await conn.execute(insert.on_conflict_do_update(index_elements=["wallet_id"], set_=updates))
+    await conn.execute(_upsert(conn), rows[0] if len(rows) == 1 else rows)
 
 
 def _stats_from_row(row: Any) -> WalletStats:
