@@ -36,6 +36,7 @@ class Sweeper:
         self.max_active = max_active
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def sweep_once(self) -> int:
         """Lease and start every due saga this replica has room for; returns how many."""
@@ -52,12 +53,16 @@ class Sweeper:
         return started
 
     async def _loop(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: a cancellation that lands
+        # inside a database call can surface as an ordinary error.
+        while not self._stopping:
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if self._stopping:
+                    return
                 log.warning("saga sweep failed: %s: %s", type(error).__name__, error)
             await asyncio.sleep(self.interval)
 
@@ -66,6 +71,7 @@ class Sweeper:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="saga sweeper")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -32,7 +32,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    retry_if_not_exception_type,
     stop_never,
     wait_exponential,
     wait_random,
@@ -123,6 +122,10 @@ def _is_transient_for(step: StepName) -> Callable[[BaseException], bool]:
     return predicate
 
 
+class StoppingError(RuntimeError):
+    """The runner is shutting down; the saga stays leased until ``stop`` releases it."""
+
+
 def _describe(error: BaseException | None) -> str:
     if error is None:
         return "unknown error"
@@ -176,6 +179,11 @@ class SagaRunner:
         task.add_done_callback(lambda _t: self._tasks.pop(transfer_id, None))
         return True
 
+    async def join(self) -> None:
+        """Wait until every saga this replica is driving has stopped (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
     async def stop(self) -> None:
         """Cancel every saga task and hand their leases back for another replica."""
         self._stopping = True
@@ -193,12 +201,13 @@ class SagaRunner:
         with log_context(transfer_id=transfer_id):
             try:
                 await self.drive(transfer_id)
-            except LeaseLostError as error:
+            except (LeaseLostError, StoppingError) as error:
                 log.info("stopped driving saga: %s", error)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("saga driver crashed; the sweeper will resume it")
+                if not self._stopping:
+                    log.exception("saga driver crashed; the sweeper will resume it")
 
     # --- the saga loop ----------------------------------------------------------------
 
@@ -209,7 +218,7 @@ class SagaRunner:
         on disk after a backoff: re-running a step only replays it.
         """
         async for attempt in AsyncRetrying(
-            retry=retry_if_not_exception_type(LeaseLostError),
+            retry=retry_if_exception(self._worth_restarting),
             wait=self.policy.wait(),
             stop=stop_never,
             before_sleep=self._log_restart,
@@ -227,6 +236,13 @@ class SagaRunner:
                         transfer = await self._run_step(transfer, STEP_FOR_STATE[transfer.state])
                 return transfer
         return None  # pragma: no cover - AsyncRetrying either returns or raises
+
+    def _worth_restarting(self, error: BaseException) -> bool:
+        # When stopping, a cancellation may surface as a driver error (a database call
+        # interrupted mid-flight): never let a retry loop outlive stop().
+        return isinstance(error, Exception) and not isinstance(
+            error, LeaseLostError | StoppingError
+        )
 
     async def _log_restart(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -274,14 +290,17 @@ class SagaRunner:
                 log.warning("could not record the failure: %s", _describe(record_error))
 
         try:
+            transient = _is_transient_for(step)
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_transient_for(step)),
+                retry=retry_if_exception(lambda error: transient(error) and not self._stopping),
                 wait=self.policy.wait(),
                 stop=stop_never,
                 before_sleep=record_failure,
                 reraise=True,
             ):
                 with attempt:
+                    if self._stopping:
+                        raise StoppingError("orchestrator stopping")
                     current = await self.repository.begin_attempt(
                         current, step, self.owner, self.clock(), self.lease_until()
                     )
