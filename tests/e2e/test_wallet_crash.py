@@ -83,7 +83,7 @@ async def test_a_deposit_committed_before_a_crash_is_replayed_after_restart(data
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.Deposit(deposit, timeout=10)
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert await asyncio.wait_for(doomed.wait(), timeout=10) == 137
+        assert await asyncio.wait_for(doomed.wait(), timeout=30) == 137, read(log)
     finally:
         if doomed.returncode is None:
             doomed.kill()
@@ -103,5 +103,16 @@ async def test_a_deposit_committed_before_a_crash_is_replayed_after_restart(data
             events = await stub.ListWalletEvents(pb.ListWalletEventsRequest(wallet_id="crash"))
             assert [e.request_id for e in events.events] == ["dep-crash", "c"]
     finally:
-        restarted.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(restarted.wait(), timeout=30) == 0
+        await stop(restarted, log)
+
+
+async def stop(process: asyncio.subprocess.Process, log: Path) -> None:
+    """SIGTERM must end the server cleanly; a hang is a failure that shows the log."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.wait_for(process.wait(), timeout=60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"wallet-service ignored SIGTERM for 60 s:\n{read(log)}") from None
+    assert code == 0, read(log)
