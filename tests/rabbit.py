@@ -8,6 +8,7 @@ plugin by ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,12 +16,21 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 import pytest
 
+from wallet_common.bus import EventBus
+from wallet_common.bus_inprocess import InProcessBus
+from wallet_common.bus_rabbit import RabbitBus
+from wallet_common.config import Settings
+from wallet_common.db import Database
+from wallet_common.migrate import upgrade
+
 AMQP_URL = os.environ.get("WALLET_TEST_AMQP_URL", "")
+PG_URL = os.environ.get("WALLET_TEST_DATABASE_URL", "")
 RUN_ID = uuid.uuid4().hex[:8]
 
 RABBITMQCTL = shutil.which("rabbitmqctl") or "rabbitmqctl"
@@ -122,3 +132,51 @@ def rabbit_vhost() -> Iterator[str]:
 def amqp_url(rabbit_vhost: str) -> str:
     """An AMQP URL on a fresh vhost of the test RabbitMQ."""
     return vhost_url(rabbit_vhost)
+
+
+# --- one fixture for "every bus": in-process on SQLite / PostgreSQL, and RabbitMQ -------
+
+requires_postgres = pytest.mark.skipif(not PG_URL, reason="WALLET_TEST_DATABASE_URL not set")
+requires_rabbitmq = pytest.mark.skipif(not AMQP_URL, reason="WALLET_TEST_AMQP_URL not set")
+
+
+@dataclass
+class BusUnderTest:
+    """A started bus, its database and the settings a tool (walletctl dlq) would get."""
+
+    kind: str
+    bus: EventBus
+    db: Database
+    settings: Settings
+    vhost: str | None = None
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("inprocess-sqlite", id="inprocess-sqlite"),
+        pytest.param("inprocess-postgres", id="inprocess-postgres", marks=requires_postgres),
+        pytest.param("rabbit", id="rabbit", marks=requires_rabbitmq),
+    ]
+)
+async def bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
+    """Each bus kind in turn; RabbitMQ runs on its own vhost with PostgreSQL if set."""
+    kind: str = request.param
+    if kind == "inprocess-sqlite" or (kind == "rabbit" and not PG_URL):
+        db_url = f"sqlite:///{tmp_path / 'bus.db'}"
+        await asyncio.to_thread(upgrade, db_url)
+    else:
+        db_url = request.getfixturevalue("pg_database_url_fresh")
+    vhost = None
+    if kind == "rabbit":
+        vhost = request.getfixturevalue("rabbit_vhost")
+        settings = Settings(database_url=db_url, amqp_url=vhost_url(vhost), listen="127.0.0.1:0")
+    else:
+        settings = Settings(database_url=db_url, listen="127.0.0.1:0")
+    db = Database.from_settings(settings)
+    bus: EventBus = RabbitBus(settings.amqp_url) if settings.amqp_url else InProcessBus(db)
+    await bus.start()
+    try:
+        yield BusUnderTest(kind, bus, db, settings, vhost)
+    finally:
+        await bus.close()
+        await db.dispose()

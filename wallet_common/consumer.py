@@ -82,12 +82,15 @@ def is_transient(error: BaseException) -> bool:
 async def record_inbox(conn: AsyncConnection, consumer: str, message_id: str) -> bool:
     """Insert the inbox row; False when it was already there (a duplicate delivery)."""
     values = {"consumer": consumer, "message_id": message_id, "processed_at": utcnow()}
-    if conn.dialect.name == "postgresql":
-        statement: Any = postgresql.insert(inbox).values(values).on_conflict_do_nothing()
-    else:
-        statement = sqlite.insert(inbox).values(values).on_conflict_do_nothing()
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(inbox)
+        .values(values)
+        .on_conflict_do_nothing()
+        .returning(inbox.c.message_id)  # rowcount is not reliable across drivers
+    )
     result = await conn.execute(statement)
-    return bool(result.rowcount == 1)
+    return result.first() is not None
 
 
 def wallet_key(message: Message) -> str | None:

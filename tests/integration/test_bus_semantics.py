@@ -9,64 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import requires_postgres, requires_rabbitmq
+from tests.rabbit import BusUnderTest
 from wallet_common import dlq, events
 from wallet_common.bus import (
     Delivery,
-    EventBus,
     OutgoingMessage,
     PoisonMessageError,
     PublishError,
 )
-from wallet_common.bus_inprocess import InProcessBus
-from wallet_common.bus_rabbit import RabbitBus
 from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.migrate import upgrade
-
-
-@dataclass
-class BusUnderTest:
-    bus: EventBus
-    settings: Settings  # what walletctl dlq would be given
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("inprocess-sqlite", id="inprocess-sqlite"),
-        pytest.param("inprocess-postgres", id="inprocess-postgres", marks=requires_postgres),
-        pytest.param("rabbit", id="rabbit", marks=requires_rabbitmq),
-    ]
-)
-async def bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
-    kind = request.param
-    if kind == "rabbit":
-        url = request.getfixturevalue("amqp_url")
-        db_url = f"sqlite:///{tmp_path / 'unused.db'}"
-        settings = Settings(database_url=db_url, amqp_url=url)
-        bus: EventBus = RabbitBus(url)
-        db = None
-    else:
-        if kind == "inprocess-sqlite":
-            db_url = f"sqlite:///{tmp_path / 'bus.db'}"
-            await asyncio.to_thread(upgrade, db_url)
-        else:
-            db_url = request.getfixturevalue("pg_database_url_fresh")
-        settings = Settings(database_url=db_url)
-        db = Database.from_settings(settings)
-        bus = InProcessBus(db)
-    await bus.start()
-    try:
-        yield BusUnderTest(bus, settings)
-    finally:
-        await bus.close()
-        if db is not None:
-            await db.dispose()
 
 
 def message(routing_key: str = "wallet.funds_deposited", body: bytes = b"x") -> OutgoingMessage:

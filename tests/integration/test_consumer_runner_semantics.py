@@ -1,0 +1,176 @@
+"""The consumer runner on every bus: inbox dedup, poison, retries, the after-apply crash.
+
+A test projection records which events it applied; the inbox rows (same transaction)
+are the durable evidence that each was applied exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.rabbit import BusUnderTest
+from wallet.v1 import wallet_pb2
+from wallet_common import dlq, events, failpoints
+from wallet_common.bus import Delivery, OutgoingMessage
+from wallet_common.consumer import ConsumerComponent
+from wallet_common.runtime import Runtime
+from wallet_common.schema import inbox
+
+
+class RecordingProjection:
+    """Applies nothing but remembers what it was asked to apply (and can fail)."""
+
+    def __init__(self, queue: str = events.ANALYTICS_QUEUE, name: str = "test") -> None:
+        self.queue = queue
+        self.consumer_name = name
+        self.applied: list[str] = []
+        self.failing: set[str] = set()
+
+    async def apply(self, conn: AsyncConnection, delivery: Delivery, message) -> None:
+        assert isinstance(message, events.KIND_BY_NAME["funds_deposited"].message)
+        if delivery.message_id in self.failing:
+            raise RuntimeError("projection cannot apply this yet")
+        self.applied.append(delivery.message_id)
+
+
+def deposit(wallet_id: str = "w1", amount: int = 5) -> OutgoingMessage:
+    event = wallet_pb2.WalletEvent(
+        event_id=str(uuid.uuid4()),
+        wallet_id=wallet_id,
+        sequence=1,
+        type=wallet_pb2.WALLET_EVENT_TYPE_FUNDS_DEPOSITED,
+        amount=amount,
+        balance_after=amount,
+        request_id=uuid.uuid4().hex,
+    )
+    event.occurred_at.FromDatetime(datetime.now(UTC))
+    row = events.wallet_event_outbox_row(event, datetime.now(UTC))
+    return OutgoingMessage(
+        row["message_id"], row["routing_key"], row["message_type"], row["payload"]
+    )
+
+
+async def inbox_ids(but: BusUnderTest, consumer: str = "test") -> list[str]:
+    async with but.db.read() as conn:
+        rows = await conn.execute(select(inbox.c.message_id).where(inbox.c.consumer == consumer))
+        return [row[0] for row in rows]
+
+
+async def eventually(predicate, what: str, limit: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        if await predicate():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def started(bus_under_test: BusUnderTest):
+    """A consumer component on the bus under test, with a recording projection."""
+    runtime = Runtime(settings=bus_under_test.settings, db=bus_under_test.db)
+    runtime.extras["bus"] = bus_under_test.bus
+    projection = RecordingProjection()
+    component = ConsumerComponent(runtime, projection, "test-consumer", max_attempts=3)
+    await component.start()
+    try:
+        yield bus_under_test, projection
+    finally:
+        await component.stop()
+
+
+async def test_duplicates_are_applied_once(started) -> None:
+    but, projection = started
+    first, second = deposit(), deposit()
+    await but.bus.publish([first, first, second, first])
+
+    async def both_in_inbox() -> bool:
+        return set(await inbox_ids(but)) == {first.message_id, second.message_id}
+
+    await eventually(both_in_inbox, "both events in the inbox")
+    await asyncio.sleep(0.3)  # let any remaining duplicate arrive (and be skipped)
+    assert sorted(projection.applied) == sorted([first.message_id, second.message_id])
+
+
+async def test_garbage_body_goes_to_dlq_and_next_message_flows(started) -> None:
+    but, projection = started
+    garbage = OutgoingMessage(
+        str(uuid.uuid4()),
+        "wallet.funds_deposited",
+        "wallet.v1.FundsDeposited",
+        b"\xff\xff\xff garbage",
+    )
+    unknown = OutgoingMessage(str(uuid.uuid4()), "wallet.funds_deposited", "no.Such", b"")
+    good = deposit()
+    await but.bus.publish([garbage, unknown, good])
+
+    async def good_applied() -> bool:
+        return good.message_id in projection.applied
+
+    await eventually(good_applied, "the good event applied")
+
+    async def two_dead() -> bool:
+        return len(await dlq.list_dead_letters(but.settings, "analytics")) == 2
+
+    await eventually(two_dead, "two dead letters")
+    letters = {d.message_id: d for d in await dlq.list_dead_letters(but.settings, "analytics")}
+    assert "cannot decode wallet.v1.FundsDeposited" in letters[garbage.message_id].reason
+    assert letters[garbage.message_id].attempts == 1
+    assert "unknown message type 'no.Such'" in letters[unknown.message_id].reason
+    assert set(await inbox_ids(but)) == {good.message_id}
+
+
+async def test_failing_projection_retries_then_dead_letters_then_replays(started) -> None:
+    but, projection = started
+    stuck, fine = deposit("w-stuck"), deposit("w-fine")
+    projection.failing.add(stuck.message_id)
+    await but.bus.publish([stuck, fine])
+
+    async def dead() -> bool:
+        return len(await dlq.list_dead_letters(but.settings, events.ANALYTICS_QUEUE)) == 1
+
+    await eventually(dead, "the failing event dead-lettered")
+    [letter] = await dlq.list_dead_letters(but.settings, events.ANALYTICS_QUEUE)
+    assert letter.message_id == stuck.message_id
+    assert "projection cannot apply this yet" in letter.reason
+    assert "after 3 attempts" in letter.reason
+    assert await inbox_ids(but) == [fine.message_id]  # the failed attempts left no trace
+
+    projection.failing.clear()
+    assert await dlq.replay_dead_letters(but.settings, "analytics", [stuck.message_id]) == 1
+
+    async def applied() -> bool:
+        return stuck.message_id in projection.applied
+
+    await eventually(applied, "the replayed event applied")
+    assert sorted(await inbox_ids(but)) == sorted([stuck.message_id, fine.message_id])
+
+
+async def test_crash_point_after_apply_still_applies_once(started) -> None:
+    """``consumer.after_apply=error``: committed but not acked -> redelivered -> skipped."""
+    but, projection = started
+    failpoints.configure("consumer.after_apply=error")
+    try:
+        message = deposit()
+        await but.bus.publish([message])
+
+        async def applied() -> bool:
+            return message.message_id in projection.applied
+
+        await eventually(applied, "the event applied")
+        failpoints.configure("")
+        await asyncio.sleep(0.5)  # the redelivery is skipped by the inbox and acked
+    finally:
+        failpoints.configure("")
+    assert projection.applied == [message.message_id]
+    assert await dlq.list_dead_letters(but.settings, "analytics") == []
+    async with but.db.read() as conn:
+        count = await conn.execute(select(func.count()).select_from(inbox))
+        assert count.scalar_one() == 1
