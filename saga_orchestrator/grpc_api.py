@@ -167,6 +167,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
 
         with self.notifier.subscribe() as queue:
             since = utcnow() - WATCH_POLL_OVERLAP
+            # What the overlap window already holds happened before this stream began:
+            # remember it without sending it, so only later progress is streamed.
+            for transfer in await self.repository.changed_since(since):
+                is_news(transfer)
             next_poll = time.monotonic() + WATCH_POLL_SECONDS
             while True:
                 pending: list[Transfer] = []
