@@ -28,11 +28,13 @@ same bytes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf.message import Message
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet_common import validation
@@ -55,7 +57,12 @@ from wallet_common.logs import audit_id_var
 from wallet_service import domain, repository
 from wallet_service.messages import RESPONSE_TYPES, event_to_pb, wallet_to_pb
 
-ResponseT = TypeVar("ResponseT", bound=Message)
+Apply = Callable[[AsyncConnection, datetime], Awaitable[Message]]
+FastApply = Callable[[AsyncConnection, datetime], Awaitable["Message | _Replay | None"]]
+
+# PostgreSQL SQLSTATEs after which the transaction was rolled back and a retry is safe:
+# serialization failure, deadlock, lock timeout, statement timeout / cancel.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
 
 MOVEMENT_METHODS = {
     domain.Movement.DEPOSIT: "Deposit",
@@ -306,12 +313,34 @@ class WalletService:
         method: str,
         request_id: str,
         fingerprint: str,
-        apply: Any,
-        fast: Any = None,
+        apply: Apply,
+        fast: FastApply | None = None,
         *,
         balance_change: bool = False,
     ) -> Message:
         """Run one idempotent write in one transaction; see the module docstring."""
+        try:
+            return await self._write_once(
+                method, request_id, fingerprint, apply, fast, balance_change=balance_change
+            )
+        except DBAPIError as failure:
+            if is_transient(failure):
+                # Rolled back, nothing applied: the client retries with the same key.
+                raise UnavailableError(
+                    f"database busy ({type(failure.orig).__name__}), retry the same request_id"
+                ) from failure
+            raise
+
+    async def _write_once(
+        self,
+        method: str,
+        request_id: str,
+        fingerprint: str,
+        apply: Apply,
+        fast: FastApply | None,
+        *,
+        balance_change: bool,
+    ) -> Message:
         error: WalletPlatformError | None = None
         async with self._db.transaction() as conn:
             now = self._clock()
@@ -414,3 +443,11 @@ class WalletService:
             await repository.insert_outbox(conn, outbox_row)
         await repository.finish_record(conn, request_id, response=stored)
         return response
+
+
+def is_transient(failure: DBAPIError) -> bool:
+    """A lock or statement timeout, deadlock or SQLite lock: safe to retry, never stored."""
+    sqlstate = getattr(failure.orig, "sqlstate", None)
+    if sqlstate in TRANSIENT_SQLSTATES:
+        return True
+    return "database is locked" in str(failure.orig)

@@ -18,7 +18,7 @@ from tests.conftest import requires_postgres
 from tests.integration.test_wallet_service import check_invariants
 from wallet_common.config import Settings
 from wallet_common.db import Database
-from wallet_common.errors import InsufficientFundsError
+from wallet_common.errors import InsufficientFundsError, UnavailableError
 from wallet_common.schema import idempotency_records, outbox, wallet_events
 from wallet_service.domain import Movement
 from wallet_service.service import WalletService
@@ -172,3 +172,25 @@ async def test_many_mixed_concurrent_writes_keep_every_invariant(service, databa
         ).scalar()
     assert events == queued
     assert pending == 0
+
+
+@requires_postgres
+async def test_a_lock_timeout_is_unavailable_and_the_retry_applies_once(pg_database_url_fresh):
+    database = Database.from_settings(
+        Settings(database_url=pg_database_url_fresh, db_lock_timeout_ms=200)
+    )
+    service = WalletService(database)
+    try:
+        await service.create_wallet("busy", "USD", "c")
+        async with database.transaction() as blocker:
+            # Another session holds the wallet row: our deposit waits, then times out.
+            await blocker.execute(text("SELECT 1 FROM wallets WHERE wallet_id = 'busy' FOR UPDATE"))
+            with pytest.raises(UnavailableError):
+                await service.deposit("busy", 9, "dep-busy")
+        retried = await service.deposit("busy", 9, "dep-busy")
+        assert not retried.replayed  # the timed-out attempt left nothing behind
+        assert (await service.deposit("busy", 9, "dep-busy")).replayed
+        assert (await service.get_wallet("busy")).balance == 9
+        await check_invariants(database, "busy")
+    finally:
+        await database.dispose()
