@@ -151,16 +151,8 @@ class BusUnderTest:
     vhost: str | None = None
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("inprocess-sqlite", id="inprocess-sqlite"),
-        pytest.param("inprocess-postgres", id="inprocess-postgres", marks=requires_postgres),
-        pytest.param("rabbit", id="rabbit", marks=requires_rabbitmq),
-    ]
-)
-async def bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
-    """Each bus kind in turn; RabbitMQ runs on its own vhost with PostgreSQL if set."""
-    kind: str = request.param
+@contextlib.asynccontextmanager
+async def _bus_under_test(request, tmp_path, kind: str) -> AsyncIterator[BusUnderTest]:
     if kind == "inprocess-sqlite" or (kind == "rabbit" and not PG_URL):
         db_url = f"sqlite:///{tmp_path / 'bus.db'}"
         await asyncio.to_thread(upgrade, db_url)
@@ -180,3 +172,49 @@ async def bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
     finally:
         await bus.close()
         await db.dispose()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("inprocess-sqlite", id="inprocess-sqlite"),
+        pytest.param("inprocess-postgres", id="inprocess-postgres", marks=requires_postgres),
+        pytest.param("rabbit", id="rabbit", marks=requires_rabbitmq),
+    ]
+)
+async def bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
+    """Each bus kind in turn; RabbitMQ runs on its own vhost with PostgreSQL if set."""
+    async with _bus_under_test(request, tmp_path, request.param) as but:
+        yield but
+
+
+@pytest.fixture
+async def rabbit_bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
+    """RabbitMQ on a fresh vhost, with PostgreSQL when configured (else SQLite)."""
+    if not AMQP_URL:
+        pytest.skip("WALLET_TEST_AMQP_URL not set")
+    async with _bus_under_test(request, tmp_path, "rabbit") as but:
+        yield but
+
+
+@pytest.fixture
+async def pg_bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
+    """The in-process bus on a fresh PostgreSQL database."""
+    if not PG_URL:
+        pytest.skip("WALLET_TEST_DATABASE_URL not set")
+    async with _bus_under_test(request, tmp_path, "inprocess-postgres") as but:
+        yield but
+
+
+async def poll_until(predicate, what: str, limit: float = 30.0, interval: float = 0.05) -> None:
+    """Await ``predicate()`` (sync or async) until truthy; fail after ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {limit}s waiting for {what}")
+        await asyncio.sleep(interval)
