@@ -127,8 +127,10 @@ def request_json(request: Any) -> str:
     else:
         data = {"repr": repr(request)[:_MAX_TEXT]}
     text = json.dumps(redact(data), separators=(",", ":"), sort_keys=True, default=str)
-    if len(text) > MAX_REQUEST_JSON:
-        text = json.dumps({"truncated": True, "prefix": text[: MAX_REQUEST_JSON - 64]})
+    full, keep = text, MAX_REQUEST_JSON - 64
+    while len(text) > MAX_REQUEST_JSON:  # escaping may grow the prefix: shrink until it fits
+        text = json.dumps({"truncated": True, "prefix": full[:keep]})
+        keep //= 2
     return text
 
 
@@ -204,11 +206,18 @@ class AuditWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="audit-writer")
 
-    async def flush(self) -> None:
-        """Wait until every row submitted so far is written (or given up on)."""
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every row submitted so far is written (or given up on).
+
+        Raises TimeoutError when the database keeps refusing the rows that long.
+        """
         target = self._submitted
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._settled >= target)
+
+        async def settled() -> None:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._settled >= target)
+
+        await asyncio.wait_for(settled(), timeout)
 
     async def stop(self) -> None:
         self._stopping = True

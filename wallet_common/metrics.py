@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-from sqlalchemy import and_, exists, func, not_, select
+from sqlalchemy import and_, column, exists, func, not_, select, table
 
 from wallet_common import events as event_names
 from wallet_common.clock import Clock, ensure_utc, utcnow
@@ -126,6 +125,9 @@ METRIC_NAMES: frozenset[str] = frozenset(
 
 SAGA_STATES = ("PENDING", "DEBITED", "COMPLETED", "FAILED", "COMPENSATING", "COMPENSATED")
 TERMINAL_SAGA_STATES = ("COMPLETED", "FAILED", "COMPENSATED")
+# The embedded bus's queue table (``wallet_common.bus_inprocess``), named loosely so
+# this module does not depend on the bus's schema beyond two columns.
+_bus = table("bus_messages", column("queue"), column("state"))
 # consumer name (inbox.consumer) -> (its queue, its dead-letter queue)
 CONSUMERS: dict[str, tuple[str, str]] = {
     "analytics": (event_names.ANALYTICS_QUEUE, event_names.ANALYTICS_DLQ),
@@ -244,9 +246,6 @@ def role_sources(role: str) -> set[str]:
     return chosen
 
 
-QueueDepth = Callable[[str], Any]
-
-
 class StateCollector:
     """Refreshes the state gauges every ``interval`` seconds from a background task."""
 
@@ -258,7 +257,6 @@ class StateCollector:
         *,
         role: str = "stack",
         amqp_url: str = "",
-        extras: dict[str, Any] | None = None,
         interval: float = 15.0,
         clock: Clock = utcnow,
         audit_pending: Callable[[], int] | None = None,
@@ -266,7 +264,6 @@ class StateCollector:
         self.db = db
         self.sources = role_sources(role)
         self.amqp_url = amqp_url
-        self.extras = extras if extras is not None else {}
         self.interval = interval
         self.clock = clock
         self.audit_pending = audit_pending
@@ -357,53 +354,66 @@ class StateCollector:
                         inbox.c.message_id == wallet_events.c.event_id,
                     )
                 )
-                unapplied = (await conn.execute(select(func.count()).where(not_(applied)))).scalar()
+                unapplied = (
+                    await conn.execute(
+                        select(func.count()).select_from(wallet_events).where(not_(applied))
+                    )
+                ).scalar()
                 CONSUMER_UNAPPLIED_EVENTS.labels(consumer).set(int(unapplied or 0))
 
-    async def _queue_depth_function(self) -> QueueDepth | None:
-        """How to ask for a queue's depth: RabbitMQ, or the in-process bus if it says."""
-        if self.amqp_url:
-            import aio_pika
-
-            if self._connection is None or self._connection.is_closed:
-                self._connection = await aio_pika.connect_robust(self.amqp_url, timeout=5)
-            connection = self._connection
-
-            async def rabbit_depth(queue: str) -> int | None:
-                channel = await connection.channel()
-                try:
-                    declared = await channel.declare_queue(queue, passive=True)
-                    return int(declared.declaration_result.message_count)
-                except Exception as error:  # queue not declared yet: nothing to report
-                    if "NOT_FOUND" in str(error) or "404" in str(error):
-                        return None
-                    raise
-                finally:
-                    with contextlib.suppress(Exception):
-                        await channel.close()
-
-            return rabbit_depth
-        bus = self.extras.get("bus")
-        for attribute in ("queue_depth", "message_count", "queue_size"):
-            function = getattr(bus, attribute, None)
-            if callable(function):
-                return function
-        return None
-
     async def _collect_queues(self, consumers: list[str]) -> None:
-        depth = await self._queue_depth_function()
-        if depth is None:
-            return
+        """Ready messages and dead letters per consumer: RabbitMQ, or the embedded bus."""
+        if self.amqp_url:
+            depths = await self._rabbit_depths([q for c in consumers for q in CONSUMERS[c]])
+        else:
+            depths = await self._embedded_bus_depths()
         for consumer in consumers:
             queue, dlq = CONSUMERS[consumer]
-            ready = depth(queue)
-            ready = await ready if inspect.isawaitable(ready) else ready
-            if ready is not None:
-                CONSUMER_QUEUE_MESSAGES.labels(consumer, queue).set(int(ready))
-            dead = depth(dlq)
-            dead = await dead if inspect.isawaitable(dead) else dead
-            if dead is not None:
-                DLQ_MESSAGES.labels(dlq).set(int(dead))
+            if queue in depths:
+                CONSUMER_QUEUE_MESSAGES.labels(consumer, queue).set(depths[queue])
+            if dlq in depths:
+                DLQ_MESSAGES.labels(dlq).set(depths[dlq])
+
+    async def _rabbit_depths(self, queues: list[str]) -> dict[str, int]:
+        """Passive declares (``message_count`` = ready messages); absent queues are skipped."""
+        import aio_pika
+
+        if self._connection is None or self._connection.is_closed:
+            self._connection = await aio_pika.connect_robust(self.amqp_url, timeout=5)
+        depths: dict[str, int] = {}
+        for queue in queues:
+            # A failed passive declare closes its channel: one channel per queue.
+            channel = await self._connection.channel()
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+                depths[queue] = int(declared.declaration_result.message_count or 0)
+            except aio_pika.exceptions.ChannelClosed:
+                continue  # not declared yet (no consumer has started): nothing to report
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return depths
+
+    async def _embedded_bus_depths(self) -> dict[str, int]:
+        """The embedded bus keeps its queues in ``bus_messages`` (dead letters in place)."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(_bus.c.queue, _bus.c.state, func.count()).group_by(
+                        _bus.c.queue, _bus.c.state
+                    )
+                )
+            ).all()
+        depths: dict[str, int] = {}
+        for queue, dlq in CONSUMERS.values():
+            depths[queue] = 0
+            depths[dlq] = 0
+        for queue, state, count in rows:
+            if state == "dead":
+                depths[f"{queue}.dlq"] = depths.get(f"{queue}.dlq", 0) + int(count)
+            else:
+                depths[str(queue)] = depths.get(str(queue), 0) + int(count)
+        return depths
 
 
 class MetricsHttpServer:

@@ -55,7 +55,6 @@ class ServerPlumbing:
                 runtime.db,
                 role=runtime.role,
                 amqp_url=settings.amqp_url,
-                extras=runtime.extras,
                 audit_pending=lambda: self.audit_writer.pending,
             )
         if self.tokens:

@@ -1,0 +1,50 @@
+"""What the audit trail stores about a request: the write list and secret redaction."""
+
+from __future__ import annotations
+
+import json
+
+from wallet.v1 import transfer_pb2, wallet_pb2
+from wallet_common import audit
+
+
+def test_write_methods_and_prefix_rule():
+    assert audit.is_write_method("/wallet.v1.WalletService/Deposit")
+    assert audit.is_write_method("/wallet.v1.TransferService/CreateTransfer")
+    assert audit.is_write_method("/wallet.v1.WalletService/RefundForTransfer")
+    assert audit.is_write_method("/wallet.v1.DlqService/ReplayMessages")  # a later write RPC
+    assert not audit.is_write_method("/wallet.v1.WalletService/GetWallet")
+    assert not audit.is_write_method("/wallet.v1.TransferService/ListTransfers")
+    assert not audit.is_write_method("/grpc.health.v1.Health/Check")
+
+
+def test_redact_nested_secrets_but_not_ordinary_fields():
+    data = {
+        "wallet_id": "w",
+        "password": "p",
+        "nested": {"api_key": "k", "items": [{"auth_token": "t", "amount": 3}]},
+        "page_token": "kept",
+    }
+    assert audit.redact(data) == {
+        "wallet_id": "w",
+        "password": audit.REDACTED,
+        "nested": {
+            "api_key": audit.REDACTED,
+            "items": [{"auth_token": audit.REDACTED, "amount": 3}],
+        },
+        "page_token": "kept",
+    }
+
+
+def test_request_json_keeps_defaults_and_is_bounded():
+    text = audit.request_json(
+        transfer_pb2.CreateTransferRequest(request_id="r", from_wallet_id="a", to_wallet_id="b")
+    )
+    assert json.loads(text) == {
+        "request_id": "r",
+        "from_wallet_id": "a",
+        "to_wallet_id": "b",
+        "amount": "0",
+    }
+    huge = audit.request_json(wallet_pb2.CreateWalletRequest(wallet_id="x" * 20_000))
+    assert len(huge) <= audit.MAX_REQUEST_JSON and json.loads(huge)["truncated"] is True
