@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import DateTime, bindparam, text
@@ -173,6 +174,13 @@ class Report:
         return "\n".join(lines)
 
 
+def _integral(value: Any) -> Any:
+    """PostgreSQL sums BIGINTs into NUMERIC: money stays an exact int, never a Decimal."""
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
@@ -210,7 +218,10 @@ class _Checker:
         ]
         if typed:
             statement = statement.bindparams(*typed)
-        return [dict(row._mapping) for row in self.conn.execute(statement, params)]
+        return [
+            {key: _integral(value) for key, value in row._mapping.items()}
+            for row in self.conn.execute(statement, params)
+        ]
 
     def scalar(self, sql: str, **params: Any) -> Any:
         rows = self.rows(sql, **params)

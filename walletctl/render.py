@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TextIO
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -209,4 +210,6 @@ def _json_default(value: Any) -> Any:
         return iso(value)
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

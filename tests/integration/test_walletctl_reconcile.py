@@ -1,0 +1,142 @@
+"""``walletctl reconcile``: clean after real traffic, and each planted drift is caught.
+
+Drift is planted the way it happens in real life: SQL run behind the service's back
+(a balance edited, an outbox row lost, an outbox row stuck) and a rogue saga step (a
+refund sent for a transfer that already completed, so it has both a credit and a
+refund). Each must turn the exit code to 1 and be named in the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from sqlalchemy import create_engine, text
+
+from tests.integration.walletctl_harness import Ctl, running_stack, walletctl
+from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_common.db import sync_url
+from walletctl import exitcodes
+from walletctl.reconcile import ReconcileOptions, reconcile
+
+
+async def execute(database_url: str, sql: str, **params: object) -> None:
+    """Plain SQL on a worker thread (the stack's tasks must keep running meanwhile)."""
+
+    def run() -> None:
+        engine = create_engine(sync_url(database_url))
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(sql), params)
+        finally:
+            engine.dispose()
+
+    await asyncio.to_thread(run)
+
+
+def drifted(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["checks"] if not c["ok"] and c["severity"] == "error"}
+
+
+async def test_reconcile_clean_then_catches_planted_drift(database_url: str) -> None:
+    async with running_stack(database_url) as running:
+        ctl = Ctl(running, database_url)
+        for wallet_id in ("r-a", "r-b", "r-c"):
+            await ctl.ok("wallets", "create", "--currency", "USD", "--wallet-id", wallet_id)
+        await ctl.ok("wallets", "create", "--currency", "EUR", "--wallet-id", "r-eur")
+        await ctl.ok("wallets", "deposit", "r-a", "1000")
+        await ctl.ok("wallets", "deposit", "r-eur", "70")
+        await ctl.ok("wallets", "withdraw", "r-a", "100")
+        completed = await ctl.ok("transfers", "create", "r-a", "r-b", "250")
+        assert completed["transfer"]["state"] == "COMPLETED"
+        await ctl.ok("wallets", "freeze", "r-c")
+        compensated = await ctl("transfers", "create", "r-a", "r-c", "40", "--json")
+        assert compensated.json["transfer"]["state"] == "COMPENSATED"
+        failed = await ctl("transfers", "create", "r-b", "r-a", "9999", "--json")
+        assert failed.json["transfer"]["state"] == "FAILED"
+
+        # clean, as text and as JSON; the library gives the same verdict
+        clean = await ctl("reconcile")
+        assert clean.code == exitcodes.OK, clean.out
+        assert "CLEAN" in clean.out and "DRIFT" not in clean.out
+        report = (await ctl("reconcile", "--json")).json
+        assert report["ok"] and report["errors"] == 0
+        conservation = next(c for c in report["checks"] if c["name"] == "conservation")
+        assert conservation["facts"]["USD"] == {
+            "balances": 900, "deposits": 1000, "withdrawals": 100, "in_flight": 0,
+        }  # fmt: skip
+        assert conservation["facts"]["EUR"]["balances"] == 70
+        assert (await asyncio.to_thread(reconcile, database_url)).ok
+
+        # 1. a balance changed behind the service's back
+        await execute(
+            database_url, "UPDATE wallets SET balance = balance + 5 WHERE wallet_id = 'r-b'"
+        )
+        result = await ctl("reconcile", "--json")
+        assert result.code == exitcodes.FAILED
+        found = drifted(result.json)
+        assert {"balance_equals_event_sum", "balance_equals_last_event", "conservation"} <= set(
+            found
+        )
+        assert found["balance_equals_event_sum"]["examples"] == [
+            {"wallet_id": "r-b", "balance": 255, "event_sum": 250, "difference": 5}
+        ]
+        assert found["conservation"]["examples"][0]["difference"] == 5
+        text_report = await ctl("reconcile")
+        assert text_report.code == exitcodes.FAILED
+        assert "DRIFT FOUND" in text_report.out and "r-b" in text_report.out
+        await execute(
+            database_url, "UPDATE wallets SET balance = balance - 5 WHERE wallet_id = 'r-b'"
+        )
+        assert (await ctl("reconcile")).code == exitcodes.OK
+
+        # 2. an event without its outbox row
+        await execute(
+            database_url,
+            "DELETE FROM outbox WHERE message_id = (SELECT event_id FROM wallet_events "
+            "WHERE wallet_id = 'r-eur' AND sequence = 2)",
+        )
+        result = await ctl("reconcile", "--json")
+        assert result.code == exitcodes.FAILED
+        assert set(drifted(result.json)) == {"outbox_row_per_event"}
+        assert drifted(result.json)["outbox_row_per_event"]["examples"][0]["wallet_id"] == "r-eur"
+        skipped = await ctl("reconcile", "--skip", "outbox_row_per_event")
+        assert skipped.code == exitcodes.OK
+
+        # 3. a rogue refund of a COMPLETED transfer: credit AND refund
+        transfer_id = completed["transfer"]["transfer_id"]
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            await wallet_pb2_grpc.WalletServiceStub(channel).RefundForTransfer(
+                wallet_pb2.RefundForTransferRequest(
+                    wallet_id="r-a",
+                    amount=250,
+                    transfer_id=transfer_id,
+                    request_id=f"{transfer_id}:refund",
+                )
+            )
+        options = ReconcileOptions(skip=("outbox_row_per_event", "outbox_drained"))
+        report_obj = await asyncio.to_thread(reconcile, database_url, options)
+        assert not report_obj.ok
+        assert {r.name for r in report_obj.errors} == {
+            "transfers_net_zero",
+            "no_step_applied_twice",
+            "conservation",
+        }
+        twice = report_obj.result("no_step_applied_twice").examples
+        assert twice == [{"transfer_id": transfer_id, "type": "credit and refund", "times": 2}]
+        net = report_obj.result("transfers_net_zero").examples[0]
+        assert net["transfer_id"] == transfer_id and net["credits"] == net["refunds"] == 1
+        assert "DRIFT FOUND in 3 check(s)" in report_obj.render_text()
+
+    # 4. with the stack (and its relay) stopped: an outbox row left unpublished too long
+    await execute(
+        database_url,
+        "UPDATE outbox SET status = 'pending', created_at = :old WHERE id = "
+        "(SELECT MIN(id) FROM outbox)",
+        old="2000-01-01 00:00:00",
+    )
+    only = await walletctl(
+        "reconcile", "--check", "outbox_drained", "--json", database_url=database_url
+    )
+    assert only.code == exitcodes.FAILED
+    assert [c["name"] for c in only.json["checks"]] == ["outbox_drained"]

@@ -1,0 +1,89 @@
+"""``walletctl transfers ...`` and ``walletctl sagas watch`` against a running stack."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.integration.walletctl_harness import Ctl, running_stack
+from walletctl import exitcodes
+
+
+async def _wallets(ctl: Ctl, *ids: str, fund: int = 0) -> None:
+    for wallet_id in ids:
+        await ctl.ok("wallets", "create", "--currency", "USD", "--wallet-id", wallet_id)
+        if fund:
+            await ctl.ok("wallets", "deposit", wallet_id, str(fund))
+
+
+async def test_transfers_and_the_saga_dashboard(database_url: str) -> None:
+    async with running_stack(database_url) as running:
+        ctl = Ctl(running, database_url)
+        await _wallets(ctl, "t-alice", "t-bob", fund=1000)
+        await _wallets(ctl, "t-frozen")
+        await ctl.ok("wallets", "freeze", "t-frozen")
+
+        # the live dashboard, bounded, as JSON lines, while transfers happen
+        watch = asyncio.create_task(
+            ctl("sagas", "watch", "--duration", "3", "--interval", "0.5", "--json")
+        )
+        await asyncio.sleep(0.7)
+
+        done = await ctl.ok("transfers", "create", "t-alice", "t-bob", "300", "--request-id", "x1")
+        transfer = done["transfer"]
+        assert transfer["state"] == "COMPLETED"
+        assert [(s["name"], s["outcome"]) for s in transfer["steps"]] == [
+            ("debit", "SUCCEEDED"),
+            ("credit", "SUCCEEDED"),
+        ]
+        replay = await ctl.ok("transfers", "create", "t-alice", "t-bob", "300",
+                              "--request-id", "x1")  # fmt: skip
+        assert replay["replayed"] and replay["transfer"]["transfer_id"] == transfer["transfer_id"]
+
+        # business outcomes exit 1: the money did not move
+        failed = await ctl("transfers", "create", "t-alice", "t-bob", "99999", "--json")
+        assert failed.code == exitcodes.FAILED
+        assert failed.json["transfer"]["state"] == "FAILED"
+        assert failed.json["transfer"]["failure_code"] == "FAILED_PRECONDITION"
+        compensated = await ctl("transfers", "create", "t-bob", "t-frozen", "50", "--json")
+        assert compensated.code == exitcodes.FAILED
+        assert compensated.json["transfer"]["state"] == "COMPENSATED"
+        self_transfer = await ctl("transfers", "create", "t-bob", "t-bob", "5")
+        assert self_transfer.code == exitcodes.USAGE
+
+        shown = await ctl("transfers", "show", transfer["transfer_id"])
+        assert shown.code == 0 and "COMPLETED" in shown.out and "debit" in shown.out
+        missing = await ctl("transfers", "show", "no-such-transfer")
+        assert missing.code == exitcodes.FAILED and "NOT_FOUND" in missing.err
+
+        listed = await ctl.ok("transfers", "list", "--wallet", "t-bob")
+        assert len(listed["transfers"]) == 3
+        only_failed = await ctl.ok("transfers", "list", "--state", "failed")
+        assert [t["state"] for t in only_failed["transfers"]] == ["FAILED"]
+        page = await ctl.ok("transfers", "list", "--limit", "1")
+        assert len(page["transfers"]) == 1 and page["more"]
+        table = await ctl("transfers", "list")
+        assert table.code == 0 and "STATE" in table.out and "COMPENSATED" in table.out
+
+        summary = await ctl.ok("transfers", "summary")
+        assert summary["counts"] == {"COMPLETED": 1, "FAILED": 1, "COMPENSATED": 1}
+        assert summary["unfinished"] == 0
+        text = await ctl("transfers", "summary")
+        assert "COMPLETED" in text.out and "unfinished: 0" in text.out
+
+        once = await ctl.ok("sagas", "watch", "--once")
+        assert once["kind"] == "summary" and once["counts"]["COMPLETED"] == 1
+
+        watched = await watch
+        assert watched.code == 0, watched
+        lines = watched.lines()
+        changes = [line["transfer"] for line in lines if line["kind"] == "change"]
+        states = {(c["transfer_id"], c["state"]) for c in changes}
+        assert (transfer["transfer_id"], "COMPLETED") in states
+        assert {"FAILED", "COMPENSATED"} <= {c["state"] for c in changes}
+        summaries = [line for line in lines if line["kind"] == "summary"]
+        assert summaries and summaries[-1]["counts"].get("COMPLETED") == 1
+        assert summaries[-1]["stream"] == "connected"
+
+        # the same dashboard as text (not a terminal: change lines and a summary)
+        plain = await ctl("sagas", "watch", "--duration", "0.3", "--wallet", "t-bob")
+        assert plain.code == 0 and "unfinished: 0" in plain.out and "stream:" in plain.out
