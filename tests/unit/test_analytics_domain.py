@@ -83,9 +83,7 @@ def test_merge_by_wallet_is_the_sum_of_its_parts() -> None:
     ]
     merged = merge_by_wallet(deltas)
     assert [d.wallet_id for d in merged] == ["a", "b"]
-    one_by_one = {
-        w: fold_deltas([d for d in deltas if d.wallet_id == w], w) for w in ("a", "b")
-    }
+    one_by_one = {w: fold_deltas([d for d in deltas if d.wallet_id == w], w) for w in ("a", "b")}
     for delta in merged:
         assert WalletStats(delta.wallet_id).apply(delta) == one_by_one[delta.wallet_id]
 

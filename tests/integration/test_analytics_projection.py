@@ -1,0 +1,227 @@
+"""Analytics projection against a real database (SQLite and PostgreSQL).
+
+A scripted history goes through WalletService's service layer (so the events and
+their outbox rows are exactly what production writes); the outbox rows are then fed
+to the generic consumer runner, as the bus would. The projection must equal SQL
+aggregates over ``wallet_events`` written independently here, and again after a
+rebuild; a duplicate delivery changes nothing; GetWalletStats serves it over gRPC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from analytics_worker.bootstrap import build_components
+from analytics_worker.projection import AnalyticsProjection
+from analytics_worker.rebuild import compare_with_log, count_unapplied, rebuild_wallet_stats
+from wallet.v1 import analytics_pb2, analytics_pb2_grpc
+from wallet_common.bus import Delivery
+from wallet_common.config import Settings
+from wallet_common.consumer import ConsumerRunner
+from wallet_common.db import Database
+from wallet_common.grpc_server import error_reason
+from wallet_common.runtime import start_server
+from wallet_common.schema import outbox
+from wallet_service.domain import Movement
+from wallet_service.service import WalletService
+
+# Written independently of analytics_worker.domain.EFFECTS on purpose.
+EXPECTED_SQL = """
+SELECT wallet_id,
+  SUM(CASE WHEN type = 'funds_deposited' THEN amount ELSE 0 END) AS total_deposited,
+  SUM(CASE WHEN type = 'funds_withdrawn' THEN amount ELSE 0 END) AS total_withdrawn,
+  SUM(CASE WHEN type = 'transfer_credited' THEN amount ELSE 0 END) AS total_transferred_in,
+  SUM(CASE WHEN type = 'transfer_debited' THEN amount ELSE 0 END)
+    - SUM(CASE WHEN type = 'transfer_refunded' THEN amount ELSE 0 END) AS total_transferred_out,
+  SUM(CASE WHEN type = 'funds_deposited' THEN 1 ELSE 0 END) AS deposit_count,
+  SUM(CASE WHEN type = 'funds_withdrawn' THEN 1 ELSE 0 END) AS withdrawal_count,
+  SUM(CASE WHEN type = 'transfer_credited' THEN 1 ELSE 0 END) AS transfer_in_count,
+  SUM(CASE WHEN type = 'transfer_debited' THEN 1 ELSE 0 END)
+    - SUM(CASE WHEN type = 'transfer_refunded' THEN 1 ELSE 0 END) AS transfer_out_count,
+  COUNT(*) AS events_applied
+FROM wallet_events GROUP BY wallet_id ORDER BY wallet_id
+"""
+STATS_SQL = """
+SELECT wallet_id, total_deposited, total_withdrawn, total_transferred_in,
+  total_transferred_out, deposit_count, withdrawal_count, transfer_in_count,
+  transfer_out_count, events_applied
+FROM wallet_stats ORDER BY wallet_id
+"""
+
+
+async def rows(db: Database, sql: str) -> list[tuple[object, ...]]:
+    async with db.read() as conn:
+        return [
+            tuple(int(v) if not isinstance(v, str) else v for v in row)
+            for row in (await conn.execute(sa.text(sql))).all()
+        ]
+
+
+async def outbox_deliveries(db: Database) -> list[Delivery]:
+    """Every outbox row as the bus would deliver it (first attempt)."""
+    async with db.read() as conn:
+        result = await conn.execute(sa.select(outbox).order_by(outbox.c.id))
+        return [
+            Delivery(r.message_id, r.routing_key, r.message_type, bytes(r.payload), 1)
+            for r in result
+        ]
+
+
+async def scripted_history(service: WalletService) -> None:
+    """Two wallets: deposits, withdrawals, a completed and a compensated transfer."""
+    await service.create_wallet("alice", "USD", "c-alice")
+    await service.create_wallet("bob", "USD", "c-bob")
+    await service.deposit("alice", 1000, "d1")
+    await service.deposit("alice", 2500, "d2")
+    await service.deposit("bob", 300, "d3")
+    await service.withdraw("alice", 400, "w1")
+    # t1 completes: alice -700, bob +700.
+    await service.move(Movement.TRANSFER_DEBIT, "alice", 700, "t1:debit", transfer_id="t1")
+    await service.move(Movement.TRANSFER_CREDIT, "bob", 700, "t1:credit", transfer_id="t1")
+    # t2 is compensated: alice -200, then the refund gives it back.
+    await service.move(Movement.TRANSFER_DEBIT, "alice", 200, "t2:debit", transfer_id="t2")
+    await service.move(Movement.TRANSFER_REFUND, "alice", 200, "t2:refund", transfer_id="t2")
+    await service.set_frozen("bob", "f1", freeze=True)
+    await service.set_frozen("bob", "f2", freeze=False)
+    await service.withdraw("bob", 100, "w2")
+
+
+async def test_projection_equals_log_aggregates_and_survives_rebuild(database: Database) -> None:
+    await scripted_history(WalletService(database))
+    runner = ConsumerRunner(database, AnalyticsProjection())
+    for delivery in await outbox_deliveries(database):
+        await runner.handle(delivery)
+
+    expected = await rows(database, EXPECTED_SQL)
+    assert await rows(database, STATS_SQL) == expected
+    alice = dict(
+        zip(
+            ["wallet_id", "dep", "wd", "tin", "tout", "depn", "wdn", "tinn", "toutn", "n"],
+            expected[0],
+            strict=True,
+        )
+    )
+    assert alice == {
+        "wallet_id": "alice",
+        "dep": 3500,
+        "wd": 400,
+        "tin": 0,
+        "tout": 700,
+        "depn": 2,
+        "wdn": 1,
+        "tinn": 0,
+        "toutn": 1,
+        "n": 7,
+    }
+    assert await compare_with_log(database) == []
+    assert await count_unapplied(database) == 0
+
+    async with database.read() as conn:
+        last_event = (
+            await conn.execute(
+                sa.text("SELECT max(occurred_at) FROM wallet_events WHERE wallet_id = 'bob'")
+            )
+        ).scalar_one()
+    live = await stats_of(database, "bob")
+
+    # Corrupt the projection: the drift check sees it, the rebuild repairs it.
+    async with database.transaction() as conn:
+        await conn.execute(
+            sa.text("UPDATE wallet_stats SET total_deposited = 1 WHERE wallet_id = 'alice'")
+        )
+        await conn.execute(sa.text("DELETE FROM wallet_stats WHERE wallet_id = 'bob'"))
+    drifts = await compare_with_log(database)
+    assert [d.wallet_id for d in drifts] == ["alice", "bob"]
+    assert drifts[0].differences() == {"total_deposited": (1, 3500)}
+    assert drifts[1].projected is None
+
+    assert await rebuild_wallet_stats(database) == 2
+    assert await rows(database, STATS_SQL) == expected
+    assert await compare_with_log(database) == []
+    rebuilt = await stats_of(database, "bob")
+    assert rebuilt == live
+    assert str(last_event)[:19] in str(rebuilt.last_activity_at.replace(tzinfo=None))
+
+
+async def stats_of(db: Database, wallet_id: str):
+    from analytics_worker.service import AnalyticsService
+
+    return await AnalyticsService(db).get_wallet_stats(wallet_id)
+
+
+async def test_duplicate_delivery_applies_once(database: Database) -> None:
+    service = WalletService(database)
+    await service.create_wallet("w", "EUR", "c")
+    await service.deposit("w", 50, "d")
+    runner = ConsumerRunner(database, AnalyticsProjection())
+    deliveries = await outbox_deliveries(database)
+    for delivery in [*deliveries, *deliveries, deliveries[-1]]:
+        await runner.handle(delivery)
+    stats = await stats_of(database, "w")
+    assert (stats.total_deposited, stats.deposit_count, stats.events_applied) == (50, 1, 2)
+
+
+async def test_events_applied_out_of_order_give_the_same_stats(database: Database) -> None:
+    await scripted_history(WalletService(database))
+    runner = ConsumerRunner(database, AnalyticsProjection())
+    for delivery in reversed(await outbox_deliveries(database)):
+        await runner.handle(delivery)
+    assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
+    assert await compare_with_log(database) == []
+
+
+async def test_unapplied_events_are_lag_not_drift(database: Database) -> None:
+    """Half the log consumed: no drift, the rest shows as unapplied; a rebuild in the
+    middle must not count the unconsumed half twice."""
+    await scripted_history(WalletService(database))
+    runner = ConsumerRunner(database, AnalyticsProjection())
+    deliveries = [
+        d for d in await outbox_deliveries(database) if d.routing_key != "wallet.transfer_completed"
+    ]
+    half = len(deliveries) // 2
+    for delivery in deliveries[:half]:
+        await runner.handle(delivery)
+    assert await compare_with_log(database) == []
+    assert await count_unapplied(database) == len(deliveries) - half
+    await rebuild_wallet_stats(database)
+    for delivery in deliveries[half:]:
+        await runner.handle(delivery)
+    assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
+
+
+async def test_get_wallet_stats_over_grpc(settings: Settings) -> None:
+    running = await start_server(settings, build_components, role="analytics-worker")
+    try:
+        db = running.runtime.db
+        service = WalletService(db)
+        await service.create_wallet("carol", "USD", "c")
+        await service.deposit("carol", 123, "d")
+        runner = ConsumerRunner(db, AnalyticsProjection())
+        for delivery in await outbox_deliveries(db):
+            await runner.handle(delivery)
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+            response = await stub.GetWalletStats(
+                analytics_pb2.GetWalletStatsRequest(wallet_id="carol")
+            )
+            stats = response.stats
+            assert (stats.wallet_id, stats.total_deposited, stats.deposit_count) == (
+                "carol",
+                123,
+                1,
+            )
+            assert stats.events_applied == 2
+            assert stats.last_activity_at.ToDatetime(tzinfo=UTC).year >= 2024
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetWalletStats(analytics_pb2.GetWalletStatsRequest(wallet_id="nobody"))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            assert error_reason(missing.value) == "WALLET_STATS_NOT_FOUND"
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.GetWalletStats(analytics_pb2.GetWalletStatsRequest(wallet_id="bad id!"))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await running.stop()

@@ -1,0 +1,232 @@
+"""Fraud worker against a real database (SQLite and PostgreSQL).
+
+Withdrawals reach the projection through the generic consumer runner (inbox, one
+transaction), either as synthetic ``FundsWithdrawn`` messages with explicit event
+times (window edges, arrival order) or from WalletService's own outbox rows. Alerts
+are read back through FraudService over gRPC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from fraud_worker.bootstrap import build_components
+from fraud_worker.projection import FraudProjection
+from fraud_worker.rules import FraudRules
+from wallet.v1 import events_pb2, fraud_pb2, fraud_pb2_grpc, wallet_pb2
+from wallet_common import events
+from wallet_common.bus import Delivery
+from wallet_common.config import Settings
+from wallet_common.consumer import ConsumerRunner
+from wallet_common.db import Database
+from wallet_common.runtime import start_server
+from wallet_common.schema import fraud_alerts, outbox
+from wallet_service.domain import Movement
+from wallet_service.service import WalletService
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+RULES = FraudRules(large_withdrawal=1_000, rapid_count=3, rapid_window=timedelta(seconds=60))
+
+
+class FixedClock:
+    """Detection time for ``created_at``; advanced by hand so ordering is explicit."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 2, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+def withdrawal(wallet_id: str, seconds: float, amount: int = 10) -> Delivery:
+    stamp = Timestamp()
+    stamp.FromDatetime(T0 + timedelta(seconds=seconds))
+    event = wallet_pb2.WalletEvent(
+        event_id=str(uuid.uuid4()),
+        wallet_id=wallet_id,
+        sequence=1,
+        type=wallet_pb2.WALLET_EVENT_TYPE_FUNDS_WITHDRAWN,
+        amount=amount,
+        balance_after=0,
+        request_id=f"r-{seconds}",
+        occurred_at=stamp,
+        currency="USD",
+    )
+    message = events_pb2.FundsWithdrawn(event=event)
+    kind = events.KIND_BY_NAME["funds_withdrawn"]
+    return Delivery(
+        event.event_id, kind.routing_key, kind.message_type, message.SerializeToString(), 1
+    )
+
+
+async def alerts(db: Database, wallet_id: str | None = None) -> list[tuple[str, list[str]]]:
+    import json
+
+    query = sa.select(fraud_alerts.c.rule, fraud_alerts.c.event_ids).order_by(
+        fraud_alerts.c.created_at
+    )
+    if wallet_id:
+        query = query.where(fraud_alerts.c.wallet_id == wallet_id)
+    async with db.read() as conn:
+        return [(rule, json.loads(ids)) for rule, ids in await conn.execute(query)]
+
+
+@pytest.fixture
+def runner(database: Database) -> ConsumerRunner:
+    return ConsumerRunner(database, FraudProjection(RULES, FixedClock()))
+
+
+async def feed(runner: ConsumerRunner, deliveries: list[Delivery]) -> None:
+    for delivery in deliveries:
+        await runner.handle(delivery)
+
+
+async def test_three_quick_withdrawals_one_alert_then_no_storm(
+    database: Database, runner: ConsumerRunner
+) -> None:
+    burst = [withdrawal("w", s) for s in (0, 1, 2)]
+    await feed(runner, burst)
+    assert await alerts(database) == [("RAPID_WITHDRAWALS", [d.message_id for d in burst])]
+    await feed(runner, [withdrawal("w", 3), withdrawal("w", 4)])
+    assert len(await alerts(database)) == 1
+
+
+async def test_two_withdrawals_raise_nothing(database: Database, runner: ConsumerRunner) -> None:
+    await feed(runner, [withdrawal("w", 0), withdrawal("w", 1)])
+    assert await alerts(database) == []
+
+
+async def test_large_withdrawal_threshold(database: Database, runner: ConsumerRunner) -> None:
+    at = withdrawal("a", 0, amount=1_000)
+    await feed(runner, [at, withdrawal("b", 0, amount=999)])
+    assert await alerts(database) == [("LARGE_WITHDRAWAL", [at.message_id])]
+
+
+async def test_window_edges_by_event_time(database: Database, runner: ConsumerRunner) -> None:
+    # Exactly one window apart: not rapid.
+    await feed(runner, [withdrawal("edge", s) for s in (0, 30, 60)])
+    assert await alerts(database, "edge") == []
+    # Just inside: rapid.
+    await feed(runner, [withdrawal("inside", s) for s in (0, 30, 59.999)])
+    assert [rule for rule, _ in await alerts(database, "inside")] == ["RAPID_WITHDRAWALS"]
+
+
+async def test_out_of_order_arrival_uses_event_time(
+    database: Database, runner: ConsumerRunner
+) -> None:
+    late, *rest = [withdrawal("w", s) for s in (0, 100, 110, 200)]
+    await feed(runner, [*rest, late])  # arrival order has three within seconds...
+    assert await alerts(database) == []  # ...but by event time no three fit in 60 s
+    one_more = withdrawal("w", 105)
+    await feed(runner, [one_more])
+    [(rule, ids)] = await alerts(database)
+    assert rule == "RAPID_WITHDRAWALS" and set(ids) == {
+        rest[0].message_id,
+        rest[1].message_id,
+        one_more.message_id,
+    }
+
+
+async def test_duplicate_delivery_raises_no_second_alert(
+    database: Database, runner: ConsumerRunner
+) -> None:
+    burst = [withdrawal("w", s, amount=5_000) for s in (0, 1, 2)]
+    await feed(runner, [*burst, *burst])
+    # Judged again without the inbox's help (a replayed copy): still nothing new.
+    async with database.transaction() as conn:
+        again = FraudProjection(RULES, FixedClock())
+        for delivery in burst:
+            message = events.decode(delivery.message_type, delivery.body)
+            await again.apply(conn, delivery, message)
+    got = await alerts(database)
+    assert sorted(rule for rule, _ in got) == ["LARGE_WITHDRAWAL"] * 3 + ["RAPID_WITHDRAWALS"]
+    async with database.read() as conn:
+        published = (
+            await conn.execute(
+                sa.select(outbox.c.message_id, outbox.c.routing_key, outbox.c.payload).where(
+                    outbox.c.routing_key == "wallet.fraud_alert_raised"
+                )
+            )
+        ).all()
+        ids = {row.alert_id for row in await conn.execute(sa.select(fraud_alerts.c.alert_id))}
+    assert {row.message_id for row in published} == ids
+    decoded = events.decode("wallet.v1.FraudAlertRaised", bytes(published[0].payload))
+    assert decoded.alert.alert_id in ids and decoded.alert.wallet_id == "w"
+
+
+async def test_other_messages_are_ignored(database: Database, runner: ConsumerRunner) -> None:
+    service = WalletService(database)
+    await service.create_wallet("x", "USD", "c")
+    await service.deposit("x", 10_000, "d")
+    await service.move(Movement.TRANSFER_DEBIT, "x", 5_000, "t:debit", transfer_id="t")
+    async with database.read() as conn:
+        rows = (await conn.execute(sa.select(outbox).order_by(outbox.c.id))).all()
+    await feed(
+        runner,
+        [Delivery(r.message_id, r.routing_key, r.message_type, bytes(r.payload), 1) for r in rows],
+    )
+    assert await alerts(database) == []  # a large transfer debit is not a withdrawal
+
+
+async def test_real_withdrawals_and_list_over_grpc(settings: Settings) -> None:
+    settings = settings.replace(fraud_large_withdrawal=1_000)
+    running = await start_server(settings, build_components, role="fraud-worker")
+    try:
+        db = running.runtime.db
+        service = WalletService(db)
+        await service.create_wallet("quick", "USD", "c1")
+        await service.create_wallet("big", "USD", "c2")
+        await service.deposit("quick", 10_000, "d1")
+        await service.deposit("big", 10_000, "d2")
+        for n in range(5):
+            await service.withdraw("quick", 10, f"wq{n}")
+        await service.withdraw("big", 1_000, "wb")
+        await service.withdraw("big", 999, "wb2")
+        runner = ConsumerRunner(db, FraudProjection(FraudRules.from_settings(settings)))
+        async with db.read() as conn:
+            rows = (await conn.execute(sa.select(outbox).order_by(outbox.c.id))).all()
+        await feed(
+            runner,
+            [
+                Delivery(r.message_id, r.routing_key, r.message_type, bytes(r.payload), 1)
+                for r in rows
+            ],
+        )
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            stub = fraud_pb2_grpc.FraudServiceStub(channel)
+            quick = await stub.ListFraudAlerts(fraud_pb2.ListFraudAlertsRequest(wallet_id="quick"))
+            assert [a.rule for a in quick.alerts] == [fraud_pb2.FRAUD_RULE_RAPID_WITHDRAWALS]
+            assert len(quick.alerts[0].event_ids) == 3
+            big = await stub.ListFraudAlerts(fraud_pb2.ListFraudAlertsRequest(wallet_id="big"))
+            assert [a.rule for a in big.alerts] == [fraud_pb2.FRAUD_RULE_LARGE_WITHDRAWAL]
+            # All wallets, one per page, newest first, until the cursor runs out.
+            seen, token = [], ""
+            while True:
+                page = await stub.ListFraudAlerts(
+                    fraud_pb2.ListFraudAlertsRequest(page_size=1, page_token=token)
+                )
+                seen.extend(page.alerts)
+                token = page.next_page_token
+                if not token:
+                    break
+            assert [a.alert_id for a in seen] == [
+                a.alert_id
+                for a in sorted(
+                    seen, key=lambda a: (a.created_at.ToDatetime(), a.alert_id), reverse=True
+                )
+            ]
+            assert {a.wallet_id for a in seen} == {"quick", "big"} and len(seen) == 2
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.ListFraudAlerts(fraud_pb2.ListFraudAlertsRequest(page_token="garbage!"))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            none = await stub.ListFraudAlerts(fraud_pb2.ListFraudAlertsRequest(wallet_id="nobody"))
+            assert list(none.alerts) == [] and none.next_page_token == ""
+    finally:
+        await running.stop()
