@@ -359,16 +359,15 @@ class RabbitBus:
             return False
         if tag not in getattr(underlay, "consumers", {}):
             return False
-        # Ask the broker too: the client-side bookkeeping is what the trap fools.
+        # Ask the broker too: the client-side bookkeeping is what the trap fools. (On
+        # the consumer's own channel: a failed passive declare closes the channel.)
         try:
-            assert self._publish_channel is not None
             declared = await asyncio.wait_for(
-                self._publish_channel.declare_queue(consumer.queue, passive=True), 5
+                underlay.queue_declare(consumer.queue, passive=True), 5
             )
         except Exception:
-            return True  # cannot tell now; the next check will
-        result = declared.declaration_result
-        return bool(result.consumer_count and result.consumer_count > 0)
+            return False
+        return bool(declared.consumer_count)
 
     async def _check_consumers(self) -> None:
         for consumer in list(self._consumers.values()):
@@ -386,16 +385,24 @@ class RabbitBus:
                 await self._check_consumers()
 
     async def _on_message(self, consumer: _Consumer, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            consumer.in_flight.add(task)
+        # aiormq runs this in a task it cancels when the channel closes; the handler
+        # runs in its own task so a lost connection never interrupts a database
+        # transaction half-way (its ack then fails and the broker redelivers).
+        task = asyncio.create_task(self._settle(consumer, message))
+        consumer.in_flight.add(task)
+        task.add_done_callback(consumer.in_flight.discard)
+        await asyncio.shield(task)
+
+    async def _settle(self, consumer: _Consumer, message: AbstractIncomingMessage) -> None:
         try:
             await self._handle(consumer, message)
-        except Exception:
-            log.exception("settling a message from %s failed", consumer.queue)
-        finally:
-            if task is not None:
-                consumer.in_flight.discard(task)
+        except Exception as error:
+            log.warning(
+                "could not settle %s from %s (%s); the broker will redeliver it",
+                message.message_id,
+                consumer.queue,
+                error_text(error),
+            )
 
     async def _handle(self, consumer: _Consumer, message: AbstractIncomingMessage) -> None:
         attempt = header_int(message, HEADER_ATTEMPT, 1)

@@ -288,7 +288,6 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), interval)
 
-
     async def _stopped_or_woken(self) -> None:
         """During a back-off only a stop request cuts the wait short."""
         while not self._stopping:
