@@ -206,10 +206,10 @@ class AuditWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="audit-writer")
 
-    async def flush(self, timeout: float = 30.0) -> None:
+    async def flush(self, within: float = 30.0) -> None:
         """Wait until every row submitted so far is written (or given up on).
 
-        Raises TimeoutError when the database keeps refusing the rows that long.
+        Raises TimeoutError when the database keeps refusing the rows ``within`` seconds.
         """
         target = self._submitted
 
@@ -217,7 +217,7 @@ class AuditWriter:
             async with self._progress:
                 await self._progress.wait_for(lambda: self._settled >= target)
 
-        await asyncio.wait_for(settled(), timeout)
+        await asyncio.wait_for(settled(), within)
 
     async def stop(self) -> None:
         self._stopping = True
