@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = asyncio.run(check(args.target, args.service, args.timeout))
     except grpc.RpcError as error:
-        print(f"{args.target}: {error.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"{args.target}: {error.code().name}", file=sys.stderr)
         return 1
     print(f"{args.target}: {status}")
     return 0 if status == "SERVING" else 1
