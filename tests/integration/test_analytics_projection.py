@@ -225,3 +225,16 @@ async def test_get_wallet_stats_over_grpc(settings: Settings) -> None:
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await running.stop()
+
+
+async def test_batched_apply_equals_one_by_one(database: Database) -> None:
+    """``apply_many`` (for a batching runner): one transaction, one upsert per wallet."""
+    from wallet_common import events
+
+    await scripted_history(WalletService(database))
+    deliveries = await outbox_deliveries(database)
+    items = [(d, events.decode(d.message_type, d.body)) for d in deliveries]
+    async with database.transaction() as conn:
+        await AnalyticsProjection().apply_many(conn, items)
+    expected = await rows(database, EXPECTED_SQL)
+    assert await rows(database, STATS_SQL) == expected

@@ -230,3 +230,12 @@ async def test_real_withdrawals_and_list_over_grpc(settings: Settings) -> None:
             assert list(none.alerts) == [] and none.next_page_token == ""
     finally:
         await running.stop()
+
+
+async def test_batched_apply_judges_in_order(database: Database) -> None:
+    """``apply_many`` (for a batching runner) gives the same verdicts as one by one."""
+    burst = [withdrawal("w", s) for s in (0, 1, 2, 3)]
+    items = [(d, events.decode(d.message_type, d.body)) for d in burst]
+    async with database.transaction() as conn:
+        await FraudProjection(RULES, FixedClock()).apply_many(conn, items)
+    assert await alerts(database) == [("RAPID_WITHDRAWALS", [d.message_id for d in burst[:3]])]
