@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from wallet.v1 import transfer_pb2
-from walletctl import render
+from walletctl import exitcodes, render
 from walletctl.commands import group, leaf, positive_int
 from walletctl.commands.transfers import summary_text
 from walletctl.context import Context
@@ -186,7 +186,8 @@ def watch(ctx: Context, args: argparse.Namespace) -> int:
         while True:
             now = time.monotonic()
             last_round = stop_at is not None and now >= stop_at
-            for transfer in reader.drain():
+            changed = reader.drain()
+            for transfer in changed:
                 data = render.transfer(transfer)
                 recent.appendleft(data)
                 if ctx.json:
@@ -194,13 +195,15 @@ def watch(ctx: Context, args: argparse.Namespace) -> int:
                 elif not interactive:
                     ctx.out.write(_change_line(data) + "\n")
                     ctx.out.flush()
-            if now >= next_refresh or last_round:
+            refresh = now >= next_refresh or last_round
+            if refresh:
                 next_refresh = now + interval
                 try:
                     summary = _fetch_summary(ctx)
                     summary_error = None
                 except grpc.RpcError as error:
                     summary_error = f"{error.code().name}: {error.details()}"
+            if refresh or (interactive and changed):
                 if interactive:
                     frame = _frame(ctx, summary, summary_error, recent, reader)
                     ctx.out.write(CLEAR + frame + "\n")
@@ -216,7 +219,8 @@ def watch(ctx: Context, args: argparse.Namespace) -> int:
     finally:
         reader.stop()
         reader.join(timeout=2)
-    return 0
+    # Never reached the server at all: say so to scripts (exit 3), as --once would.
+    return exitcodes.UNAVAILABLE if summary is None and summary_error else exitcodes.OK
 
 
 def _json_line(ctx: Context, data: dict[str, Any]) -> None:
