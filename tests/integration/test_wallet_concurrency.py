@@ -79,7 +79,7 @@ async def test_20_concurrent_identical_rejections_are_all_the_same_error(service
 
 @requires_postgres
 async def test_opposite_transfer_steps_between_two_wallets_never_deadlock(pg_database_url_fresh):
-    database = Database.from_settings(Settings(database_url=pg_database_url_fresh, db_pool_size=20))
+    database = Database.from_settings(Settings(database_url=pg_database_url_fresh, db_pool_size=10))
     service = WalletService(database)
     try:
         await service.create_wallet("a", "USD", "ca")
