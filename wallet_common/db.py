@@ -94,12 +94,17 @@ def create_engine(settings: Settings) -> AsyncEngine:
         f"-c lock_timeout={settings.db_lock_timeout_ms} "
         "-c idle_in_transaction_session_timeout=60000"
     )
+    # Performance (docs/benchmarks.md): the same capacity as pool + equal overflow, but
+    # every connection stays pooled (overflow connections were closed on return and
+    # reopened under load: a TCP + auth + SET handshake per burst), and no pre-ping (a
+    # round trip per checkout). A connection broken by a database restart fails its
+    # call with UNAVAILABLE (the client retries) and SQLAlchemy then recycles the pool.
     return create_async_engine(
         url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        pool_size=2 * settings.db_pool_size,
+        max_overflow=0,
         pool_timeout=10,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"options": options, "connect_timeout": 5},
     )

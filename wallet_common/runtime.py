@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from wallet_common import failpoints, migrate
+from wallet_common import failpoints, migrate, workers
 from wallet_common.config import Settings
 from wallet_common.db import Database
 from wallet_common.grpc_server import (
@@ -168,9 +168,17 @@ def run_server(
 
     settings = parse_settings(description, argv, default_listen=default_listen)
     setup_logging(settings.log_level, settings.log_format, settings.log_file)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            serve_forever(
-                settings, build_components, role=role, build_interceptors=build_interceptors
+
+    def serve() -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            workers.run_loop(
+                lambda: serve_forever(
+                    settings, build_components, role=role, build_interceptors=build_interceptors
+                )
             )
-        )
+
+    if settings.workers > 1:
+        # Migrate once here, then fork the workers (see wallet_common.workers).
+        migrate.upgrade(settings.database_url)
+        raise SystemExit(workers.supervise(settings.workers, settings.listen, serve))
+    serve()
