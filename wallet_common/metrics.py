@@ -26,7 +26,13 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from sqlalchemy import and_, column, exists, func, not_, select, table
 
 from wallet_common import events as event_names
@@ -428,6 +434,8 @@ class MetricsHttpServer:
         self._thread: Any = None
 
     async def start(self) -> None:
+        # The *_created series double the output and no dashboard uses them.
+        disable_created_metrics()
         self._server, self._thread = start_http_server(self.port, addr=self.host)
         self.port = int(self._server.server_address[1])
         log.info("metrics on http://%s:%s/metrics", self.host, self.port)
