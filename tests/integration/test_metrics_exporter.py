@@ -18,18 +18,21 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import insert
+from sqlalchemy import column, func, insert, select, table, update
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_common import events as event_names
 from wallet_common.channels import make_channel
 from wallet_common.clock import utcnow
 from wallet_common.config import Settings
+from wallet_common.db import Database
 from wallet_common.metrics import METRIC_NAMES, StateCollector
 from wallet_common.plumbing import METRICS_HTTP
 from wallet_common.runtime import start_server
-from wallet_common.schema import inbox, transfers
+from wallet_common.schema import inbox, outbox, transfers, wallet_events
 from wallet_service.bootstrap import build_components
+
+BUS = table("bus_messages", column("id"), column("queue"), column("state"))
 
 
 def free_port() -> int:
@@ -88,8 +91,8 @@ async def test_rpc_metrics_are_served_over_http(settings: Settings):
 
 
 async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: Settings):
-    running = await start_server(settings, build_components, role="stack")
-    db = running.runtime.db
+    # Real deposits: events, outbox rows and (relay on the embedded bus) queued messages.
+    running = await start_server(settings, build_components, role="wallet-service")
     try:
         async with make_channel(running.target, Settings()) as channel:
             stub = wallet_pb2_grpc.WalletServiceStub(channel)
@@ -100,14 +103,19 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
                 await stub.Deposit(
                     wallet_pb2.DepositRequest(wallet_id="s", amount=5, request_id=f"d{i}")
                 )
-        now = utcnow()
+    finally:
+        await running.stop()  # the relay stops: the state below holds still
+
+    db = Database.from_settings(settings)
+    now = utcnow()
+    try:
         async with db.transaction() as conn:
-            rows = [
-                ("t-old", "PENDING", now - timedelta(seconds=120)),
-                ("t-new", "DEBITED", now - timedelta(seconds=5)),
-                ("t-done", "COMPLETED", now - timedelta(seconds=999)),
-            ]
-            for transfer_id, state, created in rows:
+            for transfer_id, state, age in (
+                ("t-old", "PENDING", 120),
+                ("t-new", "DEBITED", 5),
+                ("t-done", "COMPLETED", 999),
+            ):
+                created = now - timedelta(seconds=age)
                 await conn.execute(
                     insert(transfers).values(
                         transfer_id=transfer_id,
@@ -121,48 +129,56 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
                         updated_at=created,
                     )
                 )
-        async with db.read() as conn:
-            from sqlalchemy import select
-
-            from wallet_common.schema import outbox, wallet_events
-
             event_ids = (await conn.execute(select(wallet_events.c.event_id))).scalars().all()
-            outbox_rows = (await conn.execute(select(outbox.c.status))).scalars().all()
-        async with db.transaction() as conn:
             await conn.execute(
                 insert(inbox).values(
                     consumer="analytics", message_id=event_ids[0], processed_at=now
                 )
             )
+            # One fraud message becomes a dead letter (the embedded bus keeps it in place).
+            first = (
+                await conn.execute(
+                    select(func.min(BUS.c.id)).where(BUS.c.queue == event_names.FRAUD_QUEUE)
+                )
+            ).scalar()
+            if first is not None:
+                await conn.execute(update(BUS).where(BUS.c.id == first).values(state="dead"))
+            outbox_pending = (
+                await conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+                )
+            ).scalar()
+            fraud = {}
+            for state in ("ready", "dead"):
+                fraud[state] = (
+                    await conn.execute(
+                        select(func.count()).where(
+                            BUS.c.queue == event_names.FRAUD_QUEUE, BUS.c.state == state
+                        )
+                    )
+                ).scalar()
 
         collector = StateCollector(db, role="stack", clock=lambda: now)
         await collector.collect_once()
-        assert sample("wallet_sagas", state="PENDING") == 1
-        assert sample("wallet_sagas", state="DEBITED") == 1
-        assert sample("wallet_sagas", state="COMPLETED") == 1
-        assert sample("wallet_sagas", state="COMPENSATING") == 0
-        assert sample("wallet_saga_oldest_unfinished_age_seconds") == pytest.approx(120, abs=1)
-        pending = outbox_rows.count("pending")
-        assert sample("wallet_outbox_pending") == pending
-        if pending:
-            assert sample("wallet_outbox_oldest_pending_age_seconds") >= 0
-        assert (
-            sample("wallet_consumer_unapplied_events", consumer="analytics") == len(event_ids) - 1
-        )
-        assert sample("wallet_consumer_unapplied_events", consumer="fraud") == len(event_ids)
-        # The embedded bus (no AMQP URL): depths from its table, empty here.
-        assert (
-            sample(
-                "wallet_consumer_queue_messages",
-                consumer="fraud",
-                queue=event_names.FRAUD_QUEUE,
-            )
-            == 0
-        )
-        assert sample("wallet_dlq_messages", queue=event_names.FRAUD_DLQ) == 0
         await collector.stop()
     finally:
-        await running.stop()
+        await db.dispose()
+
+    assert sample("wallet_sagas", state="PENDING") == 1
+    assert sample("wallet_sagas", state="DEBITED") == 1
+    assert sample("wallet_sagas", state="COMPLETED") == 1
+    assert sample("wallet_sagas", state="COMPENSATING") == 0
+    assert sample("wallet_saga_oldest_unfinished_age_seconds") == pytest.approx(120, abs=1)
+    assert sample("wallet_outbox_pending") == outbox_pending
+    assert len(event_ids) == 3
+    assert sample("wallet_consumer_unapplied_events", consumer="analytics") == 2
+    assert sample("wallet_consumer_unapplied_events", consumer="fraud") == 3
+    # The embedded bus (no AMQP URL): depths from its table.
+    queued = sample(
+        "wallet_consumer_queue_messages", consumer="fraud", queue=event_names.FRAUD_QUEUE
+    )
+    assert queued == fraud["ready"]
+    assert sample("wallet_dlq_messages", queue=event_names.FRAUD_DLQ) == fraud["dead"]
 
 
 @pytest.mark.rabbitmq
