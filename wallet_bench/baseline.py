@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +98,13 @@ def run_pgbench(
         str(script),
         libpq_url(database_url),
     ]
-    done = subprocess.run(args, check=False, capture_output=True, text=True)
-    output = done.stdout + done.stderr
+    for attempt in range(5):
+        done = subprocess.run(args, check=False, capture_output=True, text=True)
+        output = done.stdout + done.stderr
+        # A shared server may be out of connections for a moment: wait, try again.
+        if done.returncode == 0 or "too many clients" not in output or attempt == 4:
+            break
+        time.sleep(5)
     if done.returncode != 0:
         raise RuntimeError(f"pgbench {name} failed ({done.returncode}):\n{output[-2000:]}")
     shown = " ".join([*args[:-1], "$DB"]).replace(str(BENCH_DIR), "bench")

@@ -84,6 +84,9 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run deposits with 1 and with 2 wallet-service workers",
     )
+    parser.add_argument(
+        "--db-pool-size", type=int, default=8, help="WALLET_DB_POOL_SIZE of each process [8]"
+    )
     parser.add_argument("--skip-pgbench", action="store_true", help="no baselines")
     parser.add_argument("--keep", action="store_true", help="keep the database and vhost")
 
@@ -108,7 +111,11 @@ def create_database(pg_url: str, name: str) -> str:
 
 
 def drop_database(pg_url: str, name: str) -> None:
-    _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """Best effort: a failed clean-up is reported, never hides the run's own error."""
+    try:
+        _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error as error:
+        print(f"wallet-bench: could not drop database {name}: {error}", file=sys.stderr)
 
 
 def create_vhost(amqp_url: str, vhost: str) -> str:
@@ -167,6 +174,9 @@ async def start_platform(
         "WALLET_LOG_LEVEL": "WARNING",
         "WALLET_LOG_FORMAT": "json",
         "WALLET_FAILPOINTS": "",
+        # 2 x 8 connections per process at most: the whole platform stays well under
+        # PostgreSQL's default max_connections (100) even with several workers.
+        "WALLET_DB_POOL_SIZE": str(args.db_pool_size),
     }
     layout = [
         ("wallet-service", "wallet-service", args.wallet_workers),
@@ -192,7 +202,12 @@ async def start_platform(
 
 
 async def restart_wallet_service(
-    platform: Platform, workers: int, database_url: str, amqp_url: str, work_dir: Path
+    platform: Platform,
+    workers: int,
+    database_url: str,
+    amqp_url: str,
+    work_dir: Path,
+    args: argparse.Namespace,
 ) -> None:
     old = platform.services["wallet-service"]
     old.stop()
@@ -200,6 +215,7 @@ async def restart_wallet_service(
         "WALLET_DATABASE_URL": database_url,
         "WALLET_AMQP_URL": amqp_url,
         "WALLET_LOG_LEVEL": "WARNING",
+        "WALLET_DB_POOL_SIZE": str(args.db_pool_size),
     }
     service = start_service(
         "wallet-service", "wallet-service", env, work_dir, ["--workers", str(workers)], old.port
@@ -404,7 +420,9 @@ async def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         if args.scale_out:
             scale: dict[str, float] = {}
             for workers in (1, 2):
-                await restart_wallet_service(platform, workers, database_url, amqp_url, work_dir)
+                await restart_wallet_service(
+                    platform, workers, database_url, amqp_url, work_dir, args
+                )
                 report = await _service_run(
                     "deposit", platform, database_url, args, min(args.duration, 10.0)
                 )
