@@ -91,6 +91,10 @@ class RetryPolicy:
     max_backoff: float = 2.0
     jitter: float = 0.2
     lease: float = 15.0  # renewed at every call; must outlast deadline + backoff
+    # Step calls in flight per replica. A bulkhead: after an outage hundreds of sagas
+    # resume at once, and flooding WalletService past its capacity would only make
+    # every call time out and be retried (congestion collapse).
+    max_concurrent_calls: int = 64
 
     def __post_init__(self) -> None:
         if self.lease <= self.step_deadline + self.max_backoff:
@@ -155,6 +159,7 @@ class SagaRunner:
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._call_slots = asyncio.Semaphore(self.policy.max_concurrent_calls)
 
     # --- task management -----------------------------------------------------------
 
@@ -308,7 +313,8 @@ class SagaRunner:
                         await failpoint("saga.before_credit")
                     elif step is StepName.REFUND:
                         await failpoint("saga.before_refund")
-                    await self.gateway.call_step(call, self.policy.step_deadline)
+                    async with self._call_slots:
+                        await self.gateway.call_step(call, self.policy.step_deadline)
         except StepFailedError as rejected:
             return await self._rejected(current, step, rejected.error)
         if step is StepName.DEBIT:

@@ -109,11 +109,12 @@ def orchestrator(
         "WALLET_FAILPOINTS": failpoints,
         "WALLET_SAGA_LEASE_MS": str(LEASE_MS),
         "WALLET_SAGA_SWEEP_INTERVAL_MS": "200",
-        "WALLET_SAGA_STEP_DEADLINE_MS": "1000",
-        "WALLET_SAGA_RETRY_MAX_MS": "300",
+        "WALLET_SAGA_STEP_DEADLINE_MS": "3000",
+        "WALLET_SAGA_RETRY_MAX_MS": "500",
         "WALLET_TRANSFER_WAIT_MS": "5000",
         "WALLET_LOG_FORMAT": "console",
         "WALLET_LOG_LEVEL": "WARNING",
+        "WALLET_DB_POOL_SIZE": "5",  # two replicas + WalletService stay well under 100
     }
     env.pop("WALLET_LISTEN", None)
     log = tmp_path / f"saga-{port}.log"
@@ -127,7 +128,7 @@ def orchestrator(
 
 @pytest.fixture
 async def wallet_server(pg_database_url_fresh: str) -> AsyncIterator[RunningServer]:
-    server = await start_wallet_service(pg_database_url_fresh)
+    server = await start_wallet_service(pg_database_url_fresh, pool_size=10)
     yield server
     await server.stop(grace=1)
 
@@ -251,7 +252,7 @@ async def test_two_replicas_200_concurrent_transfers_one_replica_killed(
                 """Alternate replicas; when one is gone, retry the same request_id on the
                 other (what a client behind a load balancer would do)."""
                 order = [stubs[index % 2], stubs[(index + 1) % 2]]
-                for attempt in range(40):
+                for attempt in range(120):
                     try:
                         response = await order[min(attempt, 1)].CreateTransfer(request)
                         return str(response.transfer.transfer_id)

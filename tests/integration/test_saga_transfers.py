@@ -41,6 +41,7 @@ def saga_settings(database_url: str, wallet_target: str, **changes: object) -> S
     """Quick retries and sweeps so recovery paths finish in test time."""
     base = Settings(
         database_url=database_url,
+        db_pool_size=5,
         listen="127.0.0.1:0",
         log_format="console",
         wallet_service_target=wallet_target,
@@ -63,8 +64,12 @@ def wallet_only(runtime: Runtime) -> list[Component]:
     ]
 
 
-async def start_wallet_service(database_url: str, listen: str = "127.0.0.1:0") -> RunningServer:
-    settings = Settings(database_url=database_url, listen=listen, log_format="console")
+async def start_wallet_service(
+    database_url: str, listen: str = "127.0.0.1:0", pool_size: int = 5
+) -> RunningServer:
+    settings = Settings(
+        database_url=database_url, listen=listen, log_format="console", db_pool_size=pool_size
+    )
     return await start_server(settings, wallet_only, role="wallet-service")
 
 
