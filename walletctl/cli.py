@@ -16,10 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import grpc
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from wallet_common.config import OPTIONS, default_database_url
-from wallet_common.grpc_server import error_reason
 from walletctl import exitcodes, render
 from walletctl.client import SERVICES, ClientConfig
 from walletctl.commands import (
@@ -268,19 +266,25 @@ def main(
     except OperationFailedError as error:
         _report(ctx, out, err, want_json, code="FAILED", message=str(error))
         return exitcodes.FAILED
-    except (OperationalError, DBAPIError) as error:
-        # Only connection-level failures reach here; the message names the backend.
-        first_line = str(error.orig if error.orig is not None else error).splitlines()[0]
+    except Exception as error:
+        if not type(error).__module__.startswith("sqlalchemy"):
+            raise
+        # A database error (audit, reconcile, projections): unreachable = 3, else 1.
+        from wallet_common.db import is_connection_error
+
+        orig = getattr(error, "orig", None)
+        first_line = (str(orig if orig is not None else error).splitlines() or [""])[0]
+        status = exitcodes.UNAVAILABLE if is_connection_error(error) else exitcodes.FAILED
         _report(
             ctx,
             out,
             err,
             want_json,
-            code="UNAVAILABLE",
+            code="UNAVAILABLE" if status == exitcodes.UNAVAILABLE else "DATABASE_ERROR",
             message=f"database: {first_line}",
-            exit_code=exitcodes.UNAVAILABLE,
+            exit_code=status,
         )
-        return exitcodes.UNAVAILABLE
+        return status
     except KeyboardInterrupt:
         return 130
     finally:
@@ -289,10 +293,20 @@ def main(
 
 
 def _safe_reason(error: grpc.RpcError) -> str | None:
+    """The google.rpc ErrorInfo reason the server attached (e.g. INSUFFICIENT_FUNDS)."""
     try:
-        return error_reason(error)
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        status = rpc_status.from_call(error)
     except Exception:
         return None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

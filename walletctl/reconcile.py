@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import DateTime, bindparam, text
 from sqlalchemy.engine import Connection
 
+from walletctl.check_catalog import CHECK_DESCRIPTIONS
 from walletctl.dbutil import as_datetime, masked, snapshot
 
 ERROR = "error"
@@ -639,56 +640,9 @@ PROJECTION_COLUMNS = (
     "events_applied",
 )
 
-# name -> (description, method). The order is the report's order.
+# name -> (description, method), in the report's order.
 CHECKS: dict[str, tuple[str, Callable[[_Checker], CheckResult]]] = {
-    "balance_equals_event_sum": (
-        "each balance = the signed sum of its wallet's events",
-        _Checker.balance_equals_event_sum,
-    ),
-    "balance_equals_last_event": (
-        "each balance = its last event's balance_after; version = last sequence",
-        _Checker.balance_equals_last_event,
-    ),
-    "sequences_gap_free": (
-        "event sequences run 1, 2, 3... per wallet without gaps",
-        _Checker.sequences_gap_free,
-    ),
-    "event_chain": (
-        "each event's balance_after = the previous one's + its signed amount",
-        _Checker.event_chain,
-    ),
-    "no_negative_balance": ("no balance is negative", _Checker.no_negative_balance),
-    "conservation": (
-        "per currency: balances = deposits - withdrawals - money in flight",
-        _Checker.conservation,
-    ),
-    "transfers_net_zero": (
-        "finished transfers net to zero (COMPLETED debit+credit, COMPENSATED "
-        "debit+refund, FAILED nothing)",
-        _Checker.transfers_net_zero,
-    ),
-    "no_step_applied_twice": (
-        "no saga step applied twice; never both a credit and a refund",
-        _Checker.no_step_applied_twice,
-    ),
-    "transfer_events_have_transfer": (
-        "every transfer event belongs to a known transfer",
-        _Checker.transfer_events_have_transfer,
-    ),
-    "sagas_finished": ("no saga stuck unfinished", _Checker.sagas_finished),
-    "outbox_row_per_event": (
-        "every event has its outbox row",
-        _Checker.outbox_row_per_event,
-    ),
-    "outbox_drained": ("the outbox is drained", _Checker.outbox_drained),
-    "projection_matches_log": (
-        "wallet_stats = SQL aggregates over the applied events",
-        _Checker.projection_matches_log,
-    ),
-    "projection_lag": (
-        "the analytics worker has applied every older event",
-        _Checker.projection_lag,
-    ),
+    name: (description, getattr(_Checker, name)) for name, description in CHECK_DESCRIPTIONS.items()
 }
 
 

@@ -13,12 +13,9 @@ import argparse
 import json
 from typing import Any
 
-from sqlalchemy import DateTime, bindparam, text
-
 from walletctl import render
 from walletctl.commands import leaf, positive_int, timestamp
 from walletctl.context import Context, OperationFailedError
-from walletctl.dbutil import as_datetime, snapshot
 
 LIST_COLUMNS = ("started_at", "method", "status_code", "caller", "peer", "duration_ms", "audit_id")
 
@@ -42,6 +39,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
+    from walletctl.dbutil import as_datetime
+
     data = dict(row)
     data["started_at"] = render.iso(as_datetime(data.get("started_at")))
     method = data.get("method") or ""
@@ -54,6 +53,10 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def audit(ctx: Context, args: argparse.Namespace) -> int:
+    from sqlalchemy import DateTime, bindparam, text
+
+    from walletctl.dbutil import snapshot
+
     clauses: list[str] = []
     params: dict[str, Any] = {}
     if args.audit_id:
@@ -113,6 +116,10 @@ def audit(ctx: Context, args: argparse.Namespace) -> int:
 
 def _detail(ctx: Context, conn: Any, record: dict[str, Any]) -> int:
     """One record plus what it led to: ledger entries and sagas with the same id."""
+    from sqlalchemy import text
+
+    from walletctl.dbutil import as_datetime
+
     audit_id = record["audit_id"]
     events = [
         dict(r._mapping)

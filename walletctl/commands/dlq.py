@@ -17,11 +17,7 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from google.protobuf.json_format import MessageToDict
-
-from wallet_common import dlq as dlq_lib
 from wallet_common.config import Settings
-from wallet_common.events import UndecodableMessageError, decode
 from walletctl import exitcodes, render
 from walletctl.commands import group, leaf, positive_int
 from walletctl.context import Context, UnavailableError, UsageError
@@ -79,7 +75,18 @@ def _run(ctx: Context, work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
         raise
 
 
+def _lib() -> Any:
+    """The DLQ library (imported on use: it pulls in aio-pika and SQLAlchemy)."""
+    from wallet_common import dlq
+
+    return dlq
+
+
 def _letter(letter: Any, with_body: bool = False) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    from wallet_common.events import UndecodableMessageError, decode
+
     data: dict[str, Any] = {
         "queue": letter.queue,
         "dlq": letter.dlq,
@@ -105,8 +112,8 @@ def _letter(letter: Any, with_body: bool = False) -> dict[str, Any]:
 
 def list_letters(ctx: Context, args: argparse.Namespace) -> int:
     async def work(settings: Settings) -> tuple[dict[str, int], list[Any]]:
-        counts = await dlq_lib.count_dead_letters(settings)
-        letters = await dlq_lib.list_dead_letters(settings, args.queue, limit=args.limit)
+        counts = await _lib().count_dead_letters(settings)
+        letters = await _lib().list_dead_letters(settings, args.queue, limit=args.limit)
         return counts, letters
 
     counts, letters = _run(ctx, work)
@@ -132,7 +139,7 @@ def list_letters(ctx: Context, args: argparse.Namespace) -> int:
 
 def show(ctx: Context, args: argparse.Namespace) -> int:
     letter = _run(
-        ctx, lambda settings: dlq_lib.show_dead_letter(settings, args.queue, args.message_id)
+        ctx, lambda settings: _lib().show_dead_letter(settings, args.queue, args.message_id)
     )
     if letter is None:
         ctx.emit(
@@ -165,7 +172,7 @@ def _selection(args: argparse.Namespace) -> list[str] | None:
 
 def replay(ctx: Context, args: argparse.Namespace) -> int:
     wanted = _selection(args)
-    count = _run(ctx, lambda s: dlq_lib.replay_dead_letters(s, args.queue, wanted))
+    count = _run(ctx, lambda s: _lib().replay_dead_letters(s, args.queue, wanted))
     return _done(ctx, "replayed", count, wanted)
 
 
@@ -173,7 +180,7 @@ def purge(ctx: Context, args: argparse.Namespace) -> int:
     wanted = _selection(args)
     if not args.yes:
         raise UsageError("purge deletes dead letters for good; add --yes to confirm")
-    count = _run(ctx, lambda s: dlq_lib.purge_dead_letters(s, args.queue, wanted))
+    count = _run(ctx, lambda s: _lib().purge_dead_letters(s, args.queue, wanted))
     return _done(ctx, "purged", count, wanted)
 
 

@@ -12,12 +12,9 @@ import argparse
 import asyncio
 from typing import Any
 
-from wallet_common.config import Settings
-from wallet_common.db import Database
 from walletctl import exitcodes, render
 from walletctl.commands import group, leaf
 from walletctl.context import Context
-from walletctl.dbutil import snapshot_engine
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -32,7 +29,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     leaf(cmds, "check", common, check, "compare wallet_stats with the event log; exit 1 on drift")
 
 
-def _database(ctx: Context) -> Database:
+def _database(ctx: Context) -> Any:
+    from wallet_common.config import Settings
+    from wallet_common.db import Database
+    from walletctl.dbutil import snapshot_engine
+
     snapshot_engine(ctx.database_url).dispose()  # validates the URL / file exists
     return Database.from_settings(Settings(database_url=ctx.database_url, db_pool_size=1))
 

@@ -11,13 +11,13 @@ import argparse
 from typing import Any
 
 from walletctl import exitcodes
+from walletctl.check_catalog import CHECK_DESCRIPTIONS as CHECKS
 from walletctl.commands import leaf, positive_int
 from walletctl.context import Context, UsageError
-from walletctl.reconcile import CHECKS, ReconcileOptions, reconcile
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    checks = "\n".join(f"  {name:<30} {text}" for name, (text, _) in CHECKS.items())
+    checks = "\n".join(f"  {name:<30} {text}" for name, text in CHECKS.items())
     p = leaf(
         sub,
         "reconcile",
@@ -75,6 +75,8 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     unknown = [n for n in [*(args.check or ()), *args.skip] if n not in CHECKS]
     if unknown:
         raise UsageError(f"unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+    from walletctl.reconcile import ReconcileOptions, reconcile
+
     options = ReconcileOptions(
         outbox_max_age_seconds=args.outbox_max_age,
         saga_max_age_seconds=args.saga_max_age,

@@ -1,0 +1,29 @@
+"""The names and one-line meanings of the reconcile checks, in report order.
+
+Kept apart from :mod:`walletctl.reconcile` (which needs SQLAlchemy) so that building
+the CLI's help does not import the database stack.
+"""
+
+from __future__ import annotations
+
+CHECK_DESCRIPTIONS: dict[str, str] = {
+    "balance_equals_event_sum": "each balance = the signed sum of its wallet's events",
+    "balance_equals_last_event": (
+        "each balance = its last event's balance_after; version = last sequence"
+    ),
+    "sequences_gap_free": "event sequences run 1, 2, 3... per wallet without gaps",
+    "event_chain": "each event's balance_after = the previous one's + its signed amount",
+    "no_negative_balance": "no balance is negative",
+    "conservation": "per currency: balances = deposits - withdrawals - money in flight",
+    "transfers_net_zero": (
+        "finished transfers net to zero (COMPLETED debit+credit, COMPENSATED "
+        "debit+refund, FAILED nothing)"
+    ),
+    "no_step_applied_twice": "no saga step applied twice; never both a credit and a refund",
+    "transfer_events_have_transfer": "every transfer event belongs to a known transfer",
+    "sagas_finished": "no saga stuck unfinished",
+    "outbox_row_per_event": "every event has its outbox row",
+    "outbox_drained": "the outbox is drained",
+    "projection_matches_log": "wallet_stats = SQL aggregates over the applied events",
+    "projection_lag": "the analytics worker has applied every older event",
+}
