@@ -56,7 +56,7 @@ def saga_settings(database_url: str, wallet_target: str, **changes: object) -> S
 
 def wallet_only(runtime: Runtime) -> list[Component]:
     """WalletService without its outbox relay: publishing events plays no part in the
-    saga, and stopping a busy relay mid-query can outlive a test's teardown."""
+    saga, and these tests keep the machine's load (and PostgreSQL connections) low."""
     return [
         component
         for component in wallet_bootstrap.build_components(runtime)
