@@ -250,7 +250,9 @@ def main(
         )
         return status
     except UsageError as error:
-        _report(ctx, out, err, want_json, code="USAGE", message=str(error))
+        _report(
+            ctx, out, err, want_json, code="USAGE", message=str(error), exit_code=exitcodes.USAGE
+        )
         return exitcodes.USAGE
     except UnavailableError as error:
         _report(
@@ -264,7 +266,9 @@ def main(
         )
         return exitcodes.UNAVAILABLE
     except OperationFailedError as error:
-        _report(ctx, out, err, want_json, code="FAILED", message=str(error))
+        _report(
+            ctx, out, err, want_json, code="FAILED", message=str(error), exit_code=exitcodes.FAILED
+        )
         return exitcodes.FAILED
     except Exception as error:
         if not type(error).__module__.startswith("sqlalchemy"):

@@ -91,6 +91,7 @@ class CheckResult:
     examples: list[dict[str, Any]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -660,7 +661,13 @@ def run_checks(
         for name in CHECKS
         if (options.checks is None or name in options.checks) and name not in options.skip
     ]
-    return [CHECKS[name][1](checker) for name in selected]
+    results = []
+    for name in selected:
+        started = time.monotonic()
+        result = CHECKS[name][1](checker)
+        result.seconds = round(time.monotonic() - started, 3)
+        results.append(result)
+    return results
 
 
 def reconcile(
