@@ -387,11 +387,12 @@ class LoadGenerator:
 
     def summary(self) -> dict[str, Any]:
         ledger = self.ledger
+        originals = self.stats.total - self.stats.ops["replay"].count
         return {
             "label": self.config.label,
             "elapsed_s": round(self.elapsed_s, 3),
-            "requests": self.stats.total,
-            "per_second": round(self.stats.total / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "requests": originals,  # replays are counted under operations.replay
+            "per_second": round(originals / self.elapsed_s, 1) if self.elapsed_s else 0.0,
             "operations": self.stats.summary(self.elapsed_s),
             "transfers": dict(ledger.transfer_states()),
             "transfers_completed_per_second": round(_completed_in_window(self) / self.elapsed_s, 1)
