@@ -239,3 +239,17 @@ async def test_batched_apply_judges_in_order(database: Database) -> None:
     async with database.transaction() as conn:
         await FraudProjection(RULES, FixedClock()).apply_many(conn, items)
     assert await alerts(database) == [("RAPID_WITHDRAWALS", [d.message_id for d in burst[:3]])]
+
+
+async def test_concurrent_workers_raise_one_alert_per_burst(database: Database) -> None:
+    """Two runners (as two worker processes: no shared in-process lock) judge one
+    wallet's burst at the same time; the per-wallet database lock keeps it to one alert."""
+    import asyncio
+
+    first = ConsumerRunner(database, FraudProjection(RULES, FixedClock()))
+    second = ConsumerRunner(database, FraudProjection(RULES, FixedClock()))
+    burst = [withdrawal("w", s) for s in range(8)]
+    await asyncio.gather(
+        *(runner.handle(d) for runner, d in zip([first, second] * 4, burst, strict=True))
+    )
+    assert [rule for rule, _ in await alerts(database)] == ["RAPID_WITHDRAWALS"]
