@@ -135,9 +135,12 @@ async def rebuild(conn: AsyncConnection, now: datetime) -> int:
     On PostgreSQL the table is locked first (EXCLUSIVE: reads go on, consumers wait),
     so a consumer transaction either committed before (its event is in the inbox and
     counted here) or applies its delta after the rebuild commits (counted once there).
-    SQLite's BEGIN IMMEDIATE already serialises every writer.
+    SQLite's BEGIN IMMEDIATE already serialises every writer. Consumers that wait
+    longer than their lock_timeout retry (the runner treats it as transient).
     """
     if conn.dialect.name == "postgresql":
+        # A long log may take longer than the pool's statement_timeout to aggregate.
+        await conn.execute(sa.text("SET LOCAL statement_timeout = '10min'"))
         await conn.execute(sa.text("LOCK TABLE wallet_stats IN EXCLUSIVE MODE"))
     await conn.execute(sa.delete(wallet_stats))
     source = _aggregates().subquery()

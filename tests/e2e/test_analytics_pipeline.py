@@ -242,3 +242,37 @@ async def test_fraud_rules_fire_once_and_alerts_are_published(stack: RunningServ
                 break
             assert asyncio.get_running_loop().time() < deadline, seen
             await asyncio.sleep(0.05)
+
+
+async def test_rebuild_while_events_flow_counts_each_event_once(stack: RunningServer) -> None:
+    """Rebuilds racing the live consumer neither lose nor double-count an event."""
+    db = stack.runtime.db
+    async with grpc.aio.insecure_channel(stack.target) as channel:
+        wallets = wallet_pb2_grpc.WalletServiceStub(channel)
+        names = [f"r{i}" for i in range(4)]
+        for name in names:
+            await wallets.CreateWallet(
+                wallet_pb2.CreateWalletRequest(wallet_id=name, currency="USD", request_id=rid())
+            )
+
+        async def deposits() -> None:
+            for n in range(80):
+                await wallets.Deposit(
+                    wallet_pb2.DepositRequest(
+                        wallet_id=names[n % len(names)], amount=n + 1, request_id=rid()
+                    )
+                )
+
+        async def rebuilds() -> int:
+            count = 0
+            for _ in range(6):
+                await rebuild_wallet_stats(db)
+                count += 1
+                await asyncio.sleep(0.02)
+            return count
+
+        _, rebuilt = await asyncio.gather(deposits(), rebuilds())
+        assert rebuilt == 6
+        await caught_up(db)
+        assert await rows(db, STATS_SQL) == await rows(db, EXPECTED_SQL)
+        assert await compare_with_log(db) == []
