@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 
 from tests.integration.walletctl_harness import Ctl, running_stack
 from walletctl import exitcodes
+from walletctl.cli import main
 
 
 async def _wallets(ctl: Ctl, *ids: str, fund: int = 0) -> None:
@@ -87,3 +90,36 @@ async def test_transfers_and_the_saga_dashboard(database_url: str) -> None:
         # the same dashboard as text (not a terminal: change lines and a summary)
         plain = await ctl("sagas", "watch", "--duration", "0.3", "--wallet", "t-bob")
         assert plain.code == 0 and "unfinished: 0" in plain.out and "stream:" in plain.out
+
+
+async def test_saga_dashboard_survives_a_server_restart(tmp_path) -> None:
+    """The watch stream reconnects by itself: changes after a restart still arrive."""
+    database_url = f"sqlite:///{tmp_path / 'wallet.db'}"
+    out = io.StringIO()
+    async with running_stack(database_url) as first:
+        target = first.target
+        ctl = Ctl(first, database_url)
+        await _wallets(ctl, "rs-a", "rs-b", fund=100)
+        argv = ["--target", target, "sagas", "watch", "--duration", "60", "--max-changes", "1"]
+        watch = asyncio.create_task(
+            asyncio.to_thread(main, [*argv, "--json"], stdout=out, stderr=io.StringIO(),
+                              environ={})
+        )  # fmt: skip
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the server is gone for a moment; the dashboard keeps trying
+    async with running_stack(database_url, listen=target) as second:
+        ctl = Ctl(second, database_url)
+        # Transfers until the re-attached stream shows one and the watch stops (it
+        # streams changes from the moment it attaches; earlier ones are only counted).
+        made = set()
+        for _ in range(50):
+            done = await ctl.ok("transfers", "create", "rs-a", "rs-b", "1")
+            made.add(done["transfer"]["transfer_id"])
+            await asyncio.sleep(0.1)
+            if watch.done():
+                break
+        assert await watch == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    changes = [line["transfer"] for line in lines if line["kind"] == "change"]
+    assert len(changes) == 1 and changes[0]["transfer_id"] in made
+    assert lines[-1]["kind"] == "summary" and lines[-1]["stream"] == "connected"

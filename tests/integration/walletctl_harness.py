@@ -38,9 +38,8 @@ class Result:
 
 @asynccontextmanager
 async def running_stack(database_url: str, **overrides: Any) -> AsyncIterator[RunningServer]:
-    settings = Settings(
-        database_url=database_url, listen="127.0.0.1:0", log_format="console", **overrides
-    )
+    values: dict[str, Any] = {"listen": "127.0.0.1:0", "log_format": "console", **overrides}
+    settings = Settings(database_url=database_url, **values)
     running = await start_server(settings, build_stack, role="stack")
     try:
         yield running

@@ -64,6 +64,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recent", type=positive_int, default=12, help="recent changes to show (default 12)"
     )
+    p.add_argument(
+        "--max-changes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N state changes (scripts: wait for activity)",
+    )
 
 
 class StreamReader(threading.Thread):
@@ -182,11 +189,16 @@ def watch(ctx: Context, args: argparse.Namespace) -> int:
     interval = max(0.05, args.interval)
     next_refresh = 0.0
     first = True
+    shown = 0
     try:
         while True:
             now = time.monotonic()
             last_round = stop_at is not None and now >= stop_at
             changed = reader.drain()
+            if args.max_changes is not None:
+                changed = changed[: max(0, args.max_changes - shown)]
+                shown += len(changed)
+                last_round = last_round or shown >= args.max_changes
             for transfer in changed:
                 data = render.transfer(transfer)
                 recent.appendleft(data)
