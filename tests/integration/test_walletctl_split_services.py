@@ -16,6 +16,7 @@ import asyncio
 import time
 
 from tests.integration.walletctl_harness import Result, walletctl
+from wallet_common import failpoints
 from wallet_common.config import Settings
 from wallet_common.runtime import RunningServer, start_server
 from walletctl import exitcodes
@@ -108,3 +109,4 @@ async def test_per_service_targets_retrying_and_stuck_sagas(tmp_path) -> None:
     finally:
         await saga.stop(grace=0.5)
         await wallet.stop(grace=0.5)
+        failpoints.configure("")  # process-wide: leave none behind for other tests
