@@ -19,7 +19,7 @@ import grpc
 
 from wallet_common.config import OPTIONS, default_database_url
 from walletctl import exitcodes, render
-from walletctl.client import SERVICES, ClientConfig
+from walletctl.client import SERVICES, ClientConfig, CredentialsError
 from walletctl.commands import (
     audit,
     dlq,
@@ -249,7 +249,7 @@ def main(
             exit_code=status,
         )
         return status
-    except UsageError as error:
+    except (UsageError, CredentialsError) as error:
         _report(
             ctx, out, err, want_json, code="USAGE", message=str(error), exit_code=exitcodes.USAGE
         )

@@ -73,9 +73,16 @@ def audit_id_of(call: Any) -> str | None:
     return None
 
 
+class CredentialsError(Exception):
+    """A TLS file named by the options cannot be read (a usage error, exit 2)."""
+
+
 def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise CredentialsError(f"cannot read {path}: {error.strerror}") from None
 
 
 def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials:

@@ -64,6 +64,7 @@ def test_every_command_has_help() -> None:
         ["transfers", "list", "--state", "LOST"],
         ["reconcile", "--check", "no_such_check"],
         ["dlq", "purge", "analytics"],
+        ["--tls-ca", "/nonexistent/ca.pem", "wallets", "show", "w1"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
