@@ -6,6 +6,7 @@ outbox relay (``wallet_service.relay``, event pipeline) adds its own component.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import grpc
@@ -38,4 +39,10 @@ class WalletComponent:
 
 
 def build_components(runtime: Runtime) -> list[Component]:
-    return [WalletComponent(WalletService(runtime.db)), relay_component(runtime)]
+    # Group commit (wallet_service.group_commit) is on unless WALLET_GROUP_COMMIT=0: the
+    # switch exists for benchmarks (docs/benchmarks.md), not as a tuning knob.
+    group_commit = os.environ.get("WALLET_GROUP_COMMIT", "1") != "0"
+    return [
+        WalletComponent(WalletService(runtime.db, group_commit=group_commit)),
+        relay_component(runtime),
+    ]

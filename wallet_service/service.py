@@ -27,6 +27,7 @@ same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from wallet_common.events import wallet_event_outbox_row
 from wallet_common.failpoints import failpoint
 from wallet_common.logs import audit_id_var
 from wallet_service import domain, repository
+from wallet_service.group_commit import GroupCommitter, MoveRequest
 from wallet_service.messages import RESPONSE_TYPES, event_to_pb, wallet_to_pb
 
 Apply = Callable[[AsyncConnection, datetime], Awaitable[Message]]
@@ -81,10 +83,13 @@ class _Replay:
 class WalletService:
     """The use cases; the gRPC servicer only translates to and from these calls."""
 
-    def __init__(self, db: Database, clock: Clock = utcnow) -> None:
+    def __init__(self, db: Database, clock: Clock = utcnow, *, group_commit: bool = True) -> None:
         self._db = db
         self._clock = clock
         self._fast_path = db.is_postgres
+        self._group = (
+            GroupCommitter(db, self._response, clock) if group_commit and db.is_postgres else None
+        )
 
     # --- writes ----------------------------------------------------------------------
 
@@ -143,6 +148,25 @@ class WalletService:
         method = MOVEMENT_METHODS[movement]
         fingerprint = domain.fingerprint(method, wallet_id, amount, transfer_id, currency)
         audit_id = audit_id_var.get()
+        if self._group is not None:  # PostgreSQL group commit (wallet_service.group_commit)
+            grouped = await self._group.submit(
+                MoveRequest(
+                    method,
+                    movement,
+                    wallet_id,
+                    amount,
+                    request_id,
+                    fingerprint,
+                    transfer_id,
+                    currency,
+                    audit_id,
+                    asyncio.get_running_loop().create_future(),
+                )
+            )
+            if grouped is not None:
+                await failpoint("wallet.after_commit")
+                return grouped
+            # Not decided in a batch (replay, rejection, failed batch): the single path.
 
         async def apply(conn: AsyncConnection, now: datetime) -> Message:
             wallet = await repository.get_wallet(conn, wallet_id, for_update=True)
