@@ -26,4 +26,5 @@ CHECK_DESCRIPTIONS: dict[str, str] = {
     "outbox_drained": "the outbox is drained",
     "projection_matches_log": "wallet_stats = SQL aggregates over the applied events",
     "projection_lag": "the analytics worker has applied every older event",
+    "events_delivered": "every published event is applied or queued, for each consumer",
 }

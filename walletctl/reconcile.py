@@ -74,6 +74,13 @@ class ReconcileOptions:
     projection_lag_seconds: float = 60.0
     # The inbox consumer name of the analytics worker (analytics_worker.repository).
     analytics_consumer: str = "analytics"
+    # Which bus carries the events: "inprocess" (queues in bus_messages: checked
+    # exactly), "rabbitmq" (compared with broker_depths) or None (not checked).
+    bus: str | None = None
+    # RabbitMQ only: consumer queue -> messages ready in it plus in its DLQ.
+    broker_depths: dict[str, int] | None = None
+    # A published event older than this must be applied or queued for every consumer.
+    delivery_max_age_seconds: float = 60.0
     # How many offending rows each check lists (the count is always complete).
     example_limit: int = 20
     # Run only these checks (names from CHECKS); None = all.
@@ -628,6 +635,75 @@ class _Checker:
             r.add(row, self.limit)
         return r
 
+    def events_delivered(self) -> CheckResult:
+        """Every published event is, for each consumer, applied or still in its queue.
+
+        DESIGN invariant 7: events in the log = events applied + events queued or in the
+        DLQ. On the in-process bus the queues are rows of ``bus_messages``, so each event
+        is accounted exactly; on RabbitMQ the count of unapplied events is compared with
+        the broker's queue and DLQ depths (a warning: unacked deliveries are invisible).
+        """
+        bus = self.options.bus
+        r = self.result("events_delivered", WARNING if bus == "rabbitmq" else ERROR)
+        if bus is None:
+            r.note = "bus unknown: not checked"
+            return r
+        cutoff = self.now - timedelta(seconds=self.options.delivery_max_age_seconds)
+        r.note = (
+            f"published events older than {self.options.delivery_max_age_seconds:g}s, "
+            f"per consumer ({bus} bus)"
+        )
+        unapplied_sql = """
+            FROM wallet_events e
+            JOIN outbox o ON o.message_id = e.event_id AND o.status = 'published'
+            WHERE e.occurred_at < :cutoff
+              AND NOT EXISTS (SELECT 1 FROM inbox i
+                              WHERE i.consumer = :consumer AND i.message_id = e.event_id)
+        """
+        for consumer, queue in CONSUMER_QUEUES.items():
+            params = {"consumer": consumer, "queue": queue, "cutoff": cutoff}
+            unapplied = int(self.scalar("SELECT COUNT(*) " + unapplied_sql, **params) or 0)
+            if bus == "inprocess":
+                states = {
+                    row["state"]: int(row["n"])
+                    for row in self.rows(
+                        "SELECT state, COUNT(*) AS n FROM bus_messages WHERE queue = :queue "
+                        "GROUP BY state",
+                        queue=queue,
+                    )
+                }
+                r.facts[consumer] = {
+                    "not_applied": unapplied,
+                    "queued": states.get("ready", 0),
+                    "dead_letters": states.get("dead", 0),
+                }
+                for row in self.rows(
+                    "SELECT e.event_id, e.wallet_id, e.sequence, e.type "
+                    + unapplied_sql
+                    + " AND NOT EXISTS (SELECT 1 FROM bus_messages b "
+                    "WHERE b.queue = :queue AND b.message_id = e.event_id) "
+                    "ORDER BY e.occurred_at",
+                    **params,
+                ):
+                    r.add({"consumer": consumer, **row}, self.limit)
+                continue
+            depth = (self.options.broker_depths or {}).get(queue)
+            r.facts[consumer] = {"not_applied": unapplied, "broker_queue_and_dlq": depth}
+            if depth is not None and unapplied > depth:
+                r.add(
+                    {
+                        "consumer": consumer,
+                        "not_applied": unapplied,
+                        "in_queue_and_dlq": depth,
+                        "unaccounted": unapplied - depth,
+                    },
+                    self.limit,
+                )
+        return r
+
+
+# inbox consumer name -> its queue (wallet_common.bus / CONTRACT.md).
+CONSUMER_QUEUES = {"analytics": "analytics.wallet-events", "fraud": "fraud.wallet-events"}
 
 PROJECTION_COLUMNS = (
     "total_deposited",

@@ -109,7 +109,10 @@ async def test_dlq_commands_on_rabbitmq(tmp_path, amqp_url: str) -> None:
         assert sum(empty.json["counts"].values()) == 0
         # the replayed duplicate was skipped by the inbox: the numbers did not move
         assert (await ctl.ok("stats", "q-1"))["stats"]["total_deposited"] == 40
-        assert (await ctl("reconcile")).code == exitcodes.OK
+        reconciled = await ctl("reconcile", "--delivery-max-age", "0", "--json", env=env)
+        assert reconciled.code == exitcodes.OK, reconciled.out
+        delivered = next(c for c in reconciled.json["checks"] if c["name"] == "events_delivered")
+        assert delivered["facts"]["analytics"]["not_applied"] == 0
 
     down = await ctl("dlq", "list", env={"WALLET_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"})
     assert down.code == exitcodes.UNAVAILABLE

@@ -68,6 +68,35 @@ async def test_reconcile_clean_then_catches_planted_drift(database_url: str) -> 
         assert conservation["facts"]["EUR"]["balances"] == 70
         assert (await asyncio.to_thread(reconcile, database_url)).ok
 
+        # every published event is applied or queued for both consumers (in-process bus)
+        delivered = ["reconcile", "--check", "events_delivered", "--delivery-max-age", "0"]
+        assert (await ctl(*delivered)).code == exitcodes.OK
+
+        # 0. an event the fraud consumer never got: neither applied nor queued
+        lost = await ctl("wallets", "deposit", "r-eur", "1", "--json")
+        lost_id = lost.json["event"]["event_id"]
+        for _ in range(100):  # wait until the fraud worker has applied it
+            result = await ctl(*delivered, "--json")
+            facts = next(c for c in result.json["checks"])["facts"]
+            if result.code == 0 and facts["fraud"]["queued"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        await execute(
+            database_url,
+            "DELETE FROM inbox WHERE consumer = 'fraud' AND message_id = :m",
+            m=lost_id,
+        )
+        result = await ctl(*delivered, "--json")
+        assert result.code == exitcodes.FAILED
+        examples = drifted(result.json)["events_delivered"]["examples"]
+        assert [(e["consumer"], e["event_id"]) for e in examples] == [("fraud", lost_id)]
+        await execute(
+            database_url,
+            "INSERT INTO inbox (consumer, message_id, processed_at) VALUES ('fraud', :m, :t)",
+            m=lost_id,
+            t="2026-01-01 00:00:00",
+        )
+
         # 1. a balance changed behind the service's back
         await execute(
             database_url, "UPDATE wallets SET balance = balance + 5 WHERE wallet_id = 'r-b'"

@@ -8,6 +8,7 @@ allowed), 1 on any drift, 3 when the database cannot be reached.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from walletctl import exitcodes
@@ -51,6 +52,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="warn about events this old not yet applied by analytics (default 60)",
     )
     p.add_argument(
+        "--delivery-max-age",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a published event this old must be applied or queued for each consumer (default 60)",
+    )
+    p.add_argument(
         "--check",
         action="append",
         default=None,
@@ -84,9 +92,40 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         example_limit=args.examples,
         checks=args.check,
         skip=args.skip,
+        delivery_max_age_seconds=args.delivery_max_age,
     )
+    wanted = args.check is None or "events_delivered" in args.check
+    if ctx.amqp_url and wanted and "events_delivered" not in args.skip:
+        try:
+            options.broker_depths = asyncio.run(_broker_depths(ctx.amqp_url))
+            options.bus = "rabbitmq"
+        except Exception as error:
+            ctx.note(f"broker not reachable ({type(error).__name__}): events_delivered skipped")
+    elif not ctx.amqp_url:
+        options.bus = "inprocess"
     report = reconcile(ctx.database_url, options)
     ctx.emit(report.to_dict(), report.render_text)
     if not report.ok or (args.strict and report.warnings):
         return exitcodes.FAILED
     return exitcodes.OK
+
+
+async def _broker_depths(amqp_url: str) -> dict[str, int]:
+    """Per consumer queue: messages ready in it plus those in its DLQ (passive declares)."""
+    import aio_pika
+
+    from wallet_common.bus import QUEUES
+
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    try:
+        channel = await connection.channel()
+        depths: dict[str, int] = {}
+        for queue, dlq in QUEUES.items():
+            total = 0
+            for name in (queue, dlq):
+                declared = await channel.declare_queue(name, passive=True)
+                total += int(declared.declaration_result.message_count or 0)
+            depths[queue] = total
+        return depths
+    finally:
+        await connection.close()
