@@ -61,6 +61,8 @@ class Clients:
         self._channels: list[grpc.aio.Channel] = []
         self._wallet = self._stubs(targets.wallet, connections, settings, wallet_pb2_grpc)
         self._transfer = self._stubs(targets.transfer, connections, settings, transfer_pb2_grpc)
+        # Load goes to the first two; analytics is only read by the checks at the end.
+        self._load_channels = len(self._channels)
         self._analytics = self._stubs(targets.analytics, 1, settings, analytics_pb2_grpc)
 
     def _stubs(self, target: str, count: int, settings: Any, module: Any) -> Iterator[Any]:
@@ -89,7 +91,7 @@ class Clients:
         return next(self._analytics)
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        for channel in self._channels:
+        for channel in self._channels[: self._load_channels]:
             await asyncio.wait_for(channel.channel_ready(), timeout_s)
 
     async def close(self) -> None:

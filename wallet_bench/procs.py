@@ -60,6 +60,9 @@ class Service:
         """This process and all its descendants (workers)."""
         return [self.process.pid, *descendants(self.process.pid)]
 
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
     def rss_mb(self) -> dict[int, float]:
         return {pid: rss for pid in self.pids() if (rss := rss_mb(pid)) is not None}
 
@@ -93,6 +96,16 @@ def descendants(pid: int) -> list[int]:
                 found.append(int(child))
                 frontier.append(int(child))
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After "pid (comm)": state is field 0, utime 11, stime 12 (see proc(5)).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float | None:

@@ -54,8 +54,13 @@ async def bench_run(
     connections: int = DEFAULT_CONNECTIONS,
     check: bool = True,
     drain_timeout_s: float = 60.0,
+    probe: Any = None,
 ) -> RunReport:
-    """Run the load described by ``config`` against ``targets`` and check the result."""
+    """Run the load described by ``config`` against ``targets`` and check the result.
+
+    ``probe`` (optional, e.g. the suite's CPU meter) gets ``start()`` when the measured
+    load begins and ``stop()`` once the consumers have drained it.
+    """
     clients = Clients(targets, settings, connections)
     reader = LogReader(database_url, config.wallet_prefix) if database_url else None
     try:
@@ -63,14 +68,20 @@ async def bench_run(
         generator = LoadGenerator(clients, config)
         await generator.setup()
         window_start = datetime.now(UTC)
+        if probe is not None:
+            probe.start()
         await generator.run()
         await generator.settle()
         load = generator.summary()
         if not check:
+            if probe is not None:
+                probe.stop()
             return RunReport(load=load, drain={}, lag={}, ledger=generator.ledger)
         drain = await wait_for_drain(
             clients, generator.ledger, config, reader, timeout_s=drain_timeout_s
         )
+        if probe is not None:
+            probe.stop()
         drain_info = {
             "drained": drain.drained,
             "seconds": round(drain.seconds, 3),

@@ -226,6 +226,63 @@ async def restart_wallet_service(
 
 # --- the runs --------------------------------------------------------------------------
 
+
+class CpuProbe:
+    """CPU seconds of every platform process and of this load generator over a window,
+    and the database's committed transactions: where the cores go, per request.
+
+    CPU time (not wall time) is what decides throughput on a small machine, and it is
+    far less disturbed by other work on the machine than a rate is.
+    """
+
+    def __init__(self, platform: Platform, database_url: str) -> None:
+        self.platform = platform
+        self.database_name = str(make_url(database_url).database)
+        self.admin_url = database_url
+        self._cpu: dict[str, float] = {}
+        self._xacts = 0
+        self.seconds: dict[str, float] = {}
+        self.transactions = 0
+        self._wall = 0.0
+        self.wall_s = 0.0
+
+    def _sample(self) -> tuple[dict[str, float], int]:
+        cpu = {name: svc.cpu_seconds() for name, svc in self.platform.services.items()}
+        times = os.times()
+        cpu["wallet-bench"] = times.user + times.system
+        return cpu, self._transactions()
+
+    def _transactions(self) -> int:
+        conninfo = baseline.libpq_url(self.admin_url)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(
+                b"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                (self.database_name,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def start(self) -> None:
+        self._cpu, self._xacts = self._sample()
+        self._wall = time.monotonic()
+
+    def stop(self) -> None:
+        cpu, xacts = self._sample()
+        self.seconds = {name: cpu[name] - self._cpu.get(name, 0.0) for name in cpu}
+        self.transactions = xacts - self._xacts
+        self.wall_s = time.monotonic() - self._wall
+
+    def per_request(self, requests: int) -> dict[str, Any]:
+        if requests <= 0:
+            return {}
+        return {
+            "cpu_ms_per_request": {
+                name: round(seconds * 1000 / requests, 3) for name, seconds in self.seconds.items()
+            },
+            "db_transactions_per_request": round(self.transactions / requests, 2),
+            "window_s": round(self.wall_s, 2),
+        }
+
+
 RUN_SHAPES: dict[str, dict[str, Any]] = {
     "deposit": {"mix": "deposit=100"},
     "transfer": {"mix": "transfer=100"},
@@ -253,6 +310,7 @@ def _config(name: str, args: argparse.Namespace, duration: float) -> LoadConfig:
 async def _service_run(
     name: str, platform: Platform, database_url: str, args: argparse.Namespace, duration: float
 ) -> RunReport:
+    probe = CpuProbe(platform, database_url)
     report = await bench_run(
         _config(name, args, duration),
         platform.targets,
@@ -260,9 +318,19 @@ async def _service_run(
         database_url=database_url,
         connections=args.connections,
         drain_timeout_s=60.0,
+        probe=probe,
     )
+    report.load["cost"] = probe.per_request(int(report.load["requests"]))
     if not args.json:
         print(render(report), flush=True)
+        cost = report.load["cost"]
+        if cost:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cost["cpu_ms_per_request"].items())
+            print(
+                f"  CPU ms per request (load + drain, {cost['window_s']:.1f}s): {parts}; "
+                f"{cost['db_transactions_per_request']} DB transactions per request",
+                flush=True,
+            )
     return report
 
 
