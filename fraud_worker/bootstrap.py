@@ -7,6 +7,7 @@ thresholds come from the settings (``WALLET_FRAUD_*``).
 from __future__ import annotations
 
 from fraud_worker.grpc_api import FraudApi
+from fraud_worker.housekeeping import WithdrawalPruner
 from fraud_worker.projection import FraudProjection
 from fraud_worker.rules import FraudRules
 from fraud_worker.service import FraudService
@@ -20,4 +21,5 @@ def build_components(runtime: Runtime) -> list[Component]:
     return [
         consumer_component(runtime, FraudProjection(rules), "fraud-consumer"),
         FraudApi(FraudService(runtime.db)),
+        WithdrawalPruner(runtime.db, rules),
     ]

@@ -253,3 +253,35 @@ async def test_concurrent_workers_raise_one_alert_per_burst(database: Database) 
         *(runner.handle(d) for runner, d in zip([first, second] * 4, burst, strict=True))
     )
     assert [rule for rule, _ in await alerts(database)] == ["RAPID_WITHDRAWALS"]
+
+
+async def test_old_withdrawals_are_pruned_alerts_kept(
+    database: Database, runner: ConsumerRunner
+) -> None:
+    import asyncio
+
+    from fraud_worker.housekeeping import WithdrawalPruner, prune_withdrawals
+    from wallet_common.schema import fraud_withdrawals
+
+    async def remembered() -> int:
+        async with database.read() as conn:
+            query = sa.select(sa.func.count()).select_from(fraud_withdrawals)
+            return int((await conn.execute(query)).scalar_one())
+
+    await feed(runner, [withdrawal("w", s) for s in (0, 1, 2, 100)])
+    assert await prune_withdrawals(database, T0 + timedelta(seconds=50), batch=2) == 3
+    assert await remembered() == 1
+    # The component prunes by wall clock minus the retention (1 day here).
+    pruner = WithdrawalPruner(
+        database, RULES, interval=0.01, clock=lambda: T0 + timedelta(days=1, seconds=101)
+    )
+    await pruner.start()
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                if not await remembered():
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await pruner.stop()
+    assert [rule for rule, _ in await alerts(database)] == ["RAPID_WITHDRAWALS"]
