@@ -59,8 +59,16 @@ def _amqp_user() -> str:
 
 
 def create_vhost(vhost: str) -> str:
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, _amqp_user(), ".*", ".*", ".*")
+    # Retried: another run's broker-outage test may have the broker stopped briefly.
+    for attempt in range(30):
+        try:
+            rabbitmqctl("add_vhost", vhost)
+            rabbitmqctl("set_permissions", "-p", vhost, _amqp_user(), ".*", ".*", ".*")
+            break
+        except RuntimeError:
+            if attempt == 29:
+                raise
+            time.sleep(1)
     return vhost_url(vhost)
 
 

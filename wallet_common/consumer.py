@@ -12,9 +12,9 @@ This module does the rest, the same way for every consumer:
 
 A crash anywhere before the commit leaves nothing behind (the message comes back); a
 crash after it leaves the inbox row, so the redelivered copy is skipped: each event is
-applied exactly once. Deliveries about the same wallet are handled one at a time in
-this process, so rules that read a wallet's recent history (fraud windows) see a
-consistent picture even when the bus runs handlers concurrently.
+applied exactly once. Deliveries that arrive together are group-committed by one
+writer (see :class:`ConsumerRunner`), which also keeps each projection's updates in
+arrival order even though the bus runs handlers concurrently.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -33,10 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallet_common import events
 from wallet_common.bus import (
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PREFETCH,
     Delivery,
     EventBus,
     PoisonMessageError,
+    error_text,
     get_bus,
 )
 from wallet_common.clock import utcnow
@@ -47,6 +48,10 @@ from wallet_common.runtime import Runtime
 from wallet_common.schema import inbox
 
 log = logging.getLogger(__name__)
+
+# Deliveries in flight per consumer: twice a group commit, so the next batch is
+# already here while one is being written.
+CONSUMER_PREFETCH = 128
 
 # Transient database trouble (connection lost, deadlock, lock timeout) is retried
 # here, without spending the message's attempts: a database outage must not
@@ -93,49 +98,88 @@ async def record_inbox(conn: AsyncConnection, consumer: str, message_id: str) ->
     return result.first() is not None
 
 
-def wallet_key(message: Message) -> str | None:
-    """The wallet an event is about (events.proto messages carry it in ``event``)."""
-    if "event" in message.DESCRIPTOR.fields_by_name:
-        event = message.event  # type: ignore[attr-defined]
-        if event.wallet_id:
-            return str(event.wallet_id)
-    return None
+@dataclass
+class _Pending:
+    delivery: Delivery
+    message: Message
+    done: asyncio.Future[bool]
 
 
 class ConsumerRunner:
-    """Handles deliveries for one projection (usable without a gRPC server, in tests)."""
+    """Handles deliveries for one projection (usable without a gRPC server, in tests).
 
-    def __init__(self, db: Database, projection: Projection) -> None:
+    Group commit: deliveries that arrive together (the bus runs handlers
+    concurrently, up to its prefetch) are applied one after another by a single
+    writer, in ONE transaction of up to ``batch_size`` events, each with its own inbox
+    row; every handler returns once that transaction committed. If anything in a
+    batch fails, the batch is rolled back and its events are applied one per
+    transaction, so a bad event fails alone and the others are unaffected. One writer
+    per projection also means events are applied in arrival order, so rules that look
+    at a wallet's recent history see a consistent picture.
+    """
+
+    def __init__(self, db: Database, projection: Projection, *, batch_size: int = 64) -> None:
         self.db = db
         self.projection = projection
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._lock_users: dict[str, int] = {}
+        self.batch_size = max(1, batch_size)
+        self._queue: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def handle(self, delivery: Delivery) -> None:
         try:
             message = events.decode(delivery.message_type, delivery.body)
         except events.UndecodableMessageError as error:
             raise PoisonMessageError(str(error)) from error
-        key = wallet_key(message)
-        if key is None:
-            await self._apply_with_retries(delivery, message)
-            return
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._lock_users[key] = self._lock_users.get(key, 0) + 1
-        try:
-            async with lock:
-                await self._apply_with_retries(delivery, message)
-        finally:
-            self._lock_users[key] -= 1
-            if self._lock_users[key] == 0:
-                del self._lock_users[key]
-                del self._locks[key]
+        pending = _Pending(delivery, message, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="consumer-writer")
+        if await asyncio.shield(pending.done):
+            await failpoint("consumer.after_apply")
 
-    async def _apply_with_retries(self, delivery: Delivery, message: Message) -> None:
+    async def _write_loop(self) -> None:
+        """Runs while deliveries wait; exits when the queue is empty."""
+        await asyncio.sleep(0)  # let the rest of a burst of deliveries queue up
+        while self._queue:
+            batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
+            await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            try:
+                results = await self._apply_together(batch)
+            except Exception as error:
+                log.info(
+                    "%s: batch of %d failed (%s); applying one by one",
+                    self.projection.consumer_name,
+                    len(batch),
+                    error_text(error),
+                )
+            else:
+                for item, applied in zip(batch, results, strict=True):
+                    _resolve(item.done, applied)
+                return
+        for item in batch:
+            try:
+                applied = await self._apply_with_retries(item.delivery, item.message)
+            except Exception as error:
+                _fail(item.done, error)
+            else:
+                _resolve(item.done, applied)
+
+    async def _apply_together(self, batch: list[_Pending]) -> list[bool]:
+        results: list[bool] = []
+        async with self.db.transaction() as conn:
+            for item in batch:
+                results.append(await self._apply_in(conn, item.delivery, item.message))
+        return results
+
+    async def _apply_with_retries(self, delivery: Delivery, message: Message) -> bool:
+        """One event in its own transaction; transient database errors are retried."""
         for attempt, delay in enumerate((*TRANSIENT_RETRY_DELAYS, None), start=1):
             try:
-                applied = await self._apply_once(delivery, message)
-                break
+                async with self.db.transaction() as conn:
+                    return await self._apply_in(conn, delivery, message)
             except Exception as error:
                 if delay is None or not is_transient(error):
                     raise
@@ -147,16 +191,25 @@ class ConsumerRunner:
                     error,
                 )
                 await asyncio.sleep(delay)
-        if applied:
-            await failpoint("consumer.after_apply")
+        raise AssertionError("unreachable")
 
-    async def _apply_once(self, delivery: Delivery, message: Message) -> bool:
-        async with self.db.transaction() as conn:
-            if not await record_inbox(conn, self.projection.consumer_name, delivery.message_id):
-                log.debug("duplicate delivery of %s skipped", delivery.message_id)
-                return False
-            await self.projection.apply(conn, delivery, message)
+    async def _apply_in(self, conn: AsyncConnection, delivery: Delivery, message: Message) -> bool:
+        """Inbox row + projection change; False (nothing done) for a duplicate."""
+        if not await record_inbox(conn, self.projection.consumer_name, delivery.message_id):
+            log.debug("duplicate delivery of %s skipped", delivery.message_id)
+            return False
+        await self.projection.apply(conn, delivery, message)
         return True
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[bool], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 class ConsumerComponent:
@@ -168,7 +221,7 @@ class ConsumerComponent:
         projection: Projection,
         name: str,
         *,
-        prefetch: int = DEFAULT_PREFETCH,
+        prefetch: int = CONSUMER_PREFETCH,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.name = name
@@ -207,7 +260,7 @@ def consumer_component(
     projection: Projection,
     name: str,
     *,
-    prefetch: int = DEFAULT_PREFETCH,
+    prefetch: int = CONSUMER_PREFETCH,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> ConsumerComponent:
     """The component that consumes ``projection.queue`` from this process's bus."""
