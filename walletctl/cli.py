@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"walletctl {_version()}")
     add_global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     add_global_options(common, suppress=True)
@@ -147,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         module.register(sub, common)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wallet-platform")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _pick(flag: Any, env: Mapping[str, str], name: str, fallback: Any = "") -> Any:

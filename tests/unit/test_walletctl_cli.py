@@ -44,6 +44,8 @@ def test_every_command_has_help() -> None:
         "audit", "projections rebuild", "projections check", "reconcile",
     }  # fmt: skip
     assert expected <= {" ".join(p) for p in paths}
+    code, out, _ = run("--version")
+    assert code == 0 and out.startswith("walletctl ")
     for path in paths:
         code, out, _ = run(*path, "--help")
         assert code == 0, path
