@@ -20,7 +20,7 @@ QUEUE_SIZE = 1000
 class TransferNotifier:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[Transfer]] = set()
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[TransferWaiter]] = {}
 
     def publish(self, transfer: Transfer) -> None:
         """Called after a change was committed."""
@@ -29,8 +29,8 @@ class TransferNotifier:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
             queue.put_nowait(transfer)
-        for event in self._waiters.get(transfer.transfer_id, ()):
-            event.set()
+        for waiter in list(self._waiters.get(transfer.transfer_id, ())):
+            waiter.notify(transfer)
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[asyncio.Queue[Transfer]]:
@@ -42,15 +42,27 @@ class TransferNotifier:
             self._subscribers.discard(queue)
 
     @contextlib.contextmanager
-    def waiter(self, transfer_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever ``transfer_id`` changes (the caller clears it)."""
-        event = asyncio.Event()
-        self._waiters.setdefault(transfer_id, set()).add(event)
+    def waiter(self, transfer_id: str) -> Iterator[TransferWaiter]:
+        """Follows one transfer's changes made by this process (the newest in ``latest``)."""
+        waiter = TransferWaiter()
+        self._waiters.setdefault(transfer_id, set()).add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
-            events = self._waiters.get(transfer_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
+            waiters = self._waiters.get(transfer_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
                     del self._waiters[transfer_id]
+
+
+class TransferWaiter:
+    """Set whenever its transfer changes; ``latest`` is the newest state published."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        self.latest: Transfer | None = None
+
+    def notify(self, transfer: Transfer) -> None:
+        self.latest = transfer
+        self.changed.set()

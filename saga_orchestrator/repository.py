@@ -17,7 +17,7 @@ serialises claimers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -286,18 +286,17 @@ class TransferRepository:
 
         Creates the step row (RUNNING) on the first call, counts the call, and renews
         the lease; so after any crash the disk says which call may be in flight.
+        Two statements; the returned transfer mirrors them (no re-read).
         """
+        position = next((i for i, s in enumerate(transfer.steps) if s.name is step), None)
         async with self.db.transaction() as conn:
-            await self._fence(conn, transfer, owner, {"lease_expires_at": lease_until})
-            counted = await conn.execute(
-                update(transfer_steps)
-                .where(
-                    transfer_steps.c.transfer_id == transfer.transfer_id,
-                    transfer_steps.c.name == step.value,
-                )
-                .values(attempts=transfer_steps.c.attempts + 1)
+            await self._fence(
+                conn,
+                transfer,
+                owner,
+                {"lease_expires_at": lease_until, "attempts": transfers.c.attempts + 1},
             )
-            if counted.rowcount == 0:
+            if position is None:
                 await conn.execute(
                     insert(transfer_steps).values(
                         transfer_id=transfer.transfer_id,
@@ -310,19 +309,23 @@ class TransferRepository:
                         finished_at=None,
                     )
                 )
-            await conn.execute(
-                update(transfers)
-                .where(transfers.c.transfer_id == transfer.transfer_id)
-                .values(
-                    attempts=select(transfer_steps.c.attempts)
+            else:
+                await conn.execute(
+                    update(transfer_steps)
                     .where(
                         transfer_steps.c.transfer_id == transfer.transfer_id,
                         transfer_steps.c.name == step.value,
                     )
-                    .scalar_subquery()
+                    .values(attempts=transfer_steps.c.attempts + 1)
                 )
-            )
-            return await self._reload(conn, transfer.transfer_id)
+        steps = list(transfer.steps)
+        if position is None:
+            steps.append(Step(step, StepOutcome.RUNNING, 1, "", now, None))
+        else:
+            steps[position] = replace(steps[position], attempts=steps[position].attempts + 1)
+        return replace(
+            transfer, attempts=transfer.attempts + 1, lease_expires_at=lease_until, steps=steps
+        )
 
     async def record_failure(
         self,
@@ -353,7 +356,14 @@ class TransferRepository:
                 )
                 .values(error=error)
             )
-            return await self._reload(conn, transfer.transfer_id)
+        steps = [replace(s, error=error) if s.name is step else s for s in transfer.steps]
+        return replace(
+            transfer,
+            last_error=error,
+            next_attempt_at=next_attempt_at,
+            lease_expires_at=lease_until,
+            steps=steps,
+        )
 
     async def finish_step(
         self,
@@ -390,7 +400,27 @@ class TransferRepository:
             values["lease_owner"] = None
             values["lease_expires_at"] = None
         # A succeeded step keeps the last transient error it overcame (diagnostics).
-        step_values = {"error": step_error} if step_error else {}
+        step_values: dict[str, Any] = {"outcome": outcome.value, "finished_at": now}
+        if step_error:
+            step_values["error"] = step_error
+        updated = replace(
+            transfer,
+            state=new_state,
+            updated_at=now,
+            attempts=0,
+            last_error="",
+            next_attempt_at=None,
+            failure_reason=failure_reason or transfer.failure_reason,
+            failure_code=failure_code if failure_reason else transfer.failure_code,
+            lease_owner=None if new_state.is_terminal else transfer.lease_owner,
+            lease_expires_at=None if new_state.is_terminal else transfer.lease_expires_at,
+            steps=[
+                replace(s, outcome=outcome, finished_at=now, error=step_error or s.error)
+                if s.name is step
+                else s
+                for s in transfer.steps
+            ],
+        )
         async with self.db.transaction() as conn:
             await self._fence(conn, transfer, owner, values)
             await conn.execute(
@@ -399,14 +429,13 @@ class TransferRepository:
                     transfer_steps.c.transfer_id == transfer.transfer_id,
                     transfer_steps.c.name == step.value,
                 )
-                .values(outcome=outcome.value, finished_at=now, **step_values)
+                .values(**step_values)
             )
-            updated = await self._reload(conn, transfer.transfer_id)
             if new_state.is_terminal and outbox_row is not None:
                 row = outbox_row(updated, now)
                 if row is not None:
                     await conn.execute(insert(outbox).values(**row))
-            return updated
+        return updated
 
     async def claim_due(
         self,
@@ -466,8 +495,3 @@ class TransferRepository:
                 f"transfer {transfer.transfer_id}: lease lost or state moved on "
                 f"(expected {transfer.state} owned by {owner})"
             )
-
-    async def _reload(self, conn: AsyncConnection, transfer_id: str) -> Transfer:
-        loaded = await _load(conn, transfer_id)
-        assert loaded is not None, transfer_id
-        return loaded

@@ -11,6 +11,7 @@ balance and frozen status are left to the saga's steps, which decide them atomic
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import uuid
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from saga_orchestrator.domain import (
 )
 from saga_orchestrator.engine.runner import SagaRunner
 from saga_orchestrator.gateway import StepFailedError, WalletGateway, WalletInfo
-from saga_orchestrator.notifier import TransferNotifier
+from saga_orchestrator.notifier import TransferNotifier, TransferWaiter
 from saga_orchestrator.repository import DuplicateRequestError, Summary, TransferRepository
 from wallet_common import validation
 from wallet_common.errors import (
@@ -38,6 +39,8 @@ from wallet_common.logs import audit_id_var
 
 # How often CreateTransfer re-reads a transfer it waits for that another replica drives.
 WAIT_POLL_SECONDS = 0.2
+# Wallets whose currency CreateTransfer remembers (an LRU; a few MB at most).
+WALLET_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TransferService:
         self.notifier = notifier
         self.wait_seconds = wait_seconds
         self.lookup_timeout = lookup_timeout
+        self._wallets: collections.OrderedDict[str, WalletInfo] = collections.OrderedDict()
 
     async def create_transfer(
         self, request_id: str, from_wallet_id: str, to_wallet_id: str, amount: int
@@ -121,8 +125,9 @@ class TransferService:
                 raise UnavailableError("transfer insert conflicted; retry") from None
             return await self._replay(existing, fingerprint), True
         self.notifier.publish(transfer)
-        self.runner.spawn(transfer.transfer_id)
-        return await self.wait_for_terminal(transfer.transfer_id), False
+        with self.notifier.waiter(transfer.transfer_id) as waiter:
+            self.runner.spawn(transfer.transfer_id, transfer)
+            return await self._wait(waiter, transfer), False
 
     async def _replay(self, existing: Transfer, fingerprint: str) -> Transfer:
         if existing.fingerprint != fingerprint:
@@ -136,30 +141,59 @@ class TransferService:
         return await self.wait_for_terminal(existing.transfer_id)
 
     async def _wallet(self, wallet_id: str) -> WalletInfo:
+        """The wallet's currency, from WalletService once and then from memory: a
+        wallet's currency never changes and wallets are never deleted, so a cached
+        answer cannot go stale (frozen status is not cached; the steps decide it)."""
+        cached = self._wallets.get(wallet_id)
+        if cached is not None:
+            self._wallets.move_to_end(wallet_id)
+            return cached
         try:
-            return await self.gateway.get_wallet(wallet_id, self.lookup_timeout)
+            info = await self.gateway.get_wallet(wallet_id, self.lookup_timeout)
         except StepFailedError as failed:
             if failed.error.code == "NOT_FOUND":
                 raise WalletNotFoundError(wallet_id) from None
             raise UnavailableError(
                 f"cannot check wallet {wallet_id!r} with WalletService: {failed.error.describe()}"
             ) from None
+        self._wallets[wallet_id] = info
+        while len(self._wallets) > WALLET_CACHE_SIZE:
+            self._wallets.popitem(last=False)
+        return info
 
     async def wait_for_terminal(self, transfer_id: str) -> Transfer:
         """The transfer once terminal, or as it stands when the wait is over."""
+        with self.notifier.waiter(transfer_id) as waiter:
+            transfer = await self.repository.get(transfer_id)  # after subscribing: no gap
+            if transfer is None:
+                raise TransferNotFoundError(transfer_id)
+            return await self._wait(waiter, transfer)
+
+    async def _wait(self, waiter: TransferWaiter, transfer: Transfer) -> Transfer:
+        """Follow the saga: pushed changes when this replica drives it, else a poll."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_seconds
-        with self.notifier.waiter(transfer_id) as changed:
-            while True:
-                changed.clear()  # before the read: a change after it wakes us at once
-                transfer = await self.repository.get(transfer_id)
-                if transfer is None:
-                    raise TransferNotFoundError(transfer_id)
-                remaining = deadline - loop.time()
-                if transfer.is_terminal or remaining <= 0:
-                    return transfer
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(remaining, WAIT_POLL_SECONDS))
+        while not transfer.is_terminal:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            local = self.runner.is_driving(transfer.transfer_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    waiter.changed.wait(), remaining if local else min(remaining, WAIT_POLL_SECONDS)
+                )
+            waiter.changed.clear()
+            if waiter.latest is not None and local:
+                transfer = waiter.latest
+            else:
+                transfer = await self._reread(transfer)
+        if not transfer.is_terminal:
+            transfer = await self._reread(transfer)  # as it stands, even if driven elsewhere
+        return transfer
+
+    async def _reread(self, transfer: Transfer) -> Transfer:
+        fresh = await self.repository.get(transfer.transfer_id)
+        return fresh if fresh is not None else transfer
 
     async def get_transfer(self, transfer_id: str) -> Transfer:
         validation.transfer_id(transfer_id)

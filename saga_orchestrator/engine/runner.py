@@ -173,12 +173,15 @@ class SagaRunner:
     def lease_until(self) -> datetime:
         return self.clock() + timedelta(seconds=self.policy.lease)
 
-    def spawn(self, transfer_id: str) -> bool:
-        """Start driving a saga this replica has just leased; False if already driven."""
+    def spawn(self, transfer_id: str, transfer: Transfer | None = None) -> bool:
+        """Start driving a saga this replica has just leased; False if already driven.
+
+        ``transfer`` is the saga as just written (CreateTransfer), saving a read.
+        """
         if self._stopping or transfer_id in self._tasks:
             return False
         task = asyncio.get_running_loop().create_task(
-            self._drive_guarded(transfer_id), name=f"saga {transfer_id}"
+            self._drive_guarded(transfer_id, transfer), name=f"saga {transfer_id}"
         )
         self._tasks[transfer_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(transfer_id, None))
@@ -202,10 +205,10 @@ class SagaRunner:
             except Exception:
                 log.warning("could not release saga %s (its lease will expire)", transfer_id)
 
-    async def _drive_guarded(self, transfer_id: str) -> None:
+    async def _drive_guarded(self, transfer_id: str, transfer: Transfer | None) -> None:
         with log_context(transfer_id=transfer_id):
             try:
-                await self.drive(transfer_id)
+                await self.drive(transfer_id, transfer)
             except (LeaseLostError, StoppingError) as error:
                 log.info("stopped driving saga: %s", error)
             except asyncio.CancelledError:
@@ -216,7 +219,7 @@ class SagaRunner:
 
     # --- the saga loop ----------------------------------------------------------------
 
-    async def drive(self, transfer_id: str) -> Transfer | None:
+    async def drive(self, transfer_id: str, known: Transfer | None = None) -> Transfer | None:
         """Run the saga until it is terminal (or this replica loses it).
 
         Any unexpected failure (database down, a bug) restarts the loop from the state
@@ -230,7 +233,9 @@ class SagaRunner:
             reraise=True,
         ):
             with attempt:
-                transfer = await self.repository.get(transfer_id)
+                # The first round may start from the caller's copy; a restart re-reads.
+                transfer = known or await self.repository.get(transfer_id)
+                known = None
                 if transfer is None:
                     log.warning("saga %s vanished", transfer_id)
                     return None
@@ -270,6 +275,7 @@ class SagaRunner:
         current = transfer
 
         async def record_failure(state: RetryCallState) -> None:
+            nonlocal current
             error = state.outcome.exception() if state.outcome else None
             delay = state.upcoming_sleep
             text = _describe(error)
@@ -281,7 +287,7 @@ class SagaRunner:
                 text,
             )
             try:
-                await self.repository.record_failure(
+                current = await self.repository.record_failure(
                     current,
                     step,
                     self.owner,

@@ -46,9 +46,9 @@ def saga_settings(database_url: str, wallet_target: str, **changes: object) -> S
         log_format="console",
         wallet_service_target=wallet_target,
         transfer_wait_ms=5000,
-        saga_lease_ms=3000,
+        saga_lease_ms=5000,
         saga_sweep_interval_ms=200,
-        saga_step_deadline_ms=1000,
+        saga_step_deadline_ms=3000,  # generous: a loaded CI machine is slow
         saga_retry_max_ms=300,
     )
     return base.replace(**changes)
@@ -381,7 +381,7 @@ async def test_wallet_service_outage_is_retried(database_url: str, unused_tcp_po
     # The credit call waits a moment, so the transfer is in flight when the service stops.
     saga_server = await start_orchestrator(
         saga_settings(
-            database_url, listen, transfer_wait_ms=200, failpoints="saga.before_credit=sleep(400)"
+            database_url, listen, transfer_wait_ms=100, failpoints="saga.before_credit=sleep(1000)"
         )
     )
     db = Database.from_settings(Settings(database_url=database_url))
@@ -403,25 +403,36 @@ async def test_wallet_service_outage_is_retried(database_url: str, unused_tcp_po
             transfer_id = started.transfer.transfer_id
             assert started.transfer.state == transfer_pb2.TRANSFER_STATE_DEBITED
             await wallet_server.stop(grace=0)
+            failpoints.configure("")  # only the credit call already waiting still sleeps
 
             entry = await wait_retrying(transfers_stub, transfer_id, "UNAVAILABLE")
             assert entry.state == transfer_pb2.TRANSFER_STATE_DEBITED
-            # While WalletService is down, new transfers cannot even be checked: retry later.
+            # While WalletService is down, a wallet never seen cannot be checked: retry
+            # later. Wallets already checked (their currency is fixed) are accepted, and
+            # the saga waits for WalletService like the first one.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await transfers_stub.CreateTransfer(
                     transfer_pb2.CreateTransferRequest(
-                        request_id=rid(), from_wallet_id=source, to_wallet_id=target, amount=1
+                        request_id=rid(), from_wallet_id=source, to_wallet_id="w-unseen", amount=1
                     )
                 )
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            queued = await transfers_stub.CreateTransfer(
+                transfer_pb2.CreateTransferRequest(
+                    request_id=rid(), from_wallet_id=source, to_wallet_id=target, amount=1
+                )
+            )
+            assert queued.transfer.state == transfer_pb2.TRANSFER_STATE_PENDING
 
             wallet_server = await start_wallet_service(database_url, listen)  # failpoints off
             done = await wait_terminal(transfers_stub, transfer_id)
             assert done.state == COMPLETED
             credit = next(s for s in done.steps if s.name == "credit")
             assert credit.attempts >= 2 and "UNAVAILABLE" in credit.error
-            assert await balance(wallets_stub, source) == 600
-            assert await balance(wallets_stub, target) == 400
+            later = await wait_terminal(transfers_stub, queued.transfer.transfer_id)
+            assert later.state == COMPLETED
+            assert await balance(wallets_stub, source) == 599
+            assert await balance(wallets_stub, target) == 401
             assert await transfer_events(db, transfer_id) == [
                 "transfer_credited",
                 "transfer_debited",
