@@ -33,6 +33,7 @@ from wallet_common.errors import InvalidArgumentError
 WATCH_POLL_SECONDS = 1.0
 WATCH_POLL_OVERLAP = timedelta(seconds=3)
 WATCH_MEMORY = 10_000
+WATCH_POLL_BATCH = 500
 
 # Progress order: a watcher never sees a transfer step back.
 _RANK = {
@@ -182,9 +183,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                         pending.append(queue.get_nowait())
                 else:
                     poll_started = utcnow()
-                    pending.extend(await self.repository.changed_since(since))
-                    since = poll_started - WATCH_POLL_OVERLAP
-                    next_poll = time.monotonic() + WATCH_POLL_SECONDS
+                    batch = await self.repository.changed_since(since, WATCH_POLL_BATCH)
+                    pending.extend(batch)
+                    if len(batch) >= WATCH_POLL_BATCH and batch[-1].updated_at > since:
+                        # More changed than one batch: continue from the last one at once.
+                        since = batch[-1].updated_at
+                        next_poll = time.monotonic()
+                    else:
+                        since = poll_started - WATCH_POLL_OVERLAP
+                        next_poll = time.monotonic() + WATCH_POLL_SECONDS
                 for transfer in pending:
                     if wanted(transfer) and is_news(transfer):
                         yield transfer_pb2.WatchTransfersResponse(

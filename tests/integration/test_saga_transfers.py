@@ -352,6 +352,38 @@ async def test_list_summary_and_watch(platform: Platform) -> None:
         assert states == sorted(states) and len(states) == len(set(states))
 
 
+async def test_watch_shows_changes_made_by_another_replica(
+    platform: Platform, database_url: str
+) -> None:
+    other = await start_orchestrator(saga_settings(database_url, platform.wallet_server.target))
+    try:
+        async with grpc.aio.insecure_channel(other.target) as channel:
+            source = await new_wallet(platform.wallets, 100)
+            target = await new_wallet(platform.wallets)
+            watch = platform.transfers.WatchTransfers(
+                transfer_pb2.WatchTransfersRequest(wallet_id=target)
+            )
+
+            async def first_completed() -> transfer_pb2.Transfer:
+                async for change in watch:
+                    if change.transfer.state == COMPLETED:
+                        return change.transfer
+                raise AssertionError("stream ended")
+
+            reader = asyncio.create_task(first_completed())
+            await asyncio.sleep(0.2)
+            made = await transfer_pb2_grpc.TransferServiceStub(channel).CreateTransfer(
+                transfer_pb2.CreateTransferRequest(
+                    request_id=rid(), from_wallet_id=source, to_wallet_id=target, amount=7
+                )
+            )
+            seen = await asyncio.wait_for(reader, 10)
+            watch.cancel()
+            assert seen.transfer_id == made.transfer.transfer_id
+    finally:
+        await other.stop(grace=1)
+
+
 async def summary_entry(
     stub: transfer_pb2_grpc.TransferServiceStub, transfer_id: str
 ) -> transfer_pb2.RetryingTransfer | None:
