@@ -143,6 +143,8 @@ async def test_purge_dead_letters(bus_under_test: BusUnderTest) -> None:
     await bus.consume(events.ANALYTICS_QUEUE, recorder)
     await bus.publish(poisons)
     await wait_for_dead_letters(bus_under_test.settings, events.ANALYTICS_QUEUE, 3)
+    counts = await dlq.count_dead_letters(bus_under_test.settings)
+    assert counts == {events.ANALYTICS_QUEUE: 3, events.FRAUD_QUEUE: 0}
     purged = await dlq.purge_dead_letters(
         bus_under_test.settings, "analytics", [poisons[0].message_id]
     )
