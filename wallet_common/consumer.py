@@ -126,6 +126,9 @@ class ConsumerRunner:
         self._writer: asyncio.Task[None] | None = None
 
     async def handle(self, delivery: Delivery) -> None:
+        if not delivery.message_id:
+            # The inbox key: without it exactly-once cannot be kept.
+            raise PoisonMessageError("message has no message_id")
         try:
             message = events.decode(delivery.message_type, delivery.body)
         except events.UndecodableMessageError as error:
@@ -139,10 +142,20 @@ class ConsumerRunner:
 
     async def _write_loop(self) -> None:
         """Runs while deliveries wait; exits when the queue is empty."""
-        await asyncio.sleep(0)  # let the rest of a burst of deliveries queue up
-        while self._queue:
-            batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
-            await self._apply_batch(batch)
+        batch: list[_Pending] = []
+        try:
+            await asyncio.sleep(0)  # let the rest of a burst of deliveries queue up
+            while self._queue:
+                batch = self._queue[: self.batch_size]
+                self._queue = self._queue[self.batch_size :]
+                await self._apply_batch(batch)
+        except BaseException as error:
+            # Never leave a handler waiting forever (it would hold a prefetch slot).
+            stranded, self._queue = [*batch, *self._queue], []
+            failure = error if isinstance(error, Exception) else RuntimeError("writer stopped")
+            for item in stranded:
+                _fail(item.done, failure)
+            raise
 
     async def _apply_batch(self, batch: list[_Pending]) -> None:
         if len(batch) > 1:

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tests.rabbit import BusUnderTest
 from wallet.v1 import wallet_pb2
 from wallet_common import dlq, events, failpoints
-from wallet_common.bus import Delivery, OutgoingMessage
-from wallet_common.consumer import ConsumerComponent
+from wallet_common.bus import Delivery, OutgoingMessage, PoisonMessageError
+from wallet_common.consumer import ConsumerComponent, ConsumerRunner
 from wallet_common.runtime import Runtime
 from wallet_common.schema import inbox
 
@@ -174,3 +174,15 @@ async def test_crash_point_after_apply_still_applies_once(started) -> None:
     async with but.db.read() as conn:
         count = await conn.execute(select(func.count()).select_from(inbox))
         assert count.scalar_one() == 1
+
+
+async def test_a_delivery_without_message_id_is_poison(database) -> None:
+    """The inbox key is the message id: without one, exactly-once cannot be kept.
+
+    (aio-pika invents an id for a message published without one, so this can only
+    reach the runner from other publishers: checked on the runner directly.)
+    """
+    runner = ConsumerRunner(database, RecordingProjection())
+    message = deposit()
+    with pytest.raises(PoisonMessageError, match="no message_id"):
+        await runner.handle(Delivery("", message.routing_key, message.message_type, b"", 1))
