@@ -172,9 +172,16 @@ def _is_abort(error: BaseException) -> bool:
 
 
 def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
-    """TLS (and mTLS when a client CA is given) from the settings; None = plaintext."""
+    """TLS (and mTLS when a client CA is given) from the settings; None = plaintext.
+
+    A half-configured TLS setting refuses to start rather than silently serving plaintext.
+    """
     if not getattr(settings, "tls_cert", ""):
+        if getattr(settings, "tls_key", "") or getattr(settings, "tls_client_ca", ""):
+            raise SystemExit("WALLET_TLS_KEY / WALLET_TLS_CLIENT_CA need WALLET_TLS_CERT")
         return None
+    if not settings.tls_key:
+        raise SystemExit("WALLET_TLS_CERT needs WALLET_TLS_KEY")
     with open(settings.tls_cert, "rb") as handle:
         cert = handle.read()
     with open(settings.tls_key, "rb") as handle:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sqlalchemy import select
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -233,6 +234,14 @@ async def test_tokens_and_roles(base_settings: Settings):
             health = health_pb2_grpc.HealthStub(channel)
             answer = await health.Check(health_pb2.HealthCheckRequest(service=""))
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            # So does reflection (grpcurl list / describe).
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            stream = reflection.ServerReflectionInfo()
+            await stream.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            listed = await stream.read()
+            await stream.done_writing()
+            names = {s.name for s in listed.list_services_response.service}
+            assert "wallet.v1.WalletService" in names
         async with as_("not-a-token") as channel:
             assert await _refused_code(channel) == grpc.StatusCode.UNAUTHENTICATED
         async with as_("t-read") as channel:
