@@ -148,8 +148,9 @@ class _Consumer:
 class RabbitBus:
     """An :class:`~wallet_common.bus.EventBus` on RabbitMQ."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, start_wait: float = START_WAIT_SECONDS) -> None:
         self.url = url
+        self.start_wait = start_wait
         self._users = 0
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
@@ -172,10 +173,11 @@ class RabbitBus:
         """
         self._users += 1
         self._closing = False
-        if self._connect_task is None:
-            self._connect_task = asyncio.create_task(self._connect_loop(), name="rabbit-connect")
+        if self._connect_task is not None:
+            return  # already started (or starting) by another component
+        self._connect_task = asyncio.create_task(self._connect_loop(), name="rabbit-connect")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._ready.wait()), START_WAIT_SECONDS)
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), self.start_wait)
         if not self._ready.is_set():
             log.warning("RabbitMQ not reachable yet; will keep trying in the background")
 

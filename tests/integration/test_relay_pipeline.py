@@ -37,7 +37,8 @@ from tests.rabbit import (
 from wallet.v1 import wallet_pb2 as pb
 from wallet.v1 import wallet_pb2_grpc
 from wallet_common import events
-from wallet_common.bus import Delivery, EventBus
+from wallet_common.bus import Delivery, EventBus, PublishError
+from wallet_common.bus_rabbit import RabbitBus
 from wallet_common.clock import utcnow
 from wallet_common.consumer import ConsumerComponent
 from wallet_common.db import Database
@@ -320,3 +321,25 @@ async def test_broker_outage_loses_nothing_and_consumers_come_back(
     finally:
         stop.set()
         await running.stop(grace=1)
+
+
+async def test_unreachable_broker_keeps_rows_pending(database: Database) -> None:
+    """No broker at all: deposits commit, the relay fails politely, rows stay pending."""
+    bus = RabbitBus("amqp://guest:guest@127.0.0.1:1/", start_wait=0.2)  # nothing listens
+    await bus.start()
+    try:
+        service = WalletService(database)
+        wallet_id = f"nobroker-{rid()[:8]}"
+        await service.create_wallet(wallet_id, "USD", rid())
+        await service.deposit(wallet_id, 10, rid())
+        with pytest.raises(PublishError):
+            await relay_batch(database, bus)
+        async with database.read() as conn:
+            rows = (
+                await conn.execute(select(outbox.c.status, outbox.c.attempts, outbox.c.last_error))
+            ).all()
+        assert len(rows) == 2
+        assert all(r.status == "pending" and r.attempts == 1 for r in rows)
+        assert all("not connected" in r.last_error for r in rows)
+    finally:
+        await bus.close()
