@@ -423,22 +423,37 @@ class StateCollector:
 
 
 class MetricsHttpServer:
-    """prometheus-client's HTTP exporter on ``host:port``, stoppable."""
+    """prometheus-client's HTTP exporter on ``host:port``, stoppable.
+
+    With ``--workers N`` every forked worker has its own counters, so each serves them
+    on its own port: the first free one of ``port .. port + N - 1``.
+    """
 
     name = "metrics-http"
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, ports_to_try: int = 1) -> None:
         self.host = host
         self.port = port
+        self.ports_to_try = max(1, ports_to_try)
         self._server: Any = None
         self._thread: Any = None
 
     async def start(self) -> None:
         # The *_created series double the output and no dashboard uses them.
         disable_created_metrics()
-        self._server, self._thread = start_http_server(self.port, addr=self.host)
-        self.port = int(self._server.server_address[1])
-        log.info("metrics on http://%s:%s/metrics", self.host, self.port)
+        last_error: OSError | None = None
+        for port in range(self.port, self.port + self.ports_to_try):
+            try:
+                self._server, self._thread = start_http_server(port, addr=self.host)
+            except OSError as error:
+                last_error = error
+                continue
+            self.port = int(self._server.server_address[1])
+            log.info("metrics on http://%s:%s/metrics", self.host, self.port)
+            return
+        raise OSError(
+            f"metrics port {self.port} (range of {self.ports_to_try}) unavailable: {last_error}"
+        )
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -48,7 +48,9 @@ class ServerPlumbing:
         self.collector: StateCollector | None = None
         if settings.metrics_port:
             self.metrics_http = MetricsHttpServer(
-                metrics_host(settings.listen), settings.metrics_port
+                metrics_host(settings.listen),
+                settings.metrics_port,
+                ports_to_try=settings.workers,
             )
             runtime.extras[METRICS_HTTP] = self.metrics_http
             self.collector = StateCollector(

@@ -26,7 +26,7 @@ from wallet_common.channels import make_channel
 from wallet_common.clock import utcnow
 from wallet_common.config import Settings
 from wallet_common.db import Database
-from wallet_common.metrics import METRIC_NAMES, StateCollector
+from wallet_common.metrics import METRIC_NAMES, MetricsHttpServer, StateCollector
 from wallet_common.plumbing import METRICS_HTTP
 from wallet_common.runtime import start_server
 from wallet_common.schema import inbox, outbox, transfers, wallet_events
@@ -214,3 +214,23 @@ async def test_queue_depths_from_rabbitmq(amqp_url: str, tmp_path):
         finally:
             await collector.stop()
             await db.dispose()
+
+
+async def test_forked_workers_each_get_a_metrics_port():
+    """``--workers N``: worker k takes the first free port of METRICS_PORT .. +N-1."""
+    base = free_port()
+    first = MetricsHttpServer("127.0.0.1", base, ports_to_try=2)
+    second = MetricsHttpServer("127.0.0.1", base, ports_to_try=2)
+    third = MetricsHttpServer("127.0.0.1", base, ports_to_try=2)
+    await first.start()
+    try:
+        await second.start()
+        try:
+            assert (first.port, second.port) == (base, base + 1)
+            with pytest.raises(OSError):
+                await third.start()
+            assert await asyncio.to_thread(scrape, second.port)
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
