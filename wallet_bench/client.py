@@ -24,7 +24,7 @@ from wallet.v1 import (
 )
 from wallet_common.channels import make_channel
 
-DEFAULT_CONNECTIONS = 4
+DEFAULT_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)

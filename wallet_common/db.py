@@ -133,9 +133,18 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (never takes SQLite's write lock)."""
+        """A read-only transaction (never takes SQLite's write lock).
+
+        On PostgreSQL the reads run in autocommit: under READ COMMITTED every statement
+        takes its own snapshot anyway, so a BEGIN ... COMMIT around reads adds two round
+        trips and buys no consistency (docs/benchmarks.md). Code that needs one snapshot
+        for several statements opens its own REPEATABLE READ transaction.
+        """
+        options: dict[str, Any] = {READONLY: True}
+        if self.is_postgres:
+            options["isolation_level"] = "AUTOCOMMIT"
         async with _translate_connection_errors(), self.engine.connect() as connection:
-            connection = await connection.execution_options(**{READONLY: True})
+            connection = await connection.execution_options(**options)
             async with connection.begin():
                 yield connection
 
