@@ -48,8 +48,9 @@ fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Benchmarks (docs/benchmarks.md); e.g. make bench BENCH_ARGS='--scale-out --duration 30'
 bench: install
-	$(BIN)/wallet-bench suite
+	$(BIN)/wallet-bench suite $(BENCH_ARGS)
 
 clean:
 	rm -rf wallet var .pytest_cache .mypy_cache .ruff_cache
