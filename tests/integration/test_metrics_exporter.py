@@ -173,6 +173,7 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
     assert len(event_ids) == 3
     assert sample("wallet_consumer_unapplied_events", consumer="analytics") == 2
     assert sample("wallet_consumer_unapplied_events", consumer="fraud") == 3
+    assert sample("wallet_consumer_oldest_unapplied_age_seconds", consumer="fraud") >= 0
     # The embedded bus (no AMQP URL): depths from its table.
     queued = sample(
         "wallet_consumer_queue_messages", consumer="fraud", queue=event_names.FRAUD_QUEUE
