@@ -14,7 +14,7 @@ plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
 A call that arrives with ``x-audit-id`` (the orchestrator's step calls, sent by
 ``wallet_common.channels``) still gets its own row, but the id it stamps on events is
 the incoming one, so the ``CreateTransfer`` audit id leads to the debit, credit or
-refund entries in the ledger.
+refund entries in the ledger. With tokens on, only the ``orchestrator`` role may do so.
 
 Rows are written off the hot path by :class:`AuditWriter`, a small batching task: the
 call only appends to a list. A clean shutdown drains every pending row (the server
@@ -41,7 +41,7 @@ from wallet_common.clock import Clock, utcnow
 from wallet_common.db import Database
 from wallet_common.logs import audit_id_var
 from wallet_common.schema import audit_log
-from wallet_common.security import TokenTable, caller_identity
+from wallet_common.security import ORCHESTRATOR, TokenTable, bearer_token, caller_identity
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,21 @@ def _valid_uuid(value: str | None) -> str | None:
         return None
 
 
-def _incoming_audit_id(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == AUDIT_ID_HEADER:
-            return _valid_uuid(value.decode() if isinstance(value, bytes) else str(value))
-    return None
+def _incoming_audit_id(context: grpc.aio.ServicerContext, tokens: TokenTable | None) -> str | None:
+    """The audit id a trusted caller (the orchestrator) asks us to stamp on events.
+
+    With tokens on, only a caller holding the ``orchestrator`` role (or ``admin``) may
+    set it, so an ordinary client cannot stamp its writes with someone else's id.
+    """
+    metadata = context.invocation_metadata() or ()
+    value = next((v for k, v in metadata if k == AUDIT_ID_HEADER), None)
+    if value is None:
+        return None
+    if tokens:
+        principal = tokens.lookup(bearer_token(metadata))
+        if principal is None or not principal.may(ORCHESTRATOR):
+            return None
+    return _valid_uuid(value.decode() if isinstance(value, bytes) else str(value))
 
 
 def _status_name(code: Any) -> str:
@@ -308,7 +318,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
             started_at = clock()
             t0 = time.perf_counter()
             context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
-            reset = audit_id_var.set(_incoming_audit_id(context) or audit_id)
+            reset = audit_id_var.set(_incoming_audit_id(context, tokens) or audit_id)
             status = "OK"
             error_message: str | None = None
             try:

@@ -27,7 +27,7 @@ from wallet_common.channels import make_channel
 from wallet_common.config import Settings
 from wallet_common.plumbing import AUDIT_WRITER
 from wallet_common.runtime import start_server
-from wallet_common.schema import audit_log
+from wallet_common.schema import audit_log, wallet_events
 from wallet_service.bootstrap import build_components
 
 # --- a throwaway PKI ---------------------------------------------------------------
@@ -262,6 +262,19 @@ async def test_tokens_and_roles(base_settings: Settings):
                     )
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            # A writer cannot stamp its events with another call's audit id.
+            spoofed = "00000000-0000-4000-8000-000000000000"
+            await stub.Deposit(
+                wallet_pb2.DepositRequest(wallet_id="w1", amount=5, request_id="dep"),
+                metadata=(("x-audit-id", spoofed),),
+            )
+        async with running.runtime.db.read() as conn:
+            stamped = (
+                await conn.execute(
+                    select(wallet_events.c.audit_id).where(wallet_events.c.request_id == "dep")
+                )
+            ).scalar_one()
+        assert stamped and stamped != spoofed
         async with as_("t-ops") as channel:
             stub = wallet_pb2_grpc.WalletServiceStub(channel)
             await stub.FreezeWallet(wallet_pb2.FreezeWalletRequest(wallet_id="w1", request_id="f1"))
@@ -292,6 +305,7 @@ async def test_tokens_and_roles(base_settings: Settings):
             ("CreateWallet", "teller", "OK"),
             ("FreezeWallet", "teller", "PERMISSION_DENIED"),
             ("DebitForTransfer", "teller", "PERMISSION_DENIED"),
+            ("Deposit", "teller", "OK"),
             ("FreezeWallet", "oncall", "OK"),
             ("UnfreezeWallet", summary[-1][1], "OK"),
         ]
