@@ -166,7 +166,7 @@ class GroupCommitter:
         clock: Callable[[], datetime],
         *,
         max_batch: int = 64,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
     ) -> None:
         self._db = db
         self._build_response = build_response
