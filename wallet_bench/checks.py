@@ -65,7 +65,7 @@ class Check:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "examples": self.examples}
 
 
-def _check(name: str, problems: list[str], detail_ok: str = "") -> Check:
+def verdict(name: str, problems: list[str], detail_ok: str = "") -> Check:
     if problems:
         return Check(name, False, f"{len(problems)} violation(s)", problems[:MAX_EXAMPLES])
     return Check(name, True, detail_ok)
@@ -287,7 +287,7 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
         elif events and (version != sequences[-1] or events[-1]["balance_after"] != balance):
             problems.append(f"{wallet_id}: version/balance_after disagree with the last event")
     checks.append(
-        _check(
+        verdict(
             "conservation",
             problems,
             f"{len(snapshot.balances)} wallets, total {total_balance} = deposits - withdrawals",
@@ -297,7 +297,7 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
     # 3. No negative balance.
     problems = [f"{w}: balance {b}" for w, (b, _) in snapshot.balances.items() if b < 0]
     problems += [f"event {e['event_id']}" for e in snapshot.events if e["balance_after"] < 0]
-    checks.append(_check("no_negative_balance", problems))
+    checks.append(verdict("no_negative_balance", problems))
 
     # 5. Every saga terminal, with the right steps in the log.
     steps: dict[str, Counter[str]] = defaultdict(Counter)
@@ -319,7 +319,7 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
             problems.append(f"{transfer_id}: {state} with (debit, credit, refund) = {shape}")
     states = Counter(snapshot.transfers.values())
     checks.append(
-        _check(
+        verdict(
             "sagas_terminal",
             problems,
             ", ".join(f"{s} {n}" for s, n in sorted(states.items())) or "no transfers",
@@ -337,7 +337,7 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
             problems.append(f"rejected ({code}) {op.kind} {request_id} changed the log")
     problems += ledger.replay_mismatches
     checks.append(
-        _check(
+        verdict(
             "applied_once",
             problems,
             f"{len(ledger.acked)} acknowledged, {len(ledger.rejected)} rejected, "
@@ -350,14 +350,14 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
     problems = [f"event {m} has no outbox row" for m in missing]
     if snapshot.outbox_pending:
         problems.append(f"{snapshot.outbox_pending} outbox rows still unpublished")
-    checks.append(_check("outbox_complete", problems, f"{len(snapshot.outbox_ids)} rows"))
+    checks.append(verdict("outbox_complete", problems, f"{len(snapshot.outbox_ids)} rows"))
 
     # 7. Analytics equal to aggregates over the log.
     rows = (
         {"wallet_id": e["wallet_id"], "type": e["type"], "amount": e["amount"], "n": 1}
         for e in snapshot.events
     )
-    checks.append(_check("analytics_equal_log", _compare_stats(_log_totals(rows), snapshot.stats)))
+    checks.append(verdict("analytics_equal_log", _compare_stats(_log_totals(rows), snapshot.stats)))
 
     # The client's own prediction against what was stored.
     expected = ledger.expected_wallets(config)
@@ -366,7 +366,7 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
         for w, want in sorted(expected.items())
         if snapshot.balances.get(w, (None, 0))[0] != want["balance"]
     ]
-    checks.append(_check("balances_match_client", problems))
+    checks.append(verdict("balances_match_client", problems))
     return checks
 
 
@@ -387,18 +387,18 @@ async def check_api(clients: Clients, ledger: Ledger, config: LoadConfig) -> lis
         if have is not None and have < 0:
             negative.append(f"{wallet_id}: {have}")
     checks = [
-        _check(
+        verdict(
             "balances_match_client",
             problems,
             f"{len(expected)} wallets, total {sum(w['balance'] for w in expected.values())}",
         ),
-        _check("no_negative_balance", negative),
+        verdict("no_negative_balance", negative),
     ]
     unfinished = [f"{op.request_id}: not terminal" for op in ledger.unfinished_transfers.values()]
-    checks.append(_check("sagas_terminal", unfinished, _states_text(ledger)))
+    checks.append(verdict("sagas_terminal", unfinished, _states_text(ledger)))
     unresolved = [f"{op.kind} {r}: outcome unknown" for r, op in ledger.unknown.items()]
     checks.append(
-        _check(
+        verdict(
             "applied_once",
             unresolved + ledger.replay_mismatches,
             f"{ledger.replays} replays matched",

@@ -10,10 +10,10 @@ from typing import Any
 from wallet_bench.checks import (
     Check,
     LogReader,
-    _check,
     api_stats_mismatches,
     check_api,
     check_log,
+    verdict,
     wait_for_drain,
 )
 from wallet_bench.client import DEFAULT_CONNECTIONS, Clients, Targets
@@ -104,9 +104,9 @@ async def bench_run(
             else:
                 checks.append(api_check)
         stats_problems = await api_stats_mismatches(clients, generator.ledger, config)
-        checks.append(_check("analytics_match_client", stats_problems))
+        checks.append(verdict("analytics_match_client", stats_problems))
         checks.append(
-            _check(
+            verdict(
                 "drained",
                 []
                 if drain.drained
