@@ -43,14 +43,15 @@ async def test_lost_consumer_is_registered_again(rabbit_bus_under_test: BusUnder
 
     # 1. The consumer disappears while the channel stays open (the robust trap).
     consumer = bus._consumers[events.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
+    old_tag = consumer.tag
     underlay = await consumer.channel.get_underlay_channel()
-    await underlay.basic_cancel(consumer.tag)
+    await underlay.basic_cancel(old_tag)
+    assert old_tag not in underlay.consumers
 
-    async def gone() -> bool:
-        return await consumers_on(vhost, events.ANALYTICS_QUEUE) == 0
+    async def consuming_anew() -> bool:
+        return consumer.tag not in (None, old_tag) and await consuming()
 
-    await poll_until(gone, "the consumer cancelled")
-    await poll_until(consuming, "the watchdog to consume again", limit=15)
+    await poll_until(consuming_anew, "the watchdog to consume again", limit=15)
     first = message()
     await bus.publish([first])
     await poll_until(lambda: first.message_id in seen, "a message after re-registration")
