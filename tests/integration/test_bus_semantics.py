@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.rabbit import BusUnderTest
+from tests.rabbit import BusUnderTest, poll_until
 from wallet_common import dlq, events
 from wallet_common.bus import (
     Delivery,
@@ -60,12 +60,14 @@ class Recorder:
 
 
 async def wait_for_dead_letters(settings: Settings, queue: str, count: int) -> list:
-    for _ in range(200):
-        letters = await dlq.list_dead_letters(settings, queue)
-        if len(letters) >= count:
-            return letters
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"expected {count} dead letters in {queue}, have {len(letters)}")
+    found: list = []
+
+    async def enough() -> bool:
+        found[:] = await dlq.list_dead_letters(settings, queue)
+        return len(found) >= count
+
+    await poll_until(enough, f"{count} dead letters in {queue}", 20, 0.1)
+    return found
 
 
 async def test_publish_reaches_both_queues(bus_under_test: BusUnderTest) -> None:

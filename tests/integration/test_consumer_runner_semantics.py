@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.rabbit import BusUnderTest
+from tests.rabbit import BusUnderTest, poll_until
 from wallet.v1 import wallet_pb2
 from wallet_common import dlq, events, failpoints
 from wallet_common.bus import Delivery, OutgoingMessage, PoisonMessageError
@@ -63,13 +63,7 @@ async def inbox_ids(but: BusUnderTest, consumer: str = "test") -> list[str]:
 
 
 async def eventually(predicate, what: str, limit: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        if await predicate():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await poll_until(predicate, what, limit)
 
 
 @pytest.fixture
