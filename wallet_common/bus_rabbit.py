@@ -66,6 +66,7 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 START_WAIT_SECONDS = 5.0
 WATCHDOG_INTERVAL_SECONDS = 2.0
 RECONNECT_INTERVAL_SECONDS = 1.0
+REGISTER_TIMEOUT_SECONDS = 15.0
 
 
 def retry_delay_seconds(attempt: int) -> float:
@@ -337,8 +338,14 @@ class RabbitBus:
             if old_channel is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(old_channel.close(), 5)
-            assert self._connection is not None
-            channel = await self._connection.channel(publisher_confirms=False)
+            # Bounded: a half-open connection must not hold the lock (and with it
+            # every later check) forever.
+            await asyncio.wait_for(self._register(consumer), REGISTER_TIMEOUT_SECONDS)
+
+    async def _register(self, consumer: _Consumer) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
             await channel.set_qos(prefetch_count=consumer.prefetch)
             amqp_queue = await channel.declare_queue(
                 consumer.queue, durable=True, arguments=queue_arguments(consumer.queue)
@@ -348,8 +355,12 @@ class RabbitBus:
                 await self._on_message(consumer, message)
 
             tag = await amqp_queue.consume(on_message, no_ack=False)
-            consumer.channel, consumer.amqp_queue, consumer.tag = channel, amqp_queue, tag
-            log.info("consuming %s (prefetch %d)", consumer.queue, consumer.prefetch)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 5)
+            raise
+        consumer.channel, consumer.amqp_queue, consumer.tag = channel, amqp_queue, tag
+        log.info("consuming %s (prefetch %d)", consumer.queue, consumer.prefetch)
 
     async def _consumer_alive(self, consumer: _Consumer) -> bool:
         channel, tag = consumer.channel, consumer.tag
