@@ -161,6 +161,7 @@ class RabbitBus:
         self._ready = asyncio.Event()
         self._consumers: dict[str, _Consumer] = {}
         self._consumer_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # --- life cycle ------------------------------------------------------------------
@@ -243,7 +244,9 @@ class RabbitBus:
     def _on_reconnect(self, *_args: Any) -> None:
         log.info("RabbitMQ connection re-established; verifying consumers")
         if self._watchdog is not None and not self._closing:
-            asyncio.get_running_loop().create_task(self._check_consumers())
+            task = asyncio.get_running_loop().create_task(self._check_consumers())
+            self._background.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._background.discard)
 
     @property
     def connected(self) -> bool:
