@@ -202,18 +202,21 @@ async def create_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build a server with every component, health and reflection; bind ``listen``.
 
     Returns the server (not yet started), the bound port and the health servicer
     (every service NOT_SERVING until the caller says otherwise with ``set_health``).
+    ``SO_REUSEPORT`` only with ``reuse_port`` (``--workers N``): otherwise a second copy
+    started by mistake on the same port must fail instead of silently sharing it.
     """
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             *options,
         ],
     )
@@ -230,12 +233,15 @@ async def create_server(
         ],
         server,
     )
-    if credentials is None:
-        port = server.add_insecure_port(listen)
-    else:
-        port = server.add_secure_port(listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {listen}: address in use or not available")
     for name in [*service_names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     return server, port, health_servicer

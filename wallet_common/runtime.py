@@ -107,12 +107,17 @@ async def start_server(
     runtime = Runtime(settings=settings, db=db, role=role)
     components = build_components(runtime)
     plumbing = ServerPlumbing(runtime)  # metrics, audit, auth: every server
-    server, port, health_servicer = await create_server(
-        settings.listen,
-        components,
-        interceptors=[*plumbing.interceptors(), *build_interceptors(runtime)],
-        credentials=server_credentials(settings),
-    )
+    try:
+        server, port, health_servicer = await create_server(
+            settings.listen,
+            components,
+            interceptors=[*plumbing.interceptors(), *build_interceptors(runtime)],
+            credentials=server_credentials(settings),
+            reuse_port=settings.workers > 1,
+        )
+    except BaseException:
+        await db.dispose()
+        raise
     host = settings.listen.rsplit(":", 1)[0]
     if host in ("0.0.0.0", "[::]", "", "::"):
         host = "127.0.0.1"
@@ -170,12 +175,19 @@ def run_server(
     setup_logging(settings.log_level, settings.log_format, settings.log_file)
 
     def serve() -> None:
-        with contextlib.suppress(KeyboardInterrupt):
-            workers.run_loop(
-                lambda: serve_forever(
-                    settings, build_components, role=role, build_interceptors=build_interceptors
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                workers.run_loop(
+                    lambda: serve_forever(
+                        settings,
+                        build_components,
+                        role=role,
+                        build_interceptors=build_interceptors,
+                    )
                 )
-            )
+        except OSError as error:  # e.g. the port is taken: say so, no traceback
+            log.error("%s cannot start: %s", role, error)
+            raise SystemExit(f"{role}: {error}") from None
 
     if settings.workers > 1:
         # Migrate once here, then fork the workers (see wallet_common.workers).
