@@ -44,6 +44,7 @@ from wallet_common.clock import utcnow
 from wallet_common.db import Database, is_connection_error
 from wallet_common.errors import UnavailableError
 from wallet_common.failpoints import failpoint
+from wallet_common.logs import log_context
 from wallet_common.runtime import Runtime
 from wallet_common.schema import inbox
 
@@ -211,8 +212,21 @@ class ConsumerRunner:
         if not await record_inbox(conn, self.projection.consumer_name, delivery.message_id):
             log.debug("duplicate delivery of %s skipped", delivery.message_id)
             return False
-        await self.projection.apply(conn, delivery, message)
+        with log_context(**_trace_ids(message)):
+            await self.projection.apply(conn, delivery, message)
         return True
+
+
+def _trace_ids(message: Message) -> dict[str, str | None]:
+    """The audit and transfer ids a wallet event carries, for the consumer's log lines.
+
+    They let one audit id lead from the write call through the ledger to what each
+    consumer did with the event.
+    """
+    event = getattr(message, "event", None)
+    if event is None:
+        return {}
+    return {"audit_id": event.audit_id or None, "transfer_id": event.transfer_id or None}
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:

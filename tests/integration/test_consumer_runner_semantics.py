@@ -180,3 +180,33 @@ async def test_a_delivery_without_message_id_is_poison(database) -> None:
     message = deposit()
     with pytest.raises(PoisonMessageError, match="no message_id"):
         await runner.handle(Delivery("", message.routing_key, message.message_type, b"", 1))
+
+
+async def test_projection_logs_carry_the_events_audit_and_transfer_ids(database) -> None:
+    """One audit id leads from the write call through the ledger to each consumer."""
+    from wallet_common.logs import audit_id_var, transfer_id_var
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    class ContextRecordingProjection(RecordingProjection):
+        async def apply(self, conn: AsyncConnection, delivery: Delivery, message) -> None:
+            seen.append((audit_id_var.get(), transfer_id_var.get()))
+
+    event = wallet_pb2.WalletEvent(
+        event_id=str(uuid.uuid4()),
+        wallet_id="w1",
+        sequence=1,
+        type=wallet_pb2.WALLET_EVENT_TYPE_FUNDS_DEPOSITED,
+        amount=5,
+        balance_after=5,
+        request_id="r1",
+        audit_id="audit-123",
+        transfer_id="tr-9",
+    )
+    row = events.wallet_event_outbox_row(event, datetime.now(UTC))
+    runner = ConsumerRunner(database, ContextRecordingProjection())
+    await runner.handle(
+        Delivery(row["message_id"], row["routing_key"], row["message_type"], row["payload"], 1)
+    )
+    assert seen == [("audit-123", "tr-9")]
+    assert audit_id_var.get() is None
