@@ -14,7 +14,6 @@ INT64_MAX = 2**63 - 1
 WALLET_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
 REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
-TRANSFER_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -25,7 +24,8 @@ def _shown(value: str, limit: int = 40) -> str:
     return text + ("..." if len(value) > limit else "")
 
 
-def wallet_id(value: str, field: str = "wallet_id") -> str:
+def _identifier(value: str, field: str) -> str:
+    """Wallet and transfer ids share one shape: 1-64 characters of [A-Za-z0-9._:-]."""
     if not value:
         raise InvalidArgumentError(f"{field} is required", field=field)
     if not WALLET_ID_RE.fullmatch(value):
@@ -36,15 +36,12 @@ def wallet_id(value: str, field: str = "wallet_id") -> str:
     return value
 
 
+def wallet_id(value: str, field: str = "wallet_id") -> str:
+    return _identifier(value, field)
+
+
 def transfer_id(value: str, field: str = "transfer_id") -> str:
-    if not value:
-        raise InvalidArgumentError(f"{field} is required", field=field)
-    if not TRANSFER_ID_RE.fullmatch(value):
-        raise InvalidArgumentError(
-            f"{field} must be 1-64 characters of [A-Za-z0-9._:-], got {_shown(value)!r}",
-            field=field,
-        )
-    return value
+    return _identifier(value, field)
 
 
 def currency(value: str, field: str = "currency") -> str:
