@@ -140,6 +140,29 @@ async def _load_many(conn: AsyncConnection, rows: Sequence[Any]) -> list[Transfe
     return [_transfer(row, by_id.get(row.transfer_id, ())) for row in rows]
 
 
+def _step_values(transfer_id: str, step: Step) -> dict[str, Any]:
+    return {
+        "transfer_id": transfer_id,
+        "name": step.name.value,
+        "position": STEP_POSITION[step.name],
+        "outcome": step.outcome.value,
+        "attempts": step.attempts,
+        "error": step.error or None,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+    }
+
+
+def begun_step(transfer: Transfer, step: StepName, now: datetime) -> Transfer:
+    """``transfer`` with a first call of ``step`` recorded (row RUNNING, attempts 1), for
+    :meth:`TransferRepository.insert` to write as the step's 'before' write."""
+    return replace(
+        transfer,
+        attempts=transfer.attempts + 1,
+        steps=[*transfer.steps, Step(step, StepOutcome.RUNNING, 1, "", now, None)],
+    )
+
+
 class TransferRepository:
     """Each method is one short transaction; the saga's progress is always on disk."""
 
@@ -250,7 +273,13 @@ class TransferRepository:
     # --- writes --------------------------------------------------------------------
 
     async def insert(self, transfer: Transfer) -> Transfer:
-        """Persist a new PENDING saga already leased to its creator."""
+        """Persist a new PENDING saga already leased to its creator.
+
+        Step rows already in ``transfer.steps`` are written in the same transaction:
+        CreateTransfer passes the first debit call as begun (see
+        :func:`begun_step`), which makes this insert the debit's 'before' write too and
+        saves a transaction per transfer.
+        """
         values = {
             "transfer_id": transfer.transfer_id,
             "request_id": transfer.request_id,
@@ -260,7 +289,7 @@ class TransferRepository:
             "amount": transfer.amount,
             "currency": transfer.currency or None,
             "state": transfer.state.value,
-            "attempts": 0,
+            "attempts": transfer.attempts,
             "lease_owner": transfer.lease_owner,
             "lease_expires_at": transfer.lease_expires_at,
             "audit_id": transfer.audit_id or None,
@@ -270,6 +299,10 @@ class TransferRepository:
         try:
             async with self.db.transaction() as conn:
                 await conn.execute(insert(transfers).values(**values))
+                for step in transfer.steps:
+                    await conn.execute(
+                        insert(transfer_steps).values(_step_values(transfer.transfer_id, step))
+                    )
         except IntegrityError:
             raise DuplicateRequestError(transfer.request_id) from None
         return transfer
@@ -296,28 +329,7 @@ class TransferRepository:
                 owner,
                 {"lease_expires_at": lease_until, "attempts": transfers.c.attempts + 1},
             )
-            if position is None:
-                await conn.execute(
-                    insert(transfer_steps).values(
-                        transfer_id=transfer.transfer_id,
-                        name=step.value,
-                        position=STEP_POSITION[step],
-                        outcome=StepOutcome.RUNNING.value,
-                        attempts=1,
-                        error=None,
-                        started_at=now,
-                        finished_at=None,
-                    )
-                )
-            else:
-                await conn.execute(
-                    update(transfer_steps)
-                    .where(
-                        transfer_steps.c.transfer_id == transfer.transfer_id,
-                        transfer_steps.c.name == step.value,
-                    )
-                    .values(attempts=transfer_steps.c.attempts + 1)
-                )
+            await self._begin_step_row(conn, transfer.transfer_id, step, position, now)
         steps = list(transfer.steps)
         if position is None:
             steps.append(Step(step, StepOutcome.RUNNING, 1, "", now, None))
@@ -378,12 +390,20 @@ class TransferRepository:
         failure_reason: str = "",
         failure_code: str = "",
         outbox_row: OutboxRowFactory | None = None,
+        begin_next: StepName | None = None,
+        lease_until: datetime | None = None,
     ) -> Transfer:
         """The 'after' write: the step's outcome and the saga's next state, atomically.
 
         When ``new_state`` is terminal the lease is released and the milestone outbox
         row is inserted in this same transaction, so the announcement exists exactly
         when the terminal state does.
+
+        ``begin_next`` (the step ``new_state`` waits for) folds that step's 'before'
+        write (what :meth:`begin_attempt` does for its first call) into this
+        transaction, renewing the lease to ``lease_until``: one transaction per step
+        boundary instead of two, with the same rows on disk at every point a crash can
+        hit (the call is recorded as begun before it is made).
         """
         check_transition(transfer.state, new_state)
         values: dict[str, Any] = {
@@ -393,6 +413,10 @@ class TransferRepository:
             "last_error": None,
             "next_attempt_at": None,
         }
+        if begin_next is not None:
+            assert not new_state.is_terminal and lease_until is not None
+            values["attempts"] = 1
+            values["lease_expires_at"] = lease_until
         if failure_reason:
             values["failure_reason"] = failure_reason
             values["failure_code"] = failure_code
@@ -403,23 +427,35 @@ class TransferRepository:
         step_values: dict[str, Any] = {"outcome": outcome.value, "finished_at": now}
         if step_error:
             step_values["error"] = step_error
+        steps = [
+            replace(s, outcome=outcome, finished_at=now, error=step_error or s.error)
+            if s.name is step
+            else s
+            for s in transfer.steps
+        ]
+        next_position = None
+        if begin_next is not None:
+            next_position = next((i for i, s in enumerate(steps) if s.name is begin_next), None)
+            if next_position is None:
+                steps.append(Step(begin_next, StepOutcome.RUNNING, 1, "", now, None))
+            else:
+                steps[next_position] = replace(
+                    steps[next_position], attempts=steps[next_position].attempts + 1
+                )
         updated = replace(
             transfer,
             state=new_state,
             updated_at=now,
-            attempts=0,
+            attempts=values["attempts"],
             last_error="",
             next_attempt_at=None,
             failure_reason=failure_reason or transfer.failure_reason,
             failure_code=failure_code if failure_reason else transfer.failure_code,
             lease_owner=None if new_state.is_terminal else transfer.lease_owner,
-            lease_expires_at=None if new_state.is_terminal else transfer.lease_expires_at,
-            steps=[
-                replace(s, outcome=outcome, finished_at=now, error=step_error or s.error)
-                if s.name is step
-                else s
-                for s in transfer.steps
-            ],
+            lease_expires_at=None
+            if new_state.is_terminal
+            else values.get("lease_expires_at", transfer.lease_expires_at),
+            steps=steps,
         )
         async with self.db.transaction() as conn:
             await self._fence(conn, transfer, owner, values)
@@ -431,6 +467,10 @@ class TransferRepository:
                 )
                 .values(**step_values)
             )
+            if begin_next is not None:
+                await self._begin_step_row(
+                    conn, transfer.transfer_id, begin_next, next_position, now
+                )
             if new_state.is_terminal and outbox_row is not None:
                 row = outbox_row(updated, now)
                 if row is not None:
@@ -477,6 +517,31 @@ class TransferRepository:
             )
 
     # --- helpers -------------------------------------------------------------------
+
+    async def _begin_step_row(
+        self,
+        conn: AsyncConnection,
+        transfer_id: str,
+        step: StepName,
+        position: int | None,
+        now: datetime,
+    ) -> None:
+        """Count one call of ``step``: a new RUNNING row, or one more attempt on it."""
+        if position is None:
+            await conn.execute(
+                insert(transfer_steps).values(
+                    _step_values(transfer_id, Step(step, StepOutcome.RUNNING, 1, "", now, None))
+                )
+            )
+        else:
+            await conn.execute(
+                update(transfer_steps)
+                .where(
+                    transfer_steps.c.transfer_id == transfer_id,
+                    transfer_steps.c.name == step.value,
+                )
+                .values(attempts=transfer_steps.c.attempts + 1)
+            )
 
     async def _fence(
         self, conn: AsyncConnection, transfer: Transfer, owner: str, values: dict[str, Any]

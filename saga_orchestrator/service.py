@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from saga_orchestrator.domain import (
+    StepName,
     Transfer,
     TransferState,
     transfer_fingerprint,
@@ -25,7 +26,12 @@ from saga_orchestrator.domain import (
 from saga_orchestrator.engine.runner import SagaRunner
 from saga_orchestrator.gateway import StepFailedError, WalletGateway, WalletInfo
 from saga_orchestrator.notifier import TransferNotifier, TransferWaiter
-from saga_orchestrator.repository import DuplicateRequestError, Summary, TransferRepository
+from saga_orchestrator.repository import (
+    DuplicateRequestError,
+    Summary,
+    TransferRepository,
+    begun_step,
+)
 from wallet_common import validation
 from wallet_common.errors import (
     CurrencyMismatchError,
@@ -116,6 +122,8 @@ class TransferService:
             updated_at=now,
             audit_id=audit_id_var.get() or "",
         )
+        # The insert also records the first debit call (its 'before' write).
+        transfer = begun_step(transfer, StepName.DEBIT, now)
         try:
             await self.repository.insert(transfer)
         except DuplicateRequestError:
@@ -126,7 +134,7 @@ class TransferService:
             return await self._replay(existing, fingerprint), True
         self.notifier.publish(transfer)
         with self.notifier.waiter(transfer.transfer_id) as waiter:
-            self.runner.spawn(transfer.transfer_id, transfer)
+            self.runner.spawn(transfer.transfer_id, transfer, begun=True)
             return await self._wait(waiter, transfer), False
 
     async def _replay(self, existing: Transfer, fingerprint: str) -> Transfer:

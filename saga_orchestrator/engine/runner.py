@@ -6,7 +6,10 @@ The loop for one saga is simple because every hard part lives elsewhere:
   ``NEXT_STATE``, ``is_final``);
 - *persistence* is fenced by the lease in ``repository``: the call is recorded before
   it is made (``begin_attempt``) and its outcome with the next state after
-  (``finish_step``), so a crash anywhere leaves a saga that the sweeper can resume;
+  (``finish_step``), so a crash anywhere leaves a saga that the sweeper can resume.
+  The first call of the next step is recorded by that same ``finish_step``
+  transaction (and the first debit by CreateTransfer's insert): one transaction per
+  step boundary; retries record each further call with ``begin_attempt``;
 - *repeating a call is safe* because each step's request_id is derived from the
   transfer (``<transfer_id>:debit``): WalletService replays the original outcome.
 
@@ -173,15 +176,19 @@ class SagaRunner:
     def lease_until(self) -> datetime:
         return self.clock() + timedelta(seconds=self.policy.lease)
 
-    def spawn(self, transfer_id: str, transfer: Transfer | None = None) -> bool:
+    def spawn(
+        self, transfer_id: str, transfer: Transfer | None = None, *, begun: bool = False
+    ) -> bool:
         """Start driving a saga this replica has just leased; False if already driven.
 
-        ``transfer`` is the saga as just written (CreateTransfer), saving a read.
+        ``transfer`` is the saga as just written (CreateTransfer), saving a read;
+        ``begun`` says that write already recorded the first call of the step its state
+        waits for (so the runner makes that call without another 'before' write).
         """
         if self._stopping or transfer_id in self._tasks:
             return False
         task = asyncio.get_running_loop().create_task(
-            self._drive_guarded(transfer_id, transfer), name=f"saga {transfer_id}"
+            self._drive_guarded(transfer_id, transfer, begun), name=f"saga {transfer_id}"
         )
         self._tasks[transfer_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(transfer_id, None))
@@ -205,10 +212,12 @@ class SagaRunner:
             except Exception:
                 log.warning("could not release saga %s (its lease will expire)", transfer_id)
 
-    async def _drive_guarded(self, transfer_id: str, transfer: Transfer | None) -> None:
+    async def _drive_guarded(
+        self, transfer_id: str, transfer: Transfer | None, begun: bool
+    ) -> None:
         with log_context(transfer_id=transfer_id):
             try:
-                await self.drive(transfer_id, transfer)
+                await self.drive(transfer_id, transfer, begun=begun)
             except (LeaseLostError, StoppingError) as error:
                 log.info("stopped driving saga: %s", error)
             except asyncio.CancelledError:
@@ -219,11 +228,14 @@ class SagaRunner:
 
     # --- the saga loop ----------------------------------------------------------------
 
-    async def drive(self, transfer_id: str, known: Transfer | None = None) -> Transfer | None:
+    async def drive(
+        self, transfer_id: str, known: Transfer | None = None, *, begun: bool = False
+    ) -> Transfer | None:
         """Run the saga until it is terminal (or this replica loses it).
 
         Any unexpected failure (database down, a bug) restarts the loop from the state
-        on disk after a backoff: re-running a step only replays it.
+        on disk after a backoff: re-running a step only replays it. ``begun``: ``known``
+        already has the first call of its next step recorded (see ``spawn``).
         """
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(self._worth_restarting),
@@ -234,7 +246,10 @@ class SagaRunner:
         ):
             with attempt:
                 # The first round may start from the caller's copy; a restart re-reads.
+                # A step counts as begun only when the copy in hand comes straight from
+                # the write that recorded its call; a re-read always records a new call.
                 transfer = known or await self.repository.get(transfer_id)
+                next_begun = known is not None and begun
                 known = None
                 if transfer is None:
                     log.warning("saga %s vanished", transfer_id)
@@ -243,7 +258,9 @@ class SagaRunner:
                     while not transfer.is_terminal:
                         if transfer.lease_owner != self.owner:
                             raise LeaseLostError(f"transfer {transfer_id} is leased elsewhere")
-                        transfer = await self._run_step(transfer, STEP_FOR_STATE[transfer.state])
+                        transfer, next_begun = await self._run_step(
+                            transfer, STEP_FOR_STATE[transfer.state], begun=next_begun
+                        )
                 return transfer
         return None  # pragma: no cover - AsyncRetrying either returns or raises
 
@@ -269,10 +286,18 @@ class SagaRunner:
             currency=transfer.currency,
         )
 
-    async def _run_step(self, transfer: Transfer, step: StepName) -> Transfer:
-        """One step to its outcome: retried until it succeeds or is finally rejected."""
+    async def _run_step(
+        self, transfer: Transfer, step: StepName, *, begun: bool = False
+    ) -> tuple[Transfer, bool]:
+        """One step to its outcome: retried until it succeeds or is finally rejected.
+
+        Returns the saga after the step and whether that write already recorded the
+        first call of the next step (``begun``: the first call skips ``begin_attempt``;
+        every retry records its own).
+        """
         call = self._call_for(transfer, step)
         current = transfer
+        recorded = begun
 
         async def record_failure(state: RetryCallState) -> None:
             nonlocal current
@@ -312,9 +337,12 @@ class SagaRunner:
                 with attempt:
                     if self._stopping:
                         raise StoppingError("orchestrator stopping")
-                    current = await self.repository.begin_attempt(
-                        current, step, self.owner, self.clock(), self.lease_until()
-                    )
+                    if recorded:
+                        recorded = False  # the previous write recorded this call
+                    else:
+                        current = await self.repository.begin_attempt(
+                            current, step, self.owner, self.clock(), self.lease_until()
+                        )
                     if step is StepName.CREDIT:
                         await failpoint("saga.before_credit")
                     elif step is StepName.REFUND:
@@ -327,6 +355,8 @@ class SagaRunner:
             await failpoint("saga.after_debit")
         elif step is StepName.CREDIT:
             await failpoint("saga.after_credit")
+        new_state = NEXT_STATE[step][0]
+        begin_next = STEP_FOR_STATE.get(new_state)
         return await self._persist(
             current.transfer_id,
             lambda: self.repository.finish_step(
@@ -334,16 +364,21 @@ class SagaRunner:
                 step,
                 self.owner,
                 outcome=StepOutcome.SUCCEEDED,
-                new_state=NEXT_STATE[step][0],
+                new_state=new_state,
                 now=self.clock(),
                 outbox_row=milestone_outbox_row,
+                begin_next=begin_next,
+                lease_until=self.lease_until() if begin_next else None,
             ),
-        )
+        ), begin_next is not None
 
-    async def _rejected(self, transfer: Transfer, step: StepName, error: StepError) -> Transfer:
+    async def _rejected(
+        self, transfer: Transfer, step: StepName, error: StepError
+    ) -> tuple[Transfer, bool]:
         new_state = NEXT_STATE[step][1]
         assert new_state is not None, f"{step} cannot be rejected"
         log.info("%s rejected (%s): saga goes %s", step.value, error.describe(), new_state)
+        begin_next = STEP_FOR_STATE.get(new_state)
         return await self._persist(
             transfer.transfer_id,
             lambda: self.repository.finish_step(
@@ -357,8 +392,10 @@ class SagaRunner:
                 failure_reason=f"{step.value} rejected: {error.describe()}",
                 failure_code=error.code,
                 outbox_row=milestone_outbox_row,
+                begin_next=begin_next,
+                lease_until=self.lease_until() if begin_next else None,
             ),
-        )
+        ), begin_next is not None
 
     async def _persist(
         self, transfer_id: str, write: Callable[[], Awaitable[Transfer]]
