@@ -88,13 +88,20 @@ class TransferService:
             )
         fingerprint = transfer_fingerprint(from_wallet_id, to_wallet_id, amount)
 
-        existing = await self.repository.get_by_request_id(request_id)
-        if existing is not None:
-            return await self._replay(existing, fingerprint), True
-
-        sender, receiver = await asyncio.gather(
-            self._wallet(from_wallet_id), self._wallet(to_wallet_id)
-        )
+        known = self._known_pair(from_wallet_id, to_wallet_id)
+        if known is not None:
+            # Both wallets known, one currency: no request_id lookup up front. A reused
+            # request_id hits the insert's unique key below and is answered exactly as
+            # the lookup would have (replay, or REQUEST_ID_REUSED): a read saved per
+            # transfer.
+            sender, receiver = known
+        else:
+            existing = await self.repository.get_by_request_id(request_id)
+            if existing is not None:
+                return await self._replay(existing, fingerprint), True
+            sender, receiver = await asyncio.gather(
+                self._wallet(from_wallet_id), self._wallet(to_wallet_id)
+            )
         if sender.currency != receiver.currency:
             raise CurrencyMismatchError(
                 f"cannot transfer from {sender.currency} wallet {from_wallet_id!r} "
@@ -127,7 +134,8 @@ class TransferService:
         try:
             await self.repository.insert(transfer)
         except DuplicateRequestError:
-            # A concurrent identical request won the insert: answer as its replay.
+            # This request_id exists (a retry, or a concurrent identical request won the
+            # insert): answer as its replay.
             existing = await self.repository.get_by_request_id(request_id)
             if existing is None:  # pragma: no cover - the unique key says it exists
                 raise UnavailableError("transfer insert conflicted; retry") from None
@@ -147,6 +155,18 @@ class TransferService:
         if existing.is_terminal:
             return existing
         return await self.wait_for_terminal(existing.transfer_id)
+
+    def _known_pair(
+        self, from_wallet_id: str, to_wallet_id: str
+    ) -> tuple[WalletInfo, WalletInfo] | None:
+        """Both wallets from the cache when both are there with the same currency."""
+        sender = self._wallets.get(from_wallet_id)
+        receiver = self._wallets.get(to_wallet_id)
+        if sender is None or receiver is None or sender.currency != receiver.currency:
+            return None
+        self._wallets.move_to_end(from_wallet_id)
+        self._wallets.move_to_end(to_wallet_id)
+        return sender, receiver
 
     async def _wallet(self, wallet_id: str) -> WalletInfo:
         """The wallet's currency, from WalletService once and then from memory: a
