@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import CTE, Select, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga_orchestrator.domain import (
@@ -38,7 +38,8 @@ from saga_orchestrator.domain import (
     check_transition,
 )
 from wallet_common.clock import ensure_utc
-from wallet_common.db import Database
+from wallet_common.db import Database, is_connection_error
+from wallet_common.errors import UnavailableError
 from wallet_common.schema import outbox, transfer_steps, transfers
 
 
@@ -654,8 +655,15 @@ class TransferRepository:
 
     @asynccontextmanager
     async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
-        async with self.db.engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+        """An autocommit connection; an unreachable database is UnavailableError, as in
+        ``Database.transaction`` (so CreateTransfer still answers UNAVAILABLE)."""
+        try:
+            async with self.db.engine.connect() as conn:
+                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+        except (DBAPIError, OSError) as error:
+            if is_connection_error(error):
+                raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
+            raise
 
     async def _insert_pg(self, transfer: Transfer, values: dict[str, Any]) -> None:
         params = {f"t_{c.name}": values[c.name] for c in _INSERT_COLUMNS}
