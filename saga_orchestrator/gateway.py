@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from saga_orchestrator.domain import StepError, StepName
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_common.grpc_server import error_reason
+
+# Each saga step and the WalletService RPC that performs it (all share one request shape).
+_STEP_RPCS: dict[StepName, tuple[str, type[Any]]] = {
+    StepName.DEBIT: ("DebitForTransfer", wallet_pb2.DebitForTransferRequest),
+    StepName.CREDIT: ("CreditForTransfer", wallet_pb2.CreditForTransferRequest),
+    StepName.REFUND: ("RefundForTransfer", wallet_pb2.RefundForTransferRequest),
+}
 
 
 class StepFailedError(Exception):
@@ -81,45 +88,20 @@ class GrpcWalletGateway:
         return self._stub
 
     async def call_step(self, call: StepCall, deadline: float) -> bool:
-        stub = self._get_stub()
+        method_name, request_type = _STEP_RPCS[call.step]
+        method = getattr(self._get_stub(), method_name)
+        request = request_type(
+            wallet_id=call.wallet_id,
+            amount=call.amount,
+            transfer_id=call.transfer_id,
+            request_id=call.request_id,
+            currency=call.currency,
+        )
         try:
-            if call.step is StepName.DEBIT:
-                debit = await stub.DebitForTransfer(
-                    wallet_pb2.DebitForTransferRequest(
-                        wallet_id=call.wallet_id,
-                        amount=call.amount,
-                        transfer_id=call.transfer_id,
-                        request_id=call.request_id,
-                        currency=call.currency,
-                    ),
-                    timeout=deadline,
-                )
-                return bool(debit.replayed)
-            if call.step is StepName.CREDIT:
-                credit = await stub.CreditForTransfer(
-                    wallet_pb2.CreditForTransferRequest(
-                        wallet_id=call.wallet_id,
-                        amount=call.amount,
-                        transfer_id=call.transfer_id,
-                        request_id=call.request_id,
-                        currency=call.currency,
-                    ),
-                    timeout=deadline,
-                )
-                return bool(credit.replayed)
-            refund = await stub.RefundForTransfer(
-                wallet_pb2.RefundForTransferRequest(
-                    wallet_id=call.wallet_id,
-                    amount=call.amount,
-                    transfer_id=call.transfer_id,
-                    request_id=call.request_id,
-                    currency=call.currency,
-                ),
-                timeout=deadline,
-            )
-            return bool(refund.replayed)
+            response = await method(request, timeout=deadline)
         except grpc.aio.AioRpcError as error:
             raise StepFailedError(step_error_from_rpc(error)) from None
+        return bool(response.replayed)
 
     async def get_wallet(self, wallet_id: str, deadline: float) -> WalletInfo:
         stub = self._get_stub()
