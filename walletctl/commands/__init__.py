@@ -77,3 +77,28 @@ def timestamp(raw: str) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+MORE_HINT = "\n(more: use --limit N or --all)"
+
+
+def fetch_pages(
+    call: Callable[[int, str], Any],
+    items: Callable[[Any], Any],
+    limit: int | None,
+) -> tuple[list[Any], bool]:
+    """Follow ``next_page_token`` until ``limit`` items (None: all) or the last page.
+
+    ``call(page_size, page_token)`` makes one list RPC; ``items(response)`` gives that
+    page's rendered items. Returns the items and whether the server has more.
+    """
+    found: list[Any] = []
+    token = ""
+    while True:
+        page_size = 1000 if limit is None else min(1000, limit - len(found))
+        response = call(page_size, token)
+        found.extend(items(response))
+        token = response.next_page_token
+        if not token or (limit is not None and len(found) >= limit):
+            break
+    return found, bool(token)

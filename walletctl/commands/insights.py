@@ -11,7 +11,7 @@ from typing import Any
 
 from wallet.v1 import analytics_pb2, fraud_pb2
 from walletctl import render
-from walletctl.commands import leaf, positive_int
+from walletctl.commands import MORE_HINT, fetch_pages, leaf, positive_int
 from walletctl.context import Context
 
 STATS_KEYS = (
@@ -59,23 +59,17 @@ def stats(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def alerts(ctx: Context, args: argparse.Namespace) -> int:
-    found: list[dict[str, Any]] = []
-    token = ""
-    limit = None if args.all else args.limit
-    while True:
-        page_size = 1000 if limit is None else min(1000, limit - len(found))
-        response = ctx.call(
+    found, more = fetch_pages(
+        lambda page_size, token: ctx.call(
             "fraud",
             "ListFraudAlerts",
             fraud_pb2.ListFraudAlertsRequest(
                 wallet_id=args.wallet, page_size=page_size, page_token=token
             ),
-        )
-        found.extend(render.alert(a) for a in response.alerts)
-        token = response.next_page_token
-        if not token or (limit is not None and len(found) >= limit):
-            break
-    more = bool(token)
+        ),
+        lambda response: (render.alert(a) for a in response.alerts),
+        None if args.all else args.limit,
+    )
     ctx.emit(
         {"alerts": found, "more": more},
         lambda: (
@@ -84,7 +78,7 @@ def alerts(ctx: Context, args: argparse.Namespace) -> int:
                 ("created_at", "wallet_id", "rule", "detail", "alert_id"),
                 ("created at", "wallet", "rule", "detail", "alert"),
             )
-            + ("\n(more: use --limit N or --all)" if more else "")
+            + (MORE_HINT if more else "")
         ),
     )
     return 0

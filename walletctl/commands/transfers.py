@@ -13,7 +13,7 @@ from typing import Any
 
 from wallet.v1 import transfer_pb2
 from walletctl import exitcodes, render
-from walletctl.commands import amount, group, leaf, positive_int
+from walletctl.commands import MORE_HINT, amount, fetch_pages, group, leaf, positive_int
 from walletctl.context import Context
 
 TERMINAL = {
@@ -171,26 +171,17 @@ def show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def list_transfers(ctx: Context, args: argparse.Namespace) -> int:
-    found: list[dict[str, Any]] = []
-    token = ""
-    limit = None if args.all else args.limit
-    while True:
-        page_size = 1000 if limit is None else min(1000, limit - len(found))
-        response = ctx.call(
+    found, more = fetch_pages(
+        lambda page_size, token: ctx.call(
             "transfer",
             "ListTransfers",
             transfer_pb2.ListTransfersRequest(
-                state=args.state,
-                wallet_id=args.wallet,
-                page_size=page_size,
-                page_token=token,
+                state=args.state, wallet_id=args.wallet, page_size=page_size, page_token=token
             ),
-        )
-        found.extend(render.transfer(t) for t in response.transfers)
-        token = response.next_page_token
-        if not token or (limit is not None and len(found) >= limit):
-            break
-    more = bool(token)
+        ),
+        lambda response: (render.transfer(t) for t in response.transfers),
+        None if args.all else args.limit,
+    )
     ctx.emit(
         {"transfers": found, "more": more},
         lambda: (
@@ -200,7 +191,7 @@ def list_transfers(ctx: Context, args: argparse.Namespace) -> int:
                 ("transfer", "state", "from", "to", "amount", "created at"),
                 right=("amount",),
             )
-            + ("\n(more: use --limit N or --all)" if more else "")
+            + (MORE_HINT if more else "")
         ),
     )
     return 0

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from wallet.v1 import wallet_pb2
 from walletctl import render
-from walletctl.commands import amount, group, leaf, positive_int, timestamp
+from walletctl.commands import MORE_HINT, amount, fetch_pages, group, leaf, positive_int, timestamp
 from walletctl.context import Context
 
 WALLET_KEYS = ("wallet_id", "currency", "balance", "status", "version", "created_at", "updated_at")
@@ -132,23 +132,17 @@ def show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def history(ctx: Context, args: argparse.Namespace) -> int:
-    events: list[dict[str, Any]] = []
-    token = ""
-    limit = None if args.all else args.limit
-    while True:
-        page_size = 1000 if limit is None else min(1000, limit - len(events))
-        response = ctx.call(
+    events, more = fetch_pages(
+        lambda page_size, token: ctx.call(
             "wallet",
             "ListWalletEvents",
             wallet_pb2.ListWalletEventsRequest(
                 wallet_id=args.wallet_id, page_size=page_size, page_token=token
             ),
-        )
-        events.extend(render.event(e) for e in response.events)
-        token = response.next_page_token
-        if not token or (limit is not None and len(events) >= limit):
-            break
-    more = bool(token)
+        ),
+        lambda response: (render.event(e) for e in response.events),
+        None if args.all else args.limit,
+    )
     ctx.emit(
         {"wallet_id": args.wallet_id, "events": events, "more": more},
         lambda: (
@@ -158,7 +152,7 @@ def history(ctx: Context, args: argparse.Namespace) -> int:
                 ("seq", "type", "amount", "balance after", "transfer", "occurred at"),
                 right=("sequence", "amount", "balance_after"),
             )
-            + ("\n(more: use --limit N or --all)" if more else "")
+            + (MORE_HINT if more else "")
         ),
     )
     return 0
