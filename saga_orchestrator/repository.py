@@ -16,15 +16,14 @@ serialises claimers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import CTE, Select, and_, bindparam, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from saga_orchestrator.domain import (
@@ -38,8 +37,7 @@ from saga_orchestrator.domain import (
     check_transition,
 )
 from wallet_common.clock import ensure_utc
-from wallet_common.db import Database, is_connection_error
-from wallet_common.errors import UnavailableError
+from wallet_common.db import Database
 from wallet_common.schema import outbox, transfer_steps, transfers
 
 
@@ -653,23 +651,11 @@ class TransferRepository:
     # five. Every other CTE reads the transfer ids the fenced (or inserted) transfers
     # row returned: when the fence matches nothing, nothing at all is written.
 
-    @asynccontextmanager
-    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection; an unreachable database is UnavailableError, as in
-        ``Database.transaction`` (so CreateTransfer still answers UNAVAILABLE)."""
-        try:
-            async with self.db.engine.connect() as conn:
-                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-        except (DBAPIError, OSError) as error:
-            if is_connection_error(error):
-                raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
-            raise
-
     async def _insert_pg(self, transfer: Transfer, values: dict[str, Any]) -> None:
         params = {f"t_{c.name}": values[c.name] for c in _INSERT_COLUMNS}
         for index, step in enumerate(transfer.steps):
             params.update(_step_params(f"step{index}", step))
-        async with self._autocommit() as conn:
+        async with self.db.autocommit() as conn:
             await conn.execute(_insert_statement(len(transfer.steps)), params)
 
     async def _finish_step_pg(
@@ -706,7 +692,7 @@ class TransferRepository:
         statement = _finish_statement(
             tuple(values), tuple(step_values), next_step, None if row is None else tuple(row)
         )
-        async with self._autocommit() as conn:
+        async with self.db.autocommit() as conn:
             count = (await conn.execute(statement, params)).scalar_one()
         if count != 1:
             raise LeaseLostError(

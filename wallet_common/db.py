@@ -148,6 +148,17 @@ class Database:
             async with connection.begin():
                 yield connection
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in autocommit, for work that is one atomic statement per write.
+
+        A single PostgreSQL statement (e.g. data-modifying CTEs) is its own transaction;
+        skipping BEGIN/COMMIT saves two round trips. Not for several statements that must
+        commit together: use :meth:`transaction` for those.
+        """
+        async with _translate_connection_errors(), self.engine.connect() as connection:
+            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 
