@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import sys
-import time
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +75,3 @@ async def failpoint(name: str) -> None:
     match = _SLEEP.match(action)
     if match:
         await asyncio.sleep(int(match.group(1)) / 1000)
-
-
-def failpoint_sync(name: str) -> None:
-    """Trigger the failpoint ``name`` if configured (blocking code)."""
-    action = _action(name)
-    if action is None:
-        return
-    if action == "exit":
-        _die(name)
-    if action == "error":
-        raise FailpointError(f"failpoint {name}")
-    match = _SLEEP.match(action)
-    if match:
-        time.sleep(int(match.group(1)) / 1000)
