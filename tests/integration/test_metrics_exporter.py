@@ -41,6 +41,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free right now (the workers' range)."""
+    for _ in range(100):
+        base = free_port()
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", base))
+                second.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+            return base
+    raise AssertionError("no two adjacent free ports found")
+
+
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -219,7 +233,7 @@ async def test_queue_depths_from_rabbitmq(amqp_url: str, tmp_path):
 
 async def test_forked_workers_each_get_a_metrics_port():
     """``--workers N``: worker k takes the first free port of METRICS_PORT .. +N-1."""
-    base = free_port()
+    base = free_port_pair()
     first = MetricsHttpServer("127.0.0.1", base, ports_to_try=2)
     second = MetricsHttpServer("127.0.0.1", base, ports_to_try=2)
     third = MetricsHttpServer("127.0.0.1", base, ports_to_try=2)
