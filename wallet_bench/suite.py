@@ -73,7 +73,7 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
         help="which service runs: deposit, transfer, mixed [all three]",
     )
     parser.add_argument(
-        "--wallet-workers", type=int, default=2, help="wallet-service processes [2]"
+        "--wallet-workers", type=int, default=1, help="wallet-service processes [1]"
     )
     parser.add_argument("--saga-workers", type=int, default=1, help="orchestrator processes [1]")
     parser.add_argument(
