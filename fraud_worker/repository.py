@@ -75,6 +75,24 @@ async def lock_wallet(conn: AsyncConnection, wallet_id: str) -> None:
         await conn.execute(_LOCK, {"key": ADVISORY_LOCK_PREFIX + wallet_id})
 
 
+# Several wallets' locks in one round trip, in the order given (the caller sorts).
+_LOCK_MANY = sa.text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(key, 0)) "
+    "FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(key, n) ORDER BY n"
+)
+
+
+async def lock_wallets(conn: AsyncConnection, wallet_ids: list[str]) -> None:
+    """:func:`lock_wallet` for each of ``wallet_ids`` (sorted by the caller)."""
+    if conn.dialect.name != "postgresql" or not wallet_ids:
+        return
+    if len(wallet_ids) == 1:
+        await lock_wallet(conn, wallet_ids[0])
+        return
+    keys = [ADVISORY_LOCK_PREFIX + wallet_id for wallet_id in wallet_ids]
+    await conn.execute(_LOCK_MANY, {"keys": keys})
+
+
 async def add_withdrawal(conn: AsyncConnection, withdrawal: Withdrawal) -> bool:
     """Remember a withdrawal; False when it was already known (a redelivery)."""
     statement = _ADD_WITHDRAWAL.get(conn.dialect.name)
