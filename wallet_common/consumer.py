@@ -264,20 +264,21 @@ class ConsumerRunner:
             raise
 
     async def _apply_batch(self, batch: list[_Pending]) -> None:
-        if len(batch) > 1:
-            try:
-                results = await self._apply_together(batch)
-            except Exception as error:
-                log.info(
-                    "%s: batch of %d failed (%s); applying one by one",
-                    self.projection.consumer_name,
-                    len(batch),
-                    error_text(error),
-                )
-            else:
-                for item, applied in zip(batch, results, strict=True):
-                    await self._committed(item, applied)
-                return
+        # Even a batch of one goes this way first: on PostgreSQL it is one statement
+        # instead of BEGIN, inbox row, projection change, COMMIT.
+        try:
+            results = await self._apply_together(batch)
+        except Exception as error:
+            log.info(
+                "%s: batch of %d failed (%s); applying one by one",
+                self.projection.consumer_name,
+                len(batch),
+                error_text(error),
+            )
+        else:
+            for item, applied in zip(batch, results, strict=True):
+                await self._committed(item, applied)
+            return
         for item in batch:
             try:
                 applied = await self._apply_with_retries(item.delivery, item.message)
