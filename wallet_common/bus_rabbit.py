@@ -78,6 +78,10 @@ START_WAIT_SECONDS = 5.0
 WATCHDOG_INTERVAL_SECONDS = 2.0
 RECONNECT_INTERVAL_SECONDS = 1.0
 REGISTER_TIMEOUT_SECONDS = 15.0
+# Acks of committed deliveries wait at most this long for company (one frame for all);
+# a quarter of the prefetch due is sent at once. Unacked deliveries only hold prefetch
+# slots meanwhile: a crash before the ack redelivers them and the inbox skips them.
+ACK_DELAY_SECONDS = 0.02
 
 
 def retry_delay_seconds(attempt: int) -> float:
@@ -164,11 +168,14 @@ class _AckWindow:
     ``basic.ack(multiple=True)`` acks every unacked tag up to the given one on the
     channel, so it may only cover a run of tags that are ALL settled: a delivery still
     in the consumer's hands, waiting to be retried or being dead-lettered must never
-    sit below it. Tags are kept in delivery order (= tag order); a flush acks the
-    settled run at the bottom with one frame and any settled tag above the first
-    unsettled one on its own. Flushes are scheduled once per event-loop turn, so a
-    committed batch of N deliveries costs one frame, not N socket writes. Should tags
-    ever arrive out of order, every ack is sent singly.
+    sit below it. Tags are kept in delivery order (= tag order: aiormq starts the
+    callback of each delivery in the order the frames arrive); a flush acks the settled
+    run at the bottom with one frame and any settled tag above the first unsettled one
+    on its own. Should tags ever arrive out of order, every ack is sent singly.
+
+    When acks are sent is the bus's choice (:meth:`RabbitBus._ack_later`): at once
+    when a quarter of the prefetch is due, else after :data:`ACK_DELAY_SECONDS`, so a
+    stream of small committed batches shares one frame (one socket write) too.
     """
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
@@ -176,7 +183,9 @@ class _AckWindow:
         self.unsettled: dict[int, bool] = {}  # tag -> settled (ack due); delivery order
         self.last_tag = 0
         self.ordered = True
-        self.flush_scheduled = False
+        self.due = 0  # settled tags not yet taken
+        self.flush_soon = False  # a flush task is scheduled
+        self.timer: asyncio.TimerHandle | None = None  # a delayed flush is scheduled
 
     def delivered(self, tag: int) -> None:
         if tag <= self.last_tag:
@@ -184,15 +193,13 @@ class _AckWindow:
         self.last_tag = max(tag, self.last_tag)
         self.unsettled[tag] = False
 
-    def settled(self, tag: int) -> bool:
-        """Mark ``tag`` for ack; True if the caller must schedule a flush."""
-        if tag not in self.unsettled:
-            return False
+    def settled(self, tag: int) -> int:
+        """Mark ``tag`` for ack; returns how many acks are due (0: unknown tag)."""
+        if self.unsettled.get(tag) is not False:
+            return 0
         self.unsettled[tag] = True
-        if self.flush_scheduled:
-            return False
-        self.flush_scheduled = True
-        return True
+        self.due += 1
+        return self.due
 
     def forget(self, tag: int) -> None:
         """``tag`` is settled otherwise (nack, reject): never ack it."""
@@ -200,7 +207,10 @@ class _AckWindow:
 
     def take(self) -> tuple[int | None, list[int]]:
         """The acks due: (tag to ack with ``multiple``, or None; tags to ack singly)."""
-        self.flush_scheduled = False
+        self.flush_soon = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         upto: int | None = None
         singles: list[int] = []
         bottom = self.ordered
@@ -216,6 +226,7 @@ class _AckWindow:
         if upto is not None:
             for tag in [t for t in self.unsettled if t <= upto]:
                 del self.unsettled[tag]
+        self.due = sum(1 for done in self.unsettled.values() if done)  # 0: all taken
         return upto, singles
 
     async def flush(self) -> None:
@@ -244,6 +255,11 @@ class _Consumer:
     unsettled: int = 0  # deliveries whose handler has not settled yet
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # retries, DLQ, handlers
+
+    @property
+    def ack_batch(self) -> int:
+        """Acks due that are sent at once instead of after ``ACK_DELAY_SECONDS``."""
+        return max(1, self.prefetch // 4)
 
 
 class RabbitBus:
@@ -553,7 +569,7 @@ class RabbitBus:
                 return
             settled = True
             if error is None:
-                self._ack_later(window, tag)
+                self._ack_later(window, tag, consumer.ack_batch)
                 self._handled(consumer)
             else:
                 self._spawn(consumer, self._failed(consumer, window, message, delivery, error))
@@ -587,11 +603,29 @@ class RabbitBus:
         consumer.tasks.add(task)
         task.add_done_callback(consumer.tasks.discard)
 
-    def _ack_later(self, window: _AckWindow, tag: int) -> None:
-        if window.settled(tag):
+    def _ack_later(self, window: _AckWindow, tag: int, batch: int) -> None:
+        """Ack ``tag`` with the next flush: now if ``batch`` acks are due, else soon."""
+        due = window.settled(tag)
+        if not due or window.flush_soon:
+            return
+        if due >= batch:
+            window.flush_soon = True
             task = asyncio.get_running_loop().create_task(window.flush())
             self._background.add(task)  # keep a reference until it is done
             task.add_done_callback(self._background.discard)
+        elif window.timer is None:
+            window.timer = asyncio.get_running_loop().call_later(
+                ACK_DELAY_SECONDS, self._ack_now, window
+            )
+
+    def _ack_now(self, window: _AckWindow) -> None:
+        window.timer = None
+        if window.flush_soon:
+            return
+        window.flush_soon = True
+        task = asyncio.get_running_loop().create_task(window.flush())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
     def _handled(consumer: _Consumer) -> None:
@@ -657,7 +691,7 @@ class RabbitBus:
             log.warning("retry republish of %s failed: %s", delivery.message_id, error)
             await _settle_otherwise(window, message, requeue=True)
             return
-        self._ack_later(window, message.delivery_tag or 0)
+        self._ack_later(window, message.delivery_tag or 0, 1)  # rare: at once
 
     async def _dead_letter(
         self,
@@ -685,7 +719,7 @@ class RabbitBus:
             log.warning("DLX publish of %s failed (%s); rejecting", delivery.message_id, error)
             await _settle_otherwise(window, message, requeue=False)
             return
-        self._ack_later(window, message.delivery_tag or 0)
+        self._ack_later(window, message.delivery_tag or 0, 1)  # rare: at once
 
 
 async def _settle_otherwise(

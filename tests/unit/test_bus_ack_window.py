@@ -19,10 +19,10 @@ def window(*tags: int) -> _AckWindow:
 
 def test_a_settled_run_at_the_bottom_is_one_multiple_ack() -> None:
     acks = window(1, 2, 3, 4, 5)
-    assert acks.settled(1) is True  # the first settle schedules a flush
-    assert acks.settled(2) is False and acks.settled(3) is False  # one flush is enough
+    assert [acks.settled(tag) for tag in (1, 2, 3)] == [1, 2, 3]  # acks due so far
+    assert acks.settled(3) == 0  # settled already: nothing new
     assert acks.take() == (3, [])
-    assert list(acks.unsettled) == [4, 5]
+    assert list(acks.unsettled) == [4, 5] and acks.due == 0
     assert acks.take() == (None, [])
 
 
@@ -33,7 +33,7 @@ def test_an_unsettled_delivery_below_keeps_the_tags_above_out_of_a_multiple_ack(
     # 2 and 4 are still in flight (e.g. waiting to be retried): 1 may go with
     # multiple (it is alone at the bottom), 3 and 5 only singly.
     assert acks.take() == (1, [3, 5])
-    assert list(acks.unsettled) == [2, 4]
+    assert list(acks.unsettled) == [2, 4] and acks.due == 0
     acks.settled(2)
     acks.settled(4)
     assert acks.take() == (4, [])
@@ -46,7 +46,7 @@ def test_a_nacked_or_rejected_delivery_is_never_acked() -> None:
     acks.settled(2)
     acks.settled(3)
     assert acks.take() == (3, [])
-    assert acks.settled(1) is False  # unknown now: nothing to ack
+    assert acks.settled(1) == 0  # unknown now: nothing to ack
     assert acks.take() == (None, [])
 
 
