@@ -111,10 +111,10 @@ class FraudProjection:
         (``locked``: the caller already holds the wallet's lock)."""
         if not locked:
             await repository.lock_wallet(conn, withdrawal.wallet_id)
-        if not await repository.add_withdrawal(conn, withdrawal):
-            return []  # judged before (redelivered without an inbox row): nothing new
         around = self.rules.lookaround(withdrawal.occurred_at)
-        nearby, bursts = await repository.nearby(conn, withdrawal.wallet_id, around)
+        new, nearby, bursts = await repository.add_withdrawal_and_nearby(conn, withdrawal, around)
+        if not new:
+            return []  # judged before (redelivered without an inbox row): nothing new
         drafts = self.rules.evaluate(withdrawal, nearby, bursts)
         if not drafts:
             return []
