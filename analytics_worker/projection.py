@@ -64,9 +64,32 @@ class AnalyticsProjection:
             return
         await repository.add_deltas(conn, [delta_of(event)], self._clock())
 
+    def prepare(self, message: Message) -> wallet_pb2.WalletEvent | None:
+        """At delivery: the log entry (validated), None for other messages."""
+        return wallet_event_of(message)
+
+    async def apply_prepared(
+        self, conn: AsyncConnection, work: Sequence[wallet_pb2.WalletEvent]
+    ) -> None:
+        """A batch's new events in one transaction: one upsert row per wallet."""
+        deltas = [delta_of(event) for event in work]
+        await repository.add_deltas(conn, merge_by_wallet(deltas), self._clock())
+
+    async def record_and_apply(
+        self,
+        conn: AsyncConnection,
+        consumer: str,
+        message_ids: Sequence[str],
+        work: Sequence[wallet_pb2.WalletEvent | None],
+    ) -> set[str]:
+        """PostgreSQL: the batch's inbox rows and its per-wallet upsert in ONE statement."""
+        return await repository.record_and_add_events(
+            conn, consumer, message_ids, work, self._clock()
+        )
+
     async def apply_many(
         self, conn: AsyncConnection, items: Sequence[tuple[Delivery, Message]]
     ) -> None:
-        """Several messages in one transaction: one upsert per wallet for the lot."""
-        deltas = [delta_of(e) for e in (wallet_event_of(m) for _, m in items) if e is not None]
-        await repository.add_deltas(conn, merge_by_wallet(deltas), self._clock())
+        """Several messages in one transaction (no inbox): one upsert per wallet."""
+        events_ = [e for e in (wallet_event_of(m) for _, m in items) if e is not None]
+        await self.apply_prepared(conn, events_)

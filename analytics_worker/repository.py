@@ -14,7 +14,7 @@ consumed, never twice, and a consumer that lags is not reported as drift.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +29,10 @@ from analytics_worker.domain import (
     StatsDelta,
     WalletStats,
 )
-from wallet_common.clock import ensure_utc
+from wallet.v1 import wallet_pb2
+from wallet_common import events
+from wallet_common.clock import ensure_utc, utcnow
+from wallet_common.consumer import PG_INSERT_INBOX_MANY
 from wallet_common.schema import inbox, wallet_events, wallet_stats
 
 CONSUMER_NAME = "analytics"
@@ -79,6 +82,94 @@ async def add_deltas(conn: AsyncConnection, deltas: Sequence[StatsDelta], now: d
         for delta in deltas
     ]
     await conn.execute(_upsert(conn), rows[0] if len(rows) == 1 else rows)
+
+
+def _pg_batch_statement() -> Any:
+    """PostgreSQL: a batch's inbox rows and its stats change as ONE statement.
+
+    The first CTE writes the inbox rows and returns those that were new; only the
+    wallet events among them (joined by message id) are summed per wallet with
+    ``CASE`` expressions generated from :data:`EFFECTS` (as the rebuild does) and
+    added by one upsert row per wallet, in wallet order. The statement text never
+    changes, so psycopg prepares it once; each batch binds six arrays. A repeated
+    message id would be counted twice: the caller passes distinct ids.
+    """
+
+    def summed(field: str, value: str) -> str:
+        whens = " ".join(
+            f"WHEN '{name}' THEN {value.format(sign=effect.sign)}"
+            for name, effect in EFFECTS.items()
+            if field in (effect.total, effect.count)
+        )
+        return f"coalesce(sum(CASE e.type {whens} ELSE 0 END), 0)"
+
+    sums = [summed(name, "{sign} * e.amount") for name in TOTAL_FIELDS]
+    sums += [summed(name, "{sign}") for name in COUNT_FIELDS]
+    sums.append("count(*)")  # events_applied: every wallet log entry
+    columns = ", ".join(COUNTER_FIELDS)
+    updates = ", ".join(
+        f"{name} = wallet_stats.{name} + EXCLUDED.{name}" for name in COUNTER_FIELDS
+    )
+    return sa.text(
+        f"WITH ins AS ({PG_INSERT_INBOX_MANY}), "
+        "up AS ("
+        f"INSERT INTO wallet_stats (wallet_id, {columns}, last_activity_at, updated_at) "
+        f"SELECT e.wallet_id, {', '.join(sums)}, max(e.occurred_at), :updated_at "
+        "FROM unnest(CAST(:event_message_ids AS varchar[]), CAST(:wallet_ids AS varchar[]), "
+        "CAST(:types AS varchar[]), CAST(:amounts AS bigint[]), "
+        "CAST(:occurred_at AS timestamptz[])) AS e(id, wallet_id, type, amount, occurred_at) "
+        "JOIN ins ON ins.message_id = e.id "
+        "GROUP BY e.wallet_id ORDER BY e.wallet_id "
+        f"ON CONFLICT (wallet_id) DO UPDATE SET {updates}, "
+        # GREATEST skips NULL: a row without activity yet takes the new time.
+        "last_activity_at = GREATEST(wallet_stats.last_activity_at, EXCLUDED.last_activity_at), "
+        "updated_at = EXCLUDED.updated_at"
+        ") "
+        "SELECT message_id FROM ins"
+    )
+
+
+_PG_BATCH = _pg_batch_statement()
+
+
+async def record_and_add_events(
+    conn: AsyncConnection,
+    consumer: str,
+    message_ids: Sequence[str],
+    work: Sequence[wallet_pb2.WalletEvent | None],
+    now: datetime,
+) -> set[str]:
+    """Inbox rows for distinct ``message_ids`` and the stats of the wallet events among
+    them (``work[i]`` is message i's event, None for other messages), in one
+    PostgreSQL statement; returns the ids that were new (the others changed nothing)."""
+    event_ids: list[str] = []
+    wallet_ids: list[str] = []
+    types: list[str] = []
+    amounts: list[int] = []
+    occurred: list[datetime] = []
+    for message_id, event in zip(message_ids, work, strict=True):
+        if event is None:
+            continue
+        event_ids.append(message_id)
+        wallet_ids.append(event.wallet_id)
+        types.append(events.KIND_BY_ENUM[event.type].name)
+        amounts.append(event.amount)
+        occurred.append(event.occurred_at.ToDatetime(tzinfo=UTC))
+    result = await conn.execute(
+        _PG_BATCH,
+        {
+            "consumer": consumer,
+            "message_ids": list(message_ids),
+            "processed_at": utcnow(),  # as record_inbox: the real time, for lag
+            "updated_at": now,
+            "event_message_ids": event_ids,
+            "wallet_ids": wallet_ids,
+            "types": types,
+            "amounts": amounts,
+            "occurred_at": occurred,
+        },
+    )
+    return {row[0] for row in result}
 
 
 def _stats_from_row(row: Any) -> WalletStats:

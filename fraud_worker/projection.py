@@ -81,20 +81,40 @@ class FraudProjection:
         if withdrawal is not None:
             await self.judge(conn, withdrawal)
 
+    def prepare(self, message: Message) -> Withdrawal | None:
+        """At delivery: the withdrawal (validated); None for every other message, which
+        then costs a batch nothing but its inbox row (the rules never look at it)."""
+        return withdrawal_of(message)
+
+    async def apply_prepared(self, conn: AsyncConnection, work: Sequence[Withdrawal]) -> None:
+        """A batch's new withdrawals, judged one after another in arrival order.
+
+        Every wallet of the batch is locked first, in one statement and in wallet order
+        (concurrent replicas cannot deadlock on each other's batches); each judgement
+        then sees the withdrawals judged before it, as one by one.
+        """
+        await repository.lock_wallets(conn, sorted({w.wallet_id for w in work}))
+        for withdrawal in work:
+            await self.judge(conn, withdrawal, locked=True)
+
     async def apply_many(
         self, conn: AsyncConnection, items: Sequence[tuple[Delivery, Message]]
     ) -> None:
-        """Several messages in one transaction, judged one after another in order."""
-        for delivery, message in items:
-            await self.apply(conn, delivery, message)
+        """Several messages in one transaction (no inbox), judged in order."""
+        withdrawals = [w for w in (withdrawal_of(m) for _, m in items) if w is not None]
+        await self.apply_prepared(conn, withdrawals)
 
-    async def judge(self, conn: AsyncConnection, withdrawal: Withdrawal) -> list[AlertDraft]:
-        """Remember the withdrawal, run the rules, store and announce new alerts."""
-        await repository.lock_wallet(conn, withdrawal.wallet_id)
-        if not await repository.add_withdrawal(conn, withdrawal):
-            return []  # judged before (redelivered without an inbox row): nothing new
+    async def judge(
+        self, conn: AsyncConnection, withdrawal: Withdrawal, *, locked: bool = False
+    ) -> list[AlertDraft]:
+        """Remember the withdrawal, run the rules, store and announce new alerts
+        (``locked``: the caller already holds the wallet's lock)."""
+        if not locked:
+            await repository.lock_wallet(conn, withdrawal.wallet_id)
         around = self.rules.lookaround(withdrawal.occurred_at)
-        nearby, bursts = await repository.nearby(conn, withdrawal.wallet_id, around)
+        new, nearby, bursts = await repository.add_withdrawal_and_nearby(conn, withdrawal, around)
+        if not new:
+            return []  # judged before (redelivered without an inbox row): nothing new
         drafts = self.rules.evaluate(withdrawal, nearby, bursts)
         if not drafts:
             return []

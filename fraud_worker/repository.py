@@ -75,6 +75,24 @@ async def lock_wallet(conn: AsyncConnection, wallet_id: str) -> None:
         await conn.execute(_LOCK, {"key": ADVISORY_LOCK_PREFIX + wallet_id})
 
 
+# Several wallets' locks in one round trip, in the order given (the caller sorts).
+_LOCK_MANY = sa.text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(key, 0)) "
+    "FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(key, n) ORDER BY n"
+)
+
+
+async def lock_wallets(conn: AsyncConnection, wallet_ids: list[str]) -> None:
+    """:func:`lock_wallet` for each of ``wallet_ids`` (sorted by the caller)."""
+    if conn.dialect.name != "postgresql" or not wallet_ids:
+        return
+    if len(wallet_ids) == 1:
+        await lock_wallet(conn, wallet_ids[0])
+        return
+    keys = [ADVISORY_LOCK_PREFIX + wallet_id for wallet_id in wallet_ids]
+    await conn.execute(_LOCK_MANY, {"keys": keys})
+
+
 async def add_withdrawal(conn: AsyncConnection, withdrawal: Withdrawal) -> bool:
     """Remember a withdrawal; False when it was already known (a redelivery)."""
     statement = _ADD_WITHDRAWAL.get(conn.dialect.name)
@@ -149,6 +167,65 @@ async def add_alert(
         .on_conflict_do_nothing(index_elements=["message_id"])
     )
     return True
+
+
+# PostgreSQL: remember a withdrawal AND read its neighbourhood in one round trip. The
+# SELECTs see the statement's snapshot, i.e. everything judged before in this
+# transaction but not the new row itself, which the rules add on their own; the "i"
+# row says whether the withdrawal was new.
+_PG_ADD_AND_NEARBY = sa.text(
+    "WITH ins AS ("
+    "INSERT INTO fraud_withdrawals (event_id, wallet_id, amount, occurred_at) "
+    "VALUES (:event_id, :wallet_id, :amount, :occurred_at) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id) "
+    "SELECT 'i' AS kind, event_id AS id, CAST(0 AS bigint) AS amount, "
+    "CAST(NULL AS timestamptz) AS occurred_at FROM ins "
+    "UNION ALL "
+    "SELECT 'w', event_id, amount, occurred_at FROM fraud_withdrawals "
+    "WHERE wallet_id = :wallet_id AND occurred_at > :w_from AND occurred_at < :w_to "
+    "UNION ALL "
+    "SELECT 'b', alert_id, 0, window_start FROM fraud_alerts "
+    "WHERE wallet_id = :wallet_id AND rule = :rapid "
+    "AND window_start > :b_from AND window_start < :b_to"
+)
+
+
+async def add_withdrawal_and_nearby(
+    conn: AsyncConnection, withdrawal: Withdrawal, around: Lookaround
+) -> tuple[bool, list[Withdrawal], list[Burst]]:
+    """:func:`add_withdrawal` then :func:`nearby`, as one statement on PostgreSQL:
+    (was it new, the wallet's withdrawals and RAPID bursts in the ranges asked for)."""
+    if conn.dialect.name != "postgresql":
+        if not await add_withdrawal(conn, withdrawal):
+            return False, [], []
+        return (True, *await nearby(conn, withdrawal.wallet_id, around))
+    rows = await conn.execute(
+        _PG_ADD_AND_NEARBY,
+        {
+            "event_id": withdrawal.event_id,
+            "wallet_id": withdrawal.wallet_id,
+            "amount": withdrawal.amount,
+            "occurred_at": withdrawal.occurred_at,
+            "w_from": around.withdrawals_from,
+            "w_to": around.withdrawals_to,
+            "b_from": around.bursts_from,
+            "b_to": around.bursts_to,
+            "rapid": RAPID_WITHDRAWALS,
+        },
+    )
+    new = False
+    withdrawals: list[Withdrawal] = []
+    bursts: list[Burst] = []
+    for row in rows:
+        if row.kind == "i":
+            new = True
+        elif row.occurred_at is not None:
+            at = ensure_utc(row.occurred_at)
+            if row.kind == "w":
+                withdrawals.append(Withdrawal(at, row.id, withdrawal.wallet_id, int(row.amount)))
+            else:
+                bursts.append(Burst(at))
+    return new, withdrawals, bursts
 
 
 def _alert_from_row(row: Any) -> StoredAlert:

@@ -77,6 +77,11 @@ class Delivery:
     attempt: int  # 1 on first delivery, grows with retries
 
 
+# A handler may also offer ``submit(delivery, settle)`` (the consumer runner does): it
+# queues the delivery and calls ``settle(error_or_None, applied)`` once it is done. The
+# RabbitMQ bus then needs no task or future per message; the semantics are the same
+# (None acks; an error retries or dead-letters; PoisonMessageError, raised by submit
+# itself or passed to settle, dead-letters at once).
 Handler = Callable[[Delivery], Awaitable[None]]
 
 

@@ -9,6 +9,7 @@ rebuild; a duplicate delivery changes nothing; GetWalletStats serves it over gRP
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC
 
 import grpc
@@ -238,3 +239,88 @@ async def test_batched_apply_equals_one_by_one(database: Database) -> None:
         await AnalyticsProjection().apply_many(conn, items)
     expected = await rows(database, EXPECTED_SQL)
     assert await rows(database, STATS_SQL) == expected
+
+
+class CountingProjection(AnalyticsProjection):
+    """Counts which path applied events: one by one (``apply``) or the batch path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.single = 0
+        self.batched = 0
+
+    async def apply(self, conn, delivery, message) -> None:  # type: ignore[no-untyped-def]
+        self.single += 1
+        await super().apply(conn, delivery, message)
+
+    async def apply_prepared(self, conn, work) -> None:  # type: ignore[no-untyped-def]
+        self.batched += len(work)
+        await super().apply_prepared(conn, work)
+
+    async def record_and_apply(self, conn, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+        new = await super().record_and_apply(conn, consumer, message_ids, work)
+        self.batched += sum(
+            1
+            for mid, event in zip(message_ids, work, strict=True)
+            if event is not None and mid in new
+        )
+        return new
+
+
+async def test_a_batch_with_repeats_and_redeliveries_equals_one_by_one(
+    database: Database,
+) -> None:
+    """The batch path (one inbox statement, one projection statement) gives exactly the
+    one-by-one result: a message repeated inside the batch, and one applied before the
+    batch (redelivered), each count once; non-wallet messages change nothing."""
+    await scripted_history(WalletService(database))
+    deliveries = await outbox_deliveries(database)
+    projection = CountingProjection()
+    runner = ConsumerRunner(database, projection)
+    # Applied before (each alone): the burst sees their inbox rows and must skip them.
+    await runner.handle(deliveries[0])
+    await runner.handle(deliveries[3])
+    redelivered = [deliveries[0], deliveries[3]]
+    repeated = [deliveries[5], deliveries[5], deliveries[-1]]
+    burst = [*deliveries[1:], *redelivered, *repeated]
+    await asyncio.gather(*(runner.handle(d) for d in burst))
+    assert projection.single == 0, "the burst fell back to one-by-one"
+    wallet_events = sum(1 for d in deliveries if d.routing_key != "wallet.transfer_completed")
+    assert projection.batched == wallet_events  # each wallet event exactly once
+    assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
+    assert await compare_with_log(database) == []
+    assert await count_unapplied(database) == 0
+    # The same burst again (everything redelivered): nothing changes.
+    before = await rows(database, STATS_SQL)
+    await asyncio.gather(*(runner.handle(d) for d in burst))
+    assert await rows(database, STATS_SQL) == before
+    # And the last-activity times equal the one-by-one path's (same wallet's last event).
+    one_by_one = await stats_of(database, "bob")
+    assert one_by_one is not None and one_by_one.last_activity_at is not None
+    async with database.read() as conn:
+        last = (
+            await conn.execute(
+                sa.text("SELECT max(occurred_at) FROM wallet_events WHERE wallet_id = 'bob'")
+            )
+        ).scalar_one()
+    assert str(last)[:19] in str(one_by_one.last_activity_at.replace(tzinfo=None))
+
+
+async def test_a_failing_batch_falls_back_to_one_by_one(database: Database) -> None:
+    """A batch whose statement fails is applied event by event, with the same result."""
+
+    class FailingBatch(CountingProjection):
+        async def apply_prepared(self, conn, work) -> None:  # type: ignore[no-untyped-def]
+            raise RuntimeError("batch statement failed")
+
+        async def record_and_apply(self, conn, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+            raise RuntimeError("batch statement failed")
+
+    await scripted_history(WalletService(database))
+    deliveries = await outbox_deliveries(database)
+    projection = FailingBatch()
+    runner = ConsumerRunner(database, projection)
+    await asyncio.gather(*(runner.handle(d) for d in [*deliveries, deliveries[2]]))
+    assert projection.single == len(deliveries)  # the repeat was skipped by the inbox
+    assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
+    assert await count_unapplied(database) == 0

@@ -72,3 +72,77 @@ async def test_lost_consumer_is_registered_again(rabbit_bus_under_test: BusUnder
 
     await poll_until(published, "publishing again", limit=30, interval=0.2)
     await poll_until(lambda: second.message_id in seen, "a message after the reconnect")
+
+
+async def test_committed_batches_are_acked_together_around_a_retry(
+    rabbit_bus_under_test: BusUnderTest,
+) -> None:
+    """The consumer runner on RabbitMQ: a burst is acked with a few multiple-acks, not
+    one ack per message; with a message that fails its first delivery (retried while
+    the rest of its burst commits and is acked) every message is still applied exactly
+    once and the queue ends empty (nothing left unacked). Which tags one flush may
+    cover is tested in ``tests/unit/test_bus_ack_window.py``."""
+    from tests.integration.test_consumer_runner_semantics import (
+        RecordingProjection,
+        deposit,
+        inbox_ids,
+    )
+    from tests.rabbit import queue_depths
+    from wallet_common.consumer import ConsumerComponent
+    from wallet_common.runtime import Runtime
+
+    but = rabbit_bus_under_test
+    assert but.vhost is not None
+
+    class FailsFirstDelivery(RecordingProjection):
+        """The marked message fails on its first delivery (batch and single path)."""
+
+        flaky: set[str] = set()
+
+        async def apply(self, conn, delivery, message) -> None:
+            if delivery.message_id in self.flaky and delivery.attempt == 1:
+                raise RuntimeError("not yet")
+            await super().apply(conn, delivery, message)
+
+    runtime = Runtime(settings=but.settings, db=but.db)
+    runtime.extras["bus"] = but.bus
+    projection = FailsFirstDelivery()
+    component = ConsumerComponent(runtime, projection, "test-consumer", max_attempts=3)
+    await component.start()
+    acks: list[tuple[int, bool]] = []
+    try:
+        consumer = but.bus._consumers[events.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
+        channel = consumer.window.channel
+        real_ack = channel.basic_ack
+
+        async def recording_ack(tag: int, multiple: bool = False, wait: bool = True) -> None:
+            acks.append((tag, multiple))
+            await real_ack(tag, multiple=multiple, wait=wait)
+
+        channel.basic_ack = recording_ack
+        clean = [deposit(f"w{i % 7}") for i in range(120)]
+        await but.bus.publish(clean)
+
+        async def applied(messages) -> bool:
+            return set(await inbox_ids(but)) >= {m.message_id for m in messages}
+
+        await poll_until(lambda: applied(clean), "the clean burst applied")
+        await poll_until(lambda: acks and acks[-1][0] == len(clean), "the clean burst acked")
+        clean_acks = list(acks)
+        # Then a burst with a message failing its first delivery: the batch falls back
+        # to one by one, the message is retried while others commit and get acked.
+        flaky = [deposit(f"w{i % 7}") for i in range(120)]
+        projection.flaky.add(flaky[30].message_id)
+        await but.bus.publish(flaky)
+        await poll_until(lambda: applied(flaky), "the flaky burst applied")
+    finally:
+        await component.stop()
+    # The projection's own list also saw rolled-back batch attempts: the inbox rows
+    # (same transaction as the apply) are the evidence of exactly once.
+    wanted = sorted(m.message_id for m in [*clean, *flaky])
+    assert sorted(await inbox_ids(but)) == wanted
+    assert set(projection.applied) == set(wanted)
+    assert any(multiple for _, multiple in clean_acks)
+    assert len(clean_acks) <= len(clean) / 4, clean_acks
+    depths = await asyncio.to_thread(queue_depths, but.vhost)
+    assert depths[events.ANALYTICS_QUEUE] == 0

@@ -285,3 +285,80 @@ async def test_old_withdrawals_are_pruned_alerts_kept(
     finally:
         await pruner.stop()
     assert [rule for rule, _ in await alerts(database)] == ["RAPID_WITHDRAWALS"]
+
+
+def deposit_delivery(wallet_id: str) -> Delivery:
+    event = wallet_pb2.WalletEvent(
+        event_id=str(uuid.uuid4()),
+        wallet_id=wallet_id,
+        sequence=1,
+        type=wallet_pb2.WALLET_EVENT_TYPE_FUNDS_DEPOSITED,
+        amount=5,
+        balance_after=5,
+        request_id=uuid.uuid4().hex,
+        currency="USD",
+    )
+    event.occurred_at.FromDatetime(T0)
+    kind = events.KIND_BY_NAME["funds_deposited"]
+    body = events_pb2.FundsDeposited(event=event).SerializeToString()
+    return Delivery(event.event_id, kind.routing_key, kind.message_type, body, 1)
+
+
+async def test_a_batch_judges_like_one_by_one(database: Database) -> None:
+    """The runner's batch path (one inbox statement; the batch's wallets locked at
+    once; withdrawals judged in arrival order) raises exactly the alerts of one by one
+    (the in-memory twin ``replay``), with a repeated and a redelivered withdrawal,
+    out-of-order event times, a large withdrawal and deposits mixed in."""
+    import asyncio
+
+    from fraud_worker.projection import withdrawal_of
+    from fraud_worker.rules import replay
+
+    class Counting(FraudProjection):
+        single = 0
+
+        async def apply(self, conn, delivery, message) -> None:  # type: ignore[no-untyped-def]
+            Counting.single += 1
+            await super().apply(conn, delivery, message)
+
+    runner = ConsumerRunner(database, Counting(RULES, FixedClock()))
+    early = withdrawal("a", 0)
+    await runner.handle(early)  # applied before the batch, redelivered inside it
+    a_rest = [withdrawal("a", s) for s in (30, 1, 50)]
+    b_all = [withdrawal("b", s) for s in (5, 200, 6, 7, 8)]
+    big = withdrawal("c", 0, amount=5_000)
+    burst = [
+        deposit_delivery("a"),
+        a_rest[0],
+        b_all[0],
+        early,
+        a_rest[1],
+        b_all[1],
+        b_all[2],
+        deposit_delivery("b"),
+        a_rest[1],
+        big,
+        b_all[3],
+        a_rest[2],
+        b_all[4],
+    ]
+    await asyncio.gather(*(runner.handle(d) for d in burst))
+    assert Counting.single == 0, "the burst fell back to one-by-one"
+
+    arrivals = []
+    for delivery in [early, *burst]:
+        found = withdrawal_of(events.decode(delivery.message_type, delivery.body))
+        if found is not None:
+            arrivals.append(found)
+    expected = sorted(  # replay's bursts are not per wallet: one wallet at a time
+        (d.rule, list(d.event_ids))
+        for wallet in ("a", "b", "c")
+        for d in replay(RULES, [w for w in arrivals if w.wallet_id == wallet])
+    )
+    assert sorted(await alerts(database)) == expected
+    assert len(expected) == 3  # a's burst, b's burst, c's large withdrawal
+    async with database.read() as conn:
+        query = sa.select(sa.func.count()).select_from(outbox)
+        assert (await conn.execute(query)).scalar_one() == 3
+        inbox_rows = sa.text("SELECT count(*) FROM inbox WHERE consumer = 'fraud'")
+        assert (await conn.execute(inbox_rows)).scalar_one() == len({d.message_id for d in burst})
