@@ -163,23 +163,29 @@ class Database:
             yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
-    async def pipeline(self) -> AsyncIterator[Any]:
-        """PostgreSQL only: the driver's connection (psycopg) in pipeline mode.
+    async def pipeline_transaction(self) -> AsyncIterator[Any]:
+        """PostgreSQL only: a write transaction on the driver's connection (psycopg),
+        in pipeline mode; commits when the block ends, rolls back on error.
 
         Why: every round trip costs CPU in syscalls (docs/benchmarks.md). In pipeline
-        mode psycopg sends queued commands together and waits only when a result is
-        needed, so inside ``async with conn.transaction()`` BEGIN and the first
-        statement whose rows are read share one round trip, and the last statements
-        and COMMIT share another, instead of a round trip each. Statements take
-        psycopg's ``%(name)s`` parameters and bypass SQLAlchemy and its engine events:
-        a caller that queues outbox rows calls :meth:`outbox_committed` after commit.
+        mode psycopg sends queued statements together and waits only when a result is
+        read, so BEGIN and the first statement whose rows are read share one round
+        trip, and the statements after the last read share the final one with COMMIT:
+        two round trips for a read-then-write transaction instead of one per statement
+        plus BEGIN and COMMIT. (BEGIN and COMMIT are sent as plain statements on an
+        autocommit connection: psycopg's own transaction handling syncs the pipeline
+        for each.) Statements take psycopg's ``%(name)s`` parameters and bypass
+        SQLAlchemy and its engine events: a caller that queues outbox rows calls
+        :meth:`outbox_committed` after the block.
         """
-        async with _translate_connection_errors(), self.engine.connect() as connection:
+        async with self.autocommit() as connection:
             raw = await connection.get_raw_connection()
             driver: Any = raw.driver_connection
             try:
                 async with driver.pipeline():
+                    await driver.execute("BEGIN")
                     yield driver
+                    await driver.execute("COMMIT")
             except Exception as error:
                 if driver.broken or driver.closed:
                     await connection.invalidate()
@@ -187,6 +193,9 @@ class Database:
                         f"database unavailable: {type(error).__name__}"
                     ) from error
                 raise
+            finally:
+                if not (driver.broken or driver.closed) and driver.info.transaction_status:
+                    await driver.rollback()  # the block failed after BEGIN: end it here
 
     def outbox_committed(self) -> None:
         """Tell the listeners (the outbox relay) that committed outbox rows wait."""

@@ -242,9 +242,9 @@ class GroupCommitter:
     async def _execute(self, batch: list[MoveRequest]) -> dict[str, Message]:
         by_key = {request.request_id: request for request in batch}
         bounds = [domain.balance_bounds(r.movement, r.amount) for r in batch]
-        # Pipeline mode (Database.pipeline): BEGIN + _MOVE_MANY in one round trip,
-        # _FINISH_MANY + COMMIT in another.
-        async with self._db.pipeline() as conn, conn.transaction():
+        # Pipeline mode (Database.pipeline_transaction): BEGIN + _MOVE_MANY in one round
+        # trip, _FINISH_MANY + COMMIT in another.
+        async with self._db.pipeline_transaction() as conn:
             cursor = conn.cursor(row_factory=namedtuple_row)
             now = self._clock()
             await cursor.execute(

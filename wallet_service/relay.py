@@ -120,7 +120,7 @@ async def relay_batch(db: Database, bus: EventBus, batch_size: int = BATCH_SIZE)
     return await _relay_batch_single_writer(db, bus, batch_size)
 
 
-# PostgreSQL statements of the locked relay, run in pipeline mode (Database.pipeline).
+# PostgreSQL statements of the locked relay, run in pipeline mode (Database.pipeline_transaction).
 _CLAIM_PENDING_PG = """
 SELECT id, message_id, routing_key, message_type, payload
 FROM outbox
@@ -146,7 +146,7 @@ async def _relay_batch_locked(db: Database, bus: EventBus, batch_size: int) -> i
     waited for its own round trip, four per round (docs/benchmarks.md).
     """
     failure: PublishError | None = None
-    async with db.pipeline() as conn, conn.transaction():
+    async with db.pipeline_transaction() as conn:
         cursor = conn.cursor(row_factory=namedtuple_row)
         await cursor.execute(_CLAIM_PENDING_PG, {"limit": batch_size})
         rows = await cursor.fetchall()
@@ -271,7 +271,7 @@ class OutboxRelay:
         ):
             event.listen(engine, name, fn)
             self._hooks.append((name, fn))
-        # Writers on the driver's connection (Database.pipeline) have no engine events.
+        # Writers on the driver's connection (pipeline_transaction) have no engine events.
         self.db.outbox_listeners.append(self.wake)
 
     def _remove_commit_hook(self) -> None:

@@ -120,3 +120,18 @@ async def test_group_commit_can_be_switched_off(pg_database_url_fresh):
         assert (await service.deposit("solo", 5, "d")).wallet.balance == 5
     finally:
         await db.dispose()
+
+
+async def test_a_committed_batch_wakes_the_outbox_listeners(pg_service):
+    """Group commit writes on the driver's connection (no engine events): after a batch
+    that queued outbox rows it must call Database.outbox_committed (the relay's wake-up);
+    a batch that queued nothing (every request rejected) must not."""
+    service, db = pg_service
+    await service.create_wallet("wake", "USD", "create-wake")
+    calls: list[int] = []
+    db.outbox_listeners.append(lambda: calls.append(1))
+    await service.move(Movement.DEPOSIT, "wake", 5, "dep-wake")
+    assert len(calls) == 1
+    with pytest.raises(WalletNotFoundError):
+        await service.move(Movement.DEPOSIT, "nobody", 5, "dep-nobody")
+    assert len(calls) == 1
