@@ -14,8 +14,9 @@ every deposit, and the in-process bus itself writes to the same database.
 
 Latency: a commit that inserted an outbox row wakes the relay at once (an engine
 event, so no service has to remember to call it; writers that bypass SQLAlchemy call
-``Database.outbox_committed``); otherwise it polls every 20 ms while
-there has been recent traffic, slowing to 200 ms when idle. When the bus is down the
+``Database.outbox_committed``); otherwise it polls every 20 ms while there has been
+recent traffic, slowing to 200 ms when idle. Under load rounds start at most every
+20 ms, so the commits of that interval share one round. When the bus is down the
 rows stay pending, writes keep working and the relay retries with back-off (at most
 2 s), so the backlog drains soon after the broker returns.
 """
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 BUSY_POLL_SECONDS = 0.02  # while rows keep arriving
+# At most one round per this interval while busy (a full batch goes on at once): under
+# load every commit woke a round of its own, and a round costs the same for one row as
+# for hundreds (docs/benchmarks.md). Commits meanwhile share the next round.
+MIN_ROUND_SECONDS = 0.02
 IDLE_POLL_SECONDS = 0.2  # after a quiet spell (commits still wake us at once)
 QUIET_ROUNDS = 50  # empty polls (about one second) before slowing down
 FAILURE_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
@@ -288,8 +293,10 @@ class OutboxRelay:
     async def _run(self, bus: EventBus) -> None:
         failures = 0
         quiet_rounds = 0
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._wakeup.clear()
+            started = loop.time()
             try:
                 published = await relay_batch(self.db, bus, self.batch_size)
             except asyncio.CancelledError:
@@ -313,6 +320,9 @@ class OutboxRelay:
                 quiet_rounds = 0
                 if published >= self.batch_size:
                     continue  # backlog: next batch at once (unless stopping)
+                rest = MIN_ROUND_SECONDS - (loop.time() - started)
+                if rest > 0:
+                    await asyncio.sleep(rest)  # commits of this interval share a round
             else:
                 quiet_rounds += 1
             interval = BUSY_POLL_SECONDS if quiet_rounds < QUIET_ROUNDS else IDLE_POLL_SECONDS
