@@ -196,6 +196,11 @@ class AuditWriter:
 
     ``submit`` never waits on the database. ``stop`` drains everything: it keeps
     retrying for ``drain_timeout`` seconds, then logs what it could not write.
+
+    ``linger``: how long a batch waits for more rows. A write costs about the same CPU
+    for one row as for fifty (~1 ms here, mostly its round trip), and under steady load
+    every linger period makes one: 20 ms meant up to 50 writes a second (~15 % of the
+    wallet service's CPU at 300 deposits/s), 100 ms means at most 10.
     """
 
     name = "audit-writer"
@@ -205,7 +210,7 @@ class AuditWriter:
         db: Database,
         *,
         batch_size: int = 500,
-        linger: float = 0.02,
+        linger: float = 0.1,
         max_pending: int = 100_000,
         drain_timeout: float = 10.0,
     ) -> None:
