@@ -116,7 +116,7 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        # Called after a pipeline() transaction that queued outbox rows committed (see
+        # Called after a pipeline_transaction() that queued outbox rows committed (see
         # outbox_committed); the relay listens here and on the engine's events.
         self.outbox_listeners: list[Callable[[], None]] = []
 
@@ -195,7 +195,12 @@ class Database:
                 raise
             finally:
                 if not (driver.broken or driver.closed) and driver.info.transaction_status:
-                    await driver.rollback()  # the block failed after BEGIN: end it here
+                    # The block failed (or was cancelled) after BEGIN: end it here, or
+                    # drop the connection rather than pool it mid-transaction.
+                    try:
+                        await driver.rollback()
+                    except Exception:
+                        await connection.invalidate()
 
     def outbox_committed(self) -> None:
         """Tell the listeners (the outbox relay) that committed outbox rows wait."""
