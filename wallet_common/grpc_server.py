@@ -116,52 +116,88 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method
     await context.abort_with_status(_keep_trailers(context, rich_status(translated)))
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions from servicers to gRPC statuses; nothing else does."""
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each method's handler once and reuses the result.
+
+    grpc.aio asks every interceptor for the handler on every call. Building new
+    closures and handler objects per call (and a chain of interceptors doing so) cost
+    measurable CPU per request (docs/benchmarks.md), so subclasses only say how to wrap
+    a handler (:meth:`wrap`, which must not depend on the call: per-call data such as
+    metadata is read from the ``context`` inside the wrapped behaviour) and the wrapped
+    handler is cached per method. A handler object the server has not returned before
+    (it never changes for registered services) is wrapped afresh.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self.wrap(method, handler))
+            self._wrapped[method] = cached
+        return cached[1]
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner_uu(request, context)
-                except Exception as error:
-                    if _is_abort(error):
-                        raise
-                    await _abort(context, error, method)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
+def map_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` with exceptions mapped to gRPC statuses (unary and server-streaming)."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    async for item in inner_us(request, context):
-                        yield item
-                except Exception as error:
-                    if _is_abort(error):
-                        raise
-                    await _abort(context, error, method)
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner_uu(request, context)
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                await _abort(context, error, method)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in inner_us(request, context):
+                    yield item
+            except Exception as error:
+                if _is_abort(error):
+                    raise
+                await _abort(context, error, method)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+class ErrorInterceptor(WrappingInterceptor):
+    """Maps exceptions from servicers to gRPC statuses; nothing else does.
+
+    Servers with the platform's plumbing get the same mapping inside its one
+    interceptor (``wallet_common.plumbing``) instead.
+    """
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return map_errors(method, handler)
 
 
 def _is_abort(error: BaseException) -> bool:
@@ -203,6 +239,7 @@ async def create_server(
     credentials: grpc.ServerCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
     reuse_port: bool = False,
+    error_mapping: bool = True,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build a server with every component, health and reflection; bind ``listen``.
 
@@ -210,9 +247,10 @@ async def create_server(
     (every service NOT_SERVING until the caller says otherwise with ``set_health``).
     ``SO_REUSEPORT`` only with ``reuse_port`` (``--workers N``): otherwise a second copy
     started by mistake on the same port must fail instead of silently sharing it.
+    ``error_mapping=False`` when the last of ``interceptors`` maps errors itself.
     """
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorInterceptor()],
+        interceptors=[*interceptors, ErrorInterceptor()] if error_mapping else [*interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -2,8 +2,8 @@
 
 Three sources:
 
-- :class:`MetricsInterceptor` counts every RPC and times it, by service, method and
-  status code (the RED metrics of each server).
+- :func:`measure` (installed by ``wallet_common.plumbing``) counts every RPC and times
+  it, by service, method and status code (the RED metrics of each server).
 - :class:`StateCollector` periodically reads the platform's state from the database
   and the broker: sagas by state and the age of the oldest unfinished one, the outbox
   backlog and the age of its oldest pending row, per-consumer lag (ready messages in
@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -165,76 +165,83 @@ def _code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
     return "UNKNOWN" if failed else "OK"
 
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+class _MethodSeries:
+    """One method's labelled series, looked up once (``labels()`` locks and hashes)."""
 
+    def __init__(self, method: str) -> None:
+        self.service, self.name = split_method(method)
+        self.in_flight = RPC_IN_FLIGHT.labels(self.service, self.name)
+        self._by_code: dict[str, tuple[Any, Any]] = {}
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC (unary and server-streaming). Install it outermost."""
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, name = split_method(handler_call_details.method)
-
-        def observe(context: grpc.aio.ServicerContext, started: float, outcome: str) -> None:
-            code = "CANCELLED" if outcome == "cancelled" else _code_name(context, outcome != "ok")
-            RPC_HANDLED.labels(service, name, code).inc()
-            RPC_LATENCY.labels(service, name, code).observe(time.perf_counter() - started)
-
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                outcome = "failed"
-                in_flight = RPC_IN_FLIGHT.labels(service, name)
-                in_flight.inc()
-                try:
-                    response = await inner_uu(request, context)
-                    outcome = "ok"
-                    return response
-                except asyncio.CancelledError:
-                    outcome = "cancelled"
-                    raise
-                finally:
-                    in_flight.dec()
-                    observe(context, started, outcome)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+    def observe(self, context: grpc.aio.ServicerContext, started: float, outcome: str) -> None:
+        code = "CANCELLED" if outcome == "cancelled" else _code_name(context, outcome != "ok")
+        series = self._by_code.get(code)
+        if series is None:
+            series = (
+                RPC_HANDLED.labels(self.service, self.name, code),
+                RPC_LATENCY.labels(self.service, self.name, code),
             )
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
+            self._by_code[code] = series
+        series[0].inc()
+        series[1].observe(time.perf_counter() - started)
 
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                started = time.perf_counter()
-                outcome = "failed"
-                in_flight = RPC_IN_FLIGHT.labels(service, name)
-                in_flight.inc()
-                try:
-                    async for item in inner_us(request, context):
-                        yield item
-                    outcome = "ok"
-                except (asyncio.CancelledError, GeneratorExit):
-                    outcome = "cancelled"
-                    raise
-                finally:
-                    in_flight.dec()
-                    observe(context, started, outcome)
 
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+def measure(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` counted and timed (unary and server-streaming); the outermost layer.
+
+    Built once per method by the server's plumbing interceptor
+    (``wallet_common.plumbing``), so it sees every final status, refusals included.
+    """
+    series = _MethodSeries(method)
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            outcome = "failed"
+            series.in_flight.inc()
+            try:
+                response = await inner_uu(request, context)
+                outcome = "ok"
+                return response
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                series.in_flight.dec()
+                series.observe(context, started, outcome)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            outcome = "failed"
+            series.in_flight.inc()
+            try:
+                async for item in inner_us(request, context):
+                    yield item
+                outcome = "ok"
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = "cancelled"
+                raise
+            finally:
+                series.in_flight.dec()
+                series.observe(context, started, outcome)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 def _age(now: datetime, then: Any) -> float:

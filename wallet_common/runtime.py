@@ -107,13 +107,17 @@ async def start_server(
     runtime = Runtime(settings=settings, db=db, role=role)
     components = build_components(runtime)
     plumbing = ServerPlumbing(runtime)  # metrics, audit, auth: every server
+    own = list(build_interceptors(runtime))
     try:
         server, port, health_servicer = await create_server(
             settings.listen,
             components,
-            interceptors=[*plumbing.interceptors(), *build_interceptors(runtime)],
+            # Errors are mapped innermost: by the plumbing itself unless the service
+            # adds interceptors, then by create_server's ErrorInterceptor after them.
+            interceptors=[plumbing.interceptor(error_mapping=not own), *own],
             credentials=server_credentials(settings),
             reuse_port=settings.workers > 1,
+            error_mapping=bool(own),
         )
     except BaseException:
         await db.dispose()

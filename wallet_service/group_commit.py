@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import text
+from psycopg.rows import namedtuple_row
 
 from wallet_common.db import Database
 from wallet_service import domain, repository
@@ -50,23 +50,22 @@ log = logging.getLogger(__name__)
 SCOPE = "wallet"
 PENDING = "PENDING"
 
-_MOVE_MANY = text(
-    """
+_MOVE_MANY = """
 WITH input AS (
     SELECT *
     FROM unnest(
-        CAST(:request_ids AS varchar[]), CAST(:fingerprints AS varchar[]),
-        CAST(:wallet_ids AS varchar[]), CAST(:deltas AS bigint[]),
-        CAST(:lows AS bigint[]), CAST(:highs AS bigint[]),
-        CAST(:allow_frozen AS boolean[]), CAST(:currencies AS varchar[]),
-        CAST(:event_ids AS varchar[]), CAST(:event_types AS varchar[]),
-        CAST(:amounts AS bigint[]), CAST(:transfer_ids AS varchar[]),
-        CAST(:audit_ids AS varchar[])
+        CAST(%(request_ids)s AS varchar[]), CAST(%(fingerprints)s AS varchar[]),
+        CAST(%(wallet_ids)s AS varchar[]), CAST(%(deltas)s AS bigint[]),
+        CAST(%(lows)s AS bigint[]), CAST(%(highs)s AS bigint[]),
+        CAST(%(allow_frozen)s AS boolean[]), CAST(%(currencies)s AS varchar[]),
+        CAST(%(event_ids)s AS varchar[]), CAST(%(event_types)s AS varchar[]),
+        CAST(%(amounts)s AS bigint[]), CAST(%(transfer_ids)s AS varchar[]),
+        CAST(%(audit_ids)s AS varchar[])
     ) AS i(request_id, fingerprint, wallet_id, delta, low, high, allow_frozen, currency,
            event_id, event_type, amount, transfer_id, audit_id)
 ), claim AS (
     INSERT INTO idempotency_records (scope, request_id, fingerprint, status_code, created_at)
-    SELECT :scope, i.request_id, i.fingerprint, :pending, :now
+    SELECT %(scope)s, i.request_id, i.fingerprint, %(pending)s, %(now)s
     FROM input AS i
     ORDER BY i.request_id
     ON CONFLICT DO NOTHING
@@ -107,30 +106,28 @@ FROM input AS i
 LEFT JOIN claim AS c ON c.request_id = i.request_id
 LEFT JOIN moved AS m ON m.request_id = i.request_id
 """
-)
 
-_FINISH_MANY = text(
-    """
+_FINISH_MANY = """
 WITH queued AS (
     INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,
                         created_at)
     SELECT *
     FROM unnest(
-        CAST(:message_ids AS varchar[]), CAST(:routing_keys AS varchar[]),
-        CAST(:message_types AS varchar[]), CAST(:payloads AS bytea[]),
-        CAST(:statuses AS varchar[]), CAST(:attempts AS integer[]),
-        CAST(:created_ats AS timestamptz[])
+        CAST(%(message_ids)s AS varchar[]), CAST(%(routing_keys)s AS varchar[]),
+        CAST(%(message_types)s AS varchar[]), CAST(%(payloads)s AS bytea[]),
+        CAST(%(statuses)s AS varchar[]), CAST(%(attempts)s AS integer[]),
+        CAST(%(created_ats)s AS timestamptz[])
     )
 ), released AS (
     DELETE FROM idempotency_records
-    WHERE scope = :scope AND request_id = ANY (CAST(:released AS varchar[]))
+    WHERE scope = %(scope)s AND request_id = ANY (CAST(%(released)s AS varchar[]))
 )
 UPDATE idempotency_records AS r
 SET status_code = 'OK', response = d.response
-FROM unnest(CAST(:done_ids AS varchar[]), CAST(:responses AS bytea[])) AS d(request_id, response)
-WHERE r.scope = :scope AND r.request_id = d.request_id
+FROM unnest(CAST(%(done_ids)s AS varchar[]), CAST(%(responses)s AS bytea[]))
+    AS d(request_id, response)
+WHERE r.scope = %(scope)s AND r.request_id = d.request_id
 """
-)
 
 
 @dataclass
@@ -245,31 +242,33 @@ class GroupCommitter:
     async def _execute(self, batch: list[MoveRequest]) -> dict[str, Message]:
         by_key = {request.request_id: request for request in batch}
         bounds = [domain.balance_bounds(r.movement, r.amount) for r in batch]
-        async with self._db.transaction() as conn:
+        # Pipeline mode (Database.pipeline_transaction): BEGIN + _MOVE_MANY in one round
+        # trip, _FINISH_MANY + COMMIT in another.
+        async with self._db.pipeline_transaction() as conn:
+            cursor = conn.cursor(row_factory=namedtuple_row)
             now = self._clock()
-            rows = (
-                await conn.execute(
-                    _MOVE_MANY,
-                    {
-                        "scope": SCOPE,
-                        "pending": PENDING,
-                        "now": now,
-                        "request_ids": [r.request_id for r in batch],
-                        "fingerprints": [r.fingerprint for r in batch],
-                        "wallet_ids": [r.wallet_id for r in batch],
-                        "deltas": [r.movement.sign * r.amount for r in batch],
-                        "lows": [low for low, _ in bounds],
-                        "highs": [high for _, high in bounds],
-                        "allow_frozen": [r.movement.allowed_when_frozen for r in batch],
-                        "currencies": [r.currency for r in batch],
-                        "event_ids": [r.event_id for r in batch],
-                        "event_types": [r.movement.event_type for r in batch],
-                        "amounts": [r.amount for r in batch],
-                        "transfer_ids": [r.transfer_id or None for r in batch],
-                        "audit_ids": [r.audit_id for r in batch],
-                    },
-                )
-            ).all()
+            await cursor.execute(
+                _MOVE_MANY,
+                {
+                    "scope": SCOPE,
+                    "pending": PENDING,
+                    "now": now,
+                    "request_ids": [r.request_id for r in batch],
+                    "fingerprints": [r.fingerprint for r in batch],
+                    "wallet_ids": [r.wallet_id for r in batch],
+                    "deltas": [r.movement.sign * r.amount for r in batch],
+                    "lows": [low for low, _ in bounds],
+                    "highs": [high for _, high in bounds],
+                    "allow_frozen": [r.movement.allowed_when_frozen for r in batch],
+                    "currencies": [r.currency for r in batch],
+                    "event_ids": [r.event_id for r in batch],
+                    "event_types": [r.movement.event_type for r in batch],
+                    "amounts": [r.amount for r in batch],
+                    "transfer_ids": [r.transfer_id or None for r in batch],
+                    "audit_ids": [r.audit_id for r in batch],
+                },
+            )
+            rows = await cursor.fetchall()
             responses: dict[str, Message] = {}
             stored: list[tuple[str, bytes]] = []
             outbox_rows: list[dict[str, Any]] = []
@@ -301,7 +300,7 @@ class GroupCommitter:
                 stored.append((request.request_id, data))
                 outbox_rows.append(outbox_row)
             if stored or released:
-                await conn.execute(
+                await cursor.execute(
                     _FINISH_MANY,
                     {
                         "scope": SCOPE,
@@ -317,6 +316,8 @@ class GroupCommitter:
                         "responses": [data for _, data in stored],
                     },
                 )
+        if outbox_rows:
+            self._db.outbox_committed()  # wake the relay (no engine event on this path)
         return responses
 
     async def stop(self) -> None:

@@ -13,8 +13,10 @@ marked in a second transaction: holding SQLite's write lock while publishing wou
 every deposit, and the in-process bus itself writes to the same database.
 
 Latency: a commit that inserted an outbox row wakes the relay at once (an engine
-event, so no service has to remember to call it); otherwise it polls every 20 ms while
-there has been recent traffic, slowing to 200 ms when idle. When the bus is down the
+event, so no service has to remember to call it; writers that bypass SQLAlchemy call
+``Database.outbox_committed``); otherwise it polls every 20 ms while there has been
+recent traffic, slowing to 200 ms when idle. Under load rounds start at most every
+20 ms, so the commits of that interval share one round. When the bus is down the
 rows stay pending, writes keep working and the relay retries with back-off (at most
 2 s), so the backlog drains soon after the broker returns.
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from psycopg.rows import namedtuple_row
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 BUSY_POLL_SECONDS = 0.02  # while rows keep arriving
+# At most one round per this interval while busy (a full batch goes on at once): under
+# load every commit woke a round of its own, and a round costs the same for one row as
+# for hundreds (docs/benchmarks.md). Commits meanwhile share the next round.
+MIN_ROUND_SECONDS = 0.02
 IDLE_POLL_SECONDS = 0.2  # after a quiet spell (commits still wake us at once)
 QUIET_ROUNDS = 50  # empty polls (about one second) before slowing down
 FAILURE_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
@@ -76,8 +83,8 @@ class PendingRows:
         ]
 
 
-def _pending_query(batch_size: int, lock: bool) -> Any:
-    query = (
+def _pending_query(batch_size: int) -> Any:
+    return (
         select(
             outbox.c.id,
             outbox.c.message_id,
@@ -89,7 +96,6 @@ def _pending_query(batch_size: int, lock: bool) -> Any:
         .order_by(outbox.c.id)
         .limit(batch_size)
     )
-    return query.with_for_update(skip_locked=True) if lock else query
 
 
 async def _mark_published(conn: AsyncConnection, ids: list[int]) -> None:
@@ -119,10 +125,36 @@ async def relay_batch(db: Database, bus: EventBus, batch_size: int = BATCH_SIZE)
     return await _relay_batch_single_writer(db, bus, batch_size)
 
 
+# PostgreSQL statements of the locked relay, run in pipeline mode (Database.pipeline_transaction).
+_CLAIM_PENDING_PG = """
+SELECT id, message_id, routing_key, message_type, payload
+FROM outbox
+WHERE status = 'pending'
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+_MARK_PUBLISHED_PG = """
+UPDATE outbox SET status = 'published', published_at = %(now)s
+WHERE id = ANY (CAST(%(ids)s AS bigint[])) AND status = 'pending'
+"""
+_MARK_FAILED_PG = """
+UPDATE outbox SET attempts = attempts + 1, last_error = %(reason)s
+WHERE id = ANY (CAST(%(ids)s AS bigint[]))
+"""
+
+
 async def _relay_batch_locked(db: Database, bus: EventBus, batch_size: int) -> int:
+    """Claim, publish, mark: two round trips (BEGIN + claim, then mark + COMMIT).
+
+    Pipeline mode instead of SQLAlchemy: BEGIN, the claim, the mark and COMMIT each
+    waited for its own round trip, four per round (docs/benchmarks.md).
+    """
     failure: PublishError | None = None
-    async with db.transaction() as conn:
-        rows = (await conn.execute(_pending_query(batch_size, lock=True))).all()
+    async with db.pipeline_transaction() as conn:
+        cursor = conn.cursor(row_factory=namedtuple_row)
+        await cursor.execute(_CLAIM_PENDING_PG, {"limit": batch_size})
+        rows = await cursor.fetchall()
         if not rows:
             return 0
         pending = PendingRows(rows)
@@ -130,10 +162,10 @@ async def _relay_batch_locked(db: Database, bus: EventBus, batch_size: int) -> i
             await bus.publish(pending.messages)
         except PublishError as error:
             failure = error
-            await _mark_failed(conn, pending.ids, error_text(error))
+            await cursor.execute(_MARK_FAILED_PG, {"ids": pending.ids, "reason": error_text(error)})
         else:
             await failpoint("outbox.after_publish")
-            await _mark_published(conn, pending.ids)
+            await cursor.execute(_MARK_PUBLISHED_PG, {"ids": pending.ids, "now": utcnow()})
     if failure is not None:
         raise failure
     return len(pending.ids)
@@ -141,7 +173,7 @@ async def _relay_batch_locked(db: Database, bus: EventBus, batch_size: int) -> i
 
 async def _relay_batch_single_writer(db: Database, bus: EventBus, batch_size: int) -> int:
     async with db.read() as conn:
-        rows = (await conn.execute(_pending_query(batch_size, lock=False))).all()
+        rows = (await conn.execute(_pending_query(batch_size))).all()
     if not rows:
         return 0
     pending = PendingRows(rows)
@@ -244,6 +276,8 @@ class OutboxRelay:
         ):
             event.listen(engine, name, fn)
             self._hooks.append((name, fn))
+        # Writers on the driver's connection (pipeline_transaction) have no engine events.
+        self.db.outbox_listeners.append(self.wake)
 
     def _remove_commit_hook(self) -> None:
         engine = self.db.engine.sync_engine
@@ -251,14 +285,18 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 event.remove(engine, name, fn)
         self._hooks.clear()
+        with contextlib.suppress(ValueError):
+            self.db.outbox_listeners.remove(self.wake)
 
     # --- the loop ---------------------------------------------------------------------
 
     async def _run(self, bus: EventBus) -> None:
         failures = 0
         quiet_rounds = 0
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._wakeup.clear()
+            started = loop.time()
             try:
                 published = await relay_batch(self.db, bus, self.batch_size)
             except asyncio.CancelledError:
@@ -282,6 +320,9 @@ class OutboxRelay:
                 quiet_rounds = 0
                 if published >= self.batch_size:
                     continue  # backlog: next batch at once (unless stopping)
+                rest = MIN_ROUND_SECONDS - (loop.time() - started)
+                if rest > 0:
+                    await asyncio.sleep(rest)  # commits of this interval share a round
             else:
                 quiet_rounds += 1
             interval = BUSY_POLL_SECONDS if quiet_rounds < QUIET_ROUNDS else IDLE_POLL_SECONDS

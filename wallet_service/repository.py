@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -168,14 +168,18 @@ async def insert_wallet(conn: AsyncConnection, wallet: domain.Wallet) -> bool:
     return (await conn.execute(statement)).first() is not None
 
 
+# Built once: building the expression per call (and its cache key) cost more CPU than
+# the read itself on the GetWallet path (docs/benchmarks.md).
+_GET_WALLET = select(wallets).where(wallets.c.wallet_id == bindparam("wallet_id"))
+_GET_WALLET_FOR_UPDATE = _GET_WALLET.with_for_update()
+
+
 async def get_wallet(
     conn: AsyncConnection, wallet_id: str, *, for_update: bool = False
 ) -> domain.Wallet | None:
     """The wallet row; with ``for_update`` it stays locked until the transaction ends."""
-    statement = select(wallets).where(wallets.c.wallet_id == wallet_id)
-    if for_update:
-        statement = statement.with_for_update()
-    row = (await conn.execute(statement)).first()
+    statement = _GET_WALLET_FOR_UPDATE if for_update else _GET_WALLET
+    row = (await conn.execute(statement, {"wallet_id": wallet_id})).first()
     return None if row is None else wallet_from_row(row)
 
 

@@ -166,3 +166,36 @@ async def test_clean_shutdown_writes_every_pending_row(settings: Settings, datab
     rows = await _audit_rows(database)
     assert len(rows) == 41
     assert {r["status_code"] for r in rows} == {"OK"}
+
+
+async def test_a_batch_written_twice_is_stored_once_with_every_column(database):
+    """The writer's batch insert (PostgreSQL: one unnest() statement in autocommit)
+    stores every column as given, and a batch retried after an unknown commit outcome
+    (same audit ids) adds nothing on PostgreSQL."""
+    from datetime import UTC, datetime
+
+    from wallet_common.audit import AuditWriter
+
+    started = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    batch = [
+        {
+            "audit_id": str(uuid.UUID(int=n + 1)),
+            "method": WALLET + "Deposit",
+            "request_json": json.dumps({"n": n}),
+            "caller": "anonymous" if n else None,
+            "peer": "ipv4:127.0.0.1:1",
+            "status_code": "OK" if n else "NOT_FOUND",
+            "error_message": None if n else "wallet 'x' not found",
+            "started_at": started,
+            "duration_ms": n,
+        }
+        for n in range(3)
+    ]
+    writer = AuditWriter(database)
+    await writer._write(batch)
+    if database.is_postgres:
+        await writer._write(batch)
+    rows = sorted(await _audit_rows(database), key=lambda r: r["audit_id"])
+    for row in rows:
+        row["started_at"] = row["started_at"].replace(tzinfo=UTC)
+    assert rows == batch

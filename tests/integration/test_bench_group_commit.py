@@ -120,3 +120,55 @@ async def test_group_commit_can_be_switched_off(pg_database_url_fresh):
         assert (await service.deposit("solo", 5, "d")).wallet.balance == 5
     finally:
         await db.dispose()
+
+
+async def test_a_committed_batch_wakes_the_outbox_listeners(pg_service):
+    """Group commit writes on the driver's connection (no engine events): after a batch
+    that queued outbox rows it must call Database.outbox_committed (the relay's wake-up);
+    a batch that queued nothing (every request rejected) must not."""
+    service, db = pg_service
+    await service.create_wallet("wake", "USD", "create-wake")
+    calls: list[int] = []
+    db.outbox_listeners.append(lambda: calls.append(1))
+    await service.move(Movement.DEPOSIT, "wake", 5, "dep-wake")
+    assert len(calls) == 1
+    with pytest.raises(WalletNotFoundError):
+        await service.move(Movement.DEPOSIT, "nobody", 5, "dep-nobody")
+    assert len(calls) == 1
+
+
+async def test_a_failed_pipelined_transaction_commits_nothing_and_leaves_the_pool_clean(
+    pg_service,
+):
+    """Database.pipeline_transaction (group commit, relay): an error in the block or in
+    a statement rolls everything back, and the connection goes back to the pool idle."""
+    import psycopg
+
+    _, db = pg_service
+    insert = (
+        "INSERT INTO idempotency_records (scope, request_id, fingerprint, status_code,"
+        " created_at) VALUES ('test', %(key)s, 'f', 'PENDING', now())"
+    )
+    with pytest.raises(RuntimeError):
+        async with db.pipeline_transaction() as conn:
+            await conn.execute(insert, {"key": "pt-python-error"})
+            raise RuntimeError("boom")
+    with pytest.raises(psycopg.Error):
+        async with db.pipeline_transaction() as conn:
+            await conn.execute(insert, {"key": "pt-sql-error"})
+            await conn.execute("SELECT 1 / 0")
+    for n in range(20):  # more than the pool: every connection is reused at least once
+        async with db.pipeline_transaction() as conn:
+            await conn.execute(insert, {"key": f"pt-ok-{n}"})
+            assert conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR
+    async with db.read() as conn:
+        keys = set(
+            (
+                await conn.execute(
+                    select(idempotency_records.c.request_id).where(
+                        idempotency_records.c.scope == "test"
+                    )
+                )
+            ).scalars()
+        )
+    assert keys == {f"pt-ok-{n}" for n in range(20)}

@@ -343,3 +343,47 @@ async def test_unreachable_broker_keeps_rows_pending(database: Database) -> None
         assert all("not connected" in r.last_error for r in rows)
     finally:
         await bus.close()
+
+
+class _RecordingBus:
+    """Records the size of every publish call (one call per relay round)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[int] = []
+
+    async def publish(self, messages: Sequence[object]) -> None:
+        self.rounds.append(len(messages))
+
+
+async def test_commits_during_a_round_interval_share_the_next_round(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the relay starts at most one round per MIN_ROUND_SECONDS: commits
+    that wake it meanwhile are published together in the next round, not one each.
+    (A long interval here so that the burst surely fits in it.)"""
+    from wallet_service import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "MIN_ROUND_SECONDS", 2.0)
+    service = WalletService(database)
+    await service.create_wallet("burst", "USD", rid())
+    bus = _RecordingBus()
+    while await relay_batch(database, bus):  # type: ignore[arg-type]
+        pass
+    bus.rounds.clear()
+    runtime = Runtime(settings=None, db=database)  # type: ignore[arg-type]
+    relay = relay_module.OutboxRelay(runtime)
+    relay._loop = asyncio.get_running_loop()
+    relay._install_commit_hook()
+    task = asyncio.create_task(relay._run(bus))  # type: ignore[arg-type]
+    try:
+        await service.deposit("burst", 1, rid())
+        await poll_until(lambda: sum(bus.rounds) == 1, "the first deposit published", 10)
+        for _ in range(5):  # each commit wakes the relay, inside the interval
+            await service.deposit("burst", 1, rid())
+        await poll_until(lambda: sum(bus.rounds) == 6, "every deposit published", 10)
+        assert bus.rounds == [1, 5]
+    finally:
+        relay._stopping = True
+        relay._wakeup.set()
+        await task
+        relay._remove_commit_hook()
