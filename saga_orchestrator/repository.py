@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import CTE, Select, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +34,14 @@ from saga_orchestrator.domain import (
     Transfer,
     TransferState,
     check_transition,
+)
+from saga_orchestrator.group_commit import (
+    FINISH_COLUMNS,
+    INSERT_COLUMNS,
+    OUTBOX_COLUMNS,
+    STEP_COLUMNS,
+    SagaGroupCommitter,
+    SagaWrite,
 )
 from wallet_common.clock import ensure_utc
 from wallet_common.db import Database
@@ -67,25 +74,6 @@ class Summary:
 OutboxRowFactory = Callable[[Transfer, datetime], dict[str, Any] | None]
 
 _UNFINISHED = [state.value for state in UNFINISHED_STATES]
-_INSERT_COLUMNS = [
-    transfers.c[name]
-    for name in (
-        "transfer_id",
-        "request_id",
-        "fingerprint",
-        "from_wallet_id",
-        "to_wallet_id",
-        "amount",
-        "currency",
-        "state",
-        "attempts",
-        "lease_owner",
-        "lease_expires_at",
-        "audit_id",
-        "created_at",
-        "updated_at",
-    )
-]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -173,103 +161,10 @@ def _step_values(transfer_id: str, step: Step) -> dict[str, Any]:
     }
 
 
-_STEP_COLUMNS = ("name", "position", "outcome", "attempts", "error", "started_at", "finished_at")
-
-
-def _insert_step_from(source: CTE, prefix: str) -> CTE:
-    """A CTE inserting a step row (values bound as ``<prefix>_<column>``) for the
-    transfer id ``source`` returns, if any."""
-    return (
-        insert(transfer_steps)
-        .from_select(
-            ["transfer_id", *_STEP_COLUMNS],
-            select(
-                source.c.transfer_id,
-                *(
-                    bindparam(f"{prefix}_{c}", type_=transfer_steps.c[c].type)
-                    for c in _STEP_COLUMNS
-                ),
-            ),
-        )
-        .cte(prefix)
-    )
-
-
-def _step_params(prefix: str, step: Step) -> dict[str, Any]:
-    values = _step_values("", step)
-    return {f"{prefix}_{c}": values[c] for c in _STEP_COLUMNS}
-
-
-# Performance: the PostgreSQL statements below are built once per shape with bound
-# parameters and reused, so SQLAlchemy neither rebuilds the expression tree nor
-# recomputes its cache key on every write (that was a third of the CPU of a write).
-
-
-@lru_cache(maxsize=64)
-def _insert_statement(steps: int) -> Select[Any]:
-    created = (
-        insert(transfers)
-        .values({c.name: bindparam(f"t_{c.name}", type_=c.type) for c in _INSERT_COLUMNS})
-        .returning(transfers.c.transfer_id)
-        .cte("created")
-    )
-    ctes = [_insert_step_from(created, f"step{index}") for index in range(steps)]
-    return select(func.count()).select_from(created).add_cte(*ctes)
-
-
-@lru_cache(maxsize=256)
-def _finish_statement(
-    value_keys: tuple[str, ...],
-    step_keys: tuple[str, ...],
-    next_step: str | None,
-    outbox_keys: tuple[str, ...] | None,
-) -> Select[Any]:
-    """``next_step``: None, ``"insert"`` (new row) or ``"count"`` (one more attempt)."""
-    fenced = (
-        update(transfers)
-        .where(
-            transfers.c.transfer_id == bindparam("f_transfer_id"),
-            transfers.c.lease_owner == bindparam("f_owner"),
-            transfers.c.state == bindparam("f_state"),
-        )
-        .values({k: bindparam(f"v_{k}", type_=transfers.c[k].type) for k in value_keys})
-        .returning(transfers.c.transfer_id)
-        .cte("fenced")
-    )
-    fenced_ids = select(fenced.c.transfer_id)
-    ctes = [
-        update(transfer_steps)
-        .where(
-            transfer_steps.c.transfer_id.in_(fenced_ids),
-            transfer_steps.c.name == bindparam("s_name"),
-        )
-        .values({k: bindparam(f"s_{k}", type_=transfer_steps.c[k].type) for k in step_keys})
-        .cte("step_done")
-    ]
-    if next_step == "insert":
-        ctes.append(_insert_step_from(fenced, "next"))
-    elif next_step == "count":
-        ctes.append(
-            update(transfer_steps)
-            .where(
-                transfer_steps.c.transfer_id.in_(fenced_ids),
-                transfer_steps.c.name == bindparam("next_name"),
-            )
-            .values(attempts=transfer_steps.c.attempts + 1)
-            .cte("next")
-        )
-    if outbox_keys is not None:
-        ctes.append(
-            insert(outbox)
-            .from_select(
-                list(outbox_keys),
-                select(
-                    *(bindparam(f"o_{k}", type_=outbox.c[k].type) for k in outbox_keys)
-                ).select_from(fenced),
-            )
-            .cte("milestone")
-        )
-    return select(func.count()).select_from(fenced).add_cte(*ctes)
+def _step_row(transfer_id: str, step: Step) -> tuple[Any, ...]:
+    """A new step row for the group committer (``group_commit.STEP_COLUMNS`` order)."""
+    values = _step_values(transfer_id, step)
+    return tuple(values[c] for c in STEP_COLUMNS)
 
 
 def begun_step(transfer: Transfer, step: StepName, now: datetime) -> Transfer:
@@ -283,10 +178,23 @@ def begun_step(transfer: Transfer, step: StepName, now: datetime) -> Transfer:
 
 
 class TransferRepository:
-    """Each method is one short transaction; the saga's progress is always on disk."""
+    """Each method is one short transaction; the saga's progress is always on disk.
+
+    On PostgreSQL, :meth:`insert` and :meth:`finish_step` (the writes every transfer
+    makes) go through a :class:`~saga_orchestrator.group_commit.SagaGroupCommitter`:
+    the writes of sagas that write at the same moment share one statement, each with
+    its own fence and outcome (see that module). SQLite runs each as its own
+    transaction.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.group: SagaGroupCommitter | None = SagaGroupCommitter(db) if db.is_postgres else None
+
+    async def drain(self) -> None:
+        """Wait for the grouped writes in flight (shutdown, before leases are released)."""
+        if self.group is not None:
+            await self.group.stop()
 
     # --- reads ---------------------------------------------------------------------
 
@@ -416,8 +324,17 @@ class TransferRepository:
             "updated_at": transfer.updated_at,
         }
         try:
-            if self.db.is_postgres:
-                await self._insert_pg(transfer, values)
+            if self.group is not None:
+                created = await self.group.submit(
+                    SagaWrite(
+                        transfer.transfer_id,
+                        transfer.request_id,
+                        insert_row=tuple(values[c] for c in INSERT_COLUMNS),
+                        step_rows=[_step_row(transfer.transfer_id, s) for s in transfer.steps],
+                    )
+                )
+                if not created:
+                    raise DuplicateRequestError(transfer.request_id)
                 return transfer
             async with self.db.transaction() as conn:
                 await conn.execute(insert(transfers).values(**values))
@@ -580,9 +497,9 @@ class TransferRepository:
             steps=steps,
         )
         row = outbox_row(updated, now) if new_state.is_terminal and outbox_row else None
-        if self.db.is_postgres:
-            await self._finish_step_pg(
-                transfer, owner, values, step, step_values, begin_next, next_position, now, row
+        if self.group is not None:
+            await self._finish_step_grouped(
+                transfer, owner, values, step, outcome, step_error, begin_next, next_position, row
             )
             return updated
         async with self.db.transaction() as conn:
@@ -642,59 +559,66 @@ class TransferRepository:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
-    # --- PostgreSQL: each write as one statement ----------------------------------
-    #
-    # Performance (docs/benchmarks.md, "Saga throughput"): on PostgreSQL the writes of
-    # insert and finish_step run as ONE statement of data-modifying CTEs, in autocommit.
-    # A single statement is atomic by itself, so this is the same transaction as the
-    # SQLite path's BEGIN; statements; COMMIT, in one round trip instead of four or
-    # five. Every other CTE reads the transfer ids the fenced (or inserted) transfers
-    # row returned: when the fence matches nothing, nothing at all is written.
+    # --- PostgreSQL: finish_step through the group committer ------------------------
 
-    async def _insert_pg(self, transfer: Transfer, values: dict[str, Any]) -> None:
-        params = {f"t_{c.name}": values[c.name] for c in _INSERT_COLUMNS}
-        for index, step in enumerate(transfer.steps):
-            params.update(_step_params(f"step{index}", step))
-        async with self.db.autocommit() as conn:
-            await conn.execute(_insert_statement(len(transfer.steps)), params)
-
-    async def _finish_step_pg(
+    async def _finish_step_grouped(
         self,
         transfer: Transfer,
         owner: str,
         values: dict[str, Any],
         step: StepName,
-        step_values: dict[str, Any],
+        outcome: StepOutcome,
+        step_error: str,
         begin_next: StepName | None,
         next_position: int | None,
-        now: datetime,
         row: dict[str, Any] | None,
     ) -> None:
-        params: dict[str, Any] = {
-            "f_transfer_id": transfer.transfer_id,
-            "f_owner": owner,
-            "f_state": transfer.state.value,
-            "s_name": step.value,
-        }
-        params.update({f"v_{k}": v for k, v in values.items()})
-        params.update({f"s_{k}": v for k, v in step_values.items()})
-        next_step = None
+        """The same write as the SQLite transaction, as rows for one grouped statement.
+
+        ``values`` are the ``transfers`` columns :meth:`finish_step` sets; a column it
+        leaves out is kept (NULL in the row), a terminal state releases the lease.
+        """
+        now = values["updated_at"]
+        step_rows: list[tuple[Any, ...]] = []
+        count_next = None
         if begin_next is not None and next_position is None:
-            next_step = "insert"
-            params.update(
-                _step_params("next", Step(begin_next, StepOutcome.RUNNING, 1, "", now, None))
+            step_rows.append(
+                _step_row(
+                    transfer.transfer_id, Step(begin_next, StepOutcome.RUNNING, 1, "", now, None)
+                )
             )
         elif begin_next is not None:
-            next_step = "count"
-            params["next_name"] = begin_next.value
+            count_next = begin_next.value
+        outbox_rows = []
         if row is not None:
-            params.update({f"o_{k}": v for k, v in row.items()})
-        statement = _finish_statement(
-            tuple(values), tuple(step_values), next_step, None if row is None else tuple(row)
+            outbox_rows.append((transfer.transfer_id, *(row[c] for c in OUTBOX_COLUMNS[1:])))
+        finish_row = (
+            transfer.transfer_id,
+            owner,
+            transfer.state.value,
+            values["state"],
+            now,
+            values["attempts"],
+            values.get("lease_expires_at"),
+            TransferState(values["state"]).is_terminal,  # release the lease
+            values.get("failure_reason"),
+            values.get("failure_code"),
+            step.value,
+            outcome.value,
+            step_error or None,
+            count_next,
         )
-        async with self.db.autocommit() as conn:
-            count = (await conn.execute(statement, params)).scalar_one()
-        if count != 1:
+        assert len(finish_row) == len(FINISH_COLUMNS)
+        applied = await self.group.submit(  # type: ignore[union-attr]
+            SagaWrite(
+                transfer.transfer_id,
+                None,
+                finish_row=finish_row,
+                step_rows=step_rows,
+                outbox_rows=outbox_rows,
+            )
+        )
+        if not applied:
             raise LeaseLostError(
                 f"transfer {transfer.transfer_id}: lease lost or state moved on "
                 f"(expected {transfer.state} owned by {owner})"

@@ -88,25 +88,26 @@ class TransferService:
             )
         fingerprint = transfer_fingerprint(from_wallet_id, to_wallet_id, amount)
 
-        known = self._known_pair(from_wallet_id, to_wallet_id)
-        if known is not None:
-            # Both wallets known, one currency: no request_id lookup up front. A reused
-            # request_id hits the insert's unique key below and is answered exactly as
-            # the lookup would have (replay, or REQUEST_ID_REUSED): a read saved per
-            # transfer.
-            sender, receiver = known
-        else:
+        # No request_id lookup up front: a retry of an accepted request hits the
+        # insert's unique key below and is answered there (replay, or
+        # REQUEST_ID_REUSED). Only when the wallet checks fail is the request_id looked
+        # up first, so that an existing request still wins over what the wallets say
+        # now, exactly as if it had been looked up before them: a read saved per
+        # transfer.
+        try:
+            sender, receiver = self._known_pair(from_wallet_id, to_wallet_id) or (
+                await asyncio.gather(self._wallet(from_wallet_id), self._wallet(to_wallet_id))
+            )
+            if sender.currency != receiver.currency:
+                raise CurrencyMismatchError(
+                    f"cannot transfer from {sender.currency} wallet {from_wallet_id!r} "
+                    f"to {receiver.currency} wallet {to_wallet_id!r}"
+                )
+        except (WalletNotFoundError, CurrencyMismatchError, UnavailableError):
             existing = await self.repository.get_by_request_id(request_id)
             if existing is not None:
                 return await self._replay(existing, fingerprint), True
-            sender, receiver = await asyncio.gather(
-                self._wallet(from_wallet_id), self._wallet(to_wallet_id)
-            )
-        if sender.currency != receiver.currency:
-            raise CurrencyMismatchError(
-                f"cannot transfer from {sender.currency} wallet {from_wallet_id!r} "
-                f"to {receiver.currency} wallet {to_wallet_id!r}"
-            )
+            raise
 
         now = self.runner.clock()
         transfer = Transfer(

@@ -206,6 +206,9 @@ class SagaRunner:
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
+        # A cancelled saga's write may still be in a grouped statement: let it land (or
+        # be fenced out) before the lease is handed back.
+        await self.repository.drain()
         for transfer_id in tasks:
             try:
                 await self.repository.release(transfer_id, self.owner)

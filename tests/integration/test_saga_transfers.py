@@ -291,6 +291,14 @@ async def test_request_id_replay_and_mismatch(platform: Platform) -> None:
         await create(platform, source, target, 251, request_id)
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert error_reason(caught.value) == "REQUEST_ID_REUSED"
+    # A used request_id wins over what the new wallets would say (unknown, another
+    # currency): the key is checked as if it were looked up before the wallets.
+    euros = await new_wallet(platform.wallets, currency="EUR")
+    for other_source, other_target in [(source, "w-does-not-exist"), (source, euros)]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await create(platform, other_source, other_target, 250, request_id)
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert error_reason(caught.value) == "REQUEST_ID_REUSED"
 
     # The same request sent concurrently still makes exactly one transfer.
     request_id = rid()
