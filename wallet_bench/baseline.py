@@ -11,10 +11,13 @@ import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+
+from wallet_bench import procs
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 SCRIPTS = {"deposit": "deposit.sql", "transfer": "transfer.sql"}
@@ -28,6 +31,10 @@ class PgbenchResult:
     transactions: int
     failed: int
     command: str
+    # CPU per transaction of the local PostgreSQL server and of the whole machine
+    # (pgbench included), to set beside the platform's own per-request costs.
+    postgres_cpu_ms: float = 0.0
+    machine_cpu_ms: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -37,6 +44,8 @@ class PgbenchResult:
             "transactions": self.transactions,
             "failed": self.failed,
             "command": self.command,
+            "postgres_cpu_ms_per_transaction": round(self.postgres_cpu_ms, 3),
+            "machine_cpu_ms_per_transaction": round(self.machine_cpu_ms, 3),
         }
 
 
@@ -99,7 +108,7 @@ def run_pgbench(
         libpq_url(database_url),
     ]
     for attempt in range(5):
-        done = subprocess.run(args, check=False, capture_output=True, text=True)
+        done, servers_before, servers_after, busy_s = _run_measured(args)
         output = done.stdout + done.stderr
         # A shared server may be out of connections for a moment: wait, try again.
         if done.returncode == 0 or "too many clients" not in output or attempt == 4:
@@ -108,14 +117,47 @@ def run_pgbench(
     if done.returncode != 0:
         raise RuntimeError(f"pgbench {name} failed ({done.returncode}):\n{output[-2000:]}")
     shown = " ".join([*args[:-1], "$DB"]).replace(str(BENCH_DIR), "bench")
+    transactions = int(_number(r"actually processed: (\d+)", output))
+    postgres_s = sum(t - servers_before.get(pid, 0.0) for pid, t in servers_after.items())
+    per_tx = 1000 / transactions if transactions else 0.0
     return PgbenchResult(
         script=name,
         tps=_number(r"tps = ([\d.]+)", output),
         latency_ms=_number(r"latency average = ([\d.]+) ms", output),
-        transactions=int(_number(r"actually processed: (\d+)", output)),
+        transactions=transactions,
         failed=int(_number(r"failed transactions: (\d+)", output, default=0.0)),
         command=shown,
+        postgres_cpu_ms=postgres_s * per_tx,
+        machine_cpu_ms=busy_s * per_tx,
     )
+
+
+def _run_measured(
+    args: list[str],
+) -> tuple[subprocess.CompletedProcess[str], dict[int, float], dict[int, float], float]:
+    """Run pgbench while watching the PostgreSQL server's CPU.
+
+    pgbench's backends exit with it, so their CPU is sampled while they live (every
+    0.2 s; the last fraction of a second of each is not seen, a few per cent at most).
+    """
+    postgres = procs.LOCAL_SERVERS["postgresql"]
+    before = procs.server_cpu(postgres)
+    busy_before = procs.machine_busy_seconds()
+    seen = dict(before)
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        reader = ThreadPoolExecutor(max_workers=1)
+        output = reader.submit(process.communicate)
+        while process.poll() is None:
+            seen.update(procs.server_cpu(postgres))
+            time.sleep(0.2)
+        stdout, stderr = output.result()
+        reader.shutdown()
+    busy_s = procs.machine_busy_seconds() - busy_before
+    seen.update(procs.server_cpu(postgres))
+    done = subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+    return done, before, seen, busy_s
 
 
 def _number(pattern: str, text: str, default: float | None = None) -> float:

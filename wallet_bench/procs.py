@@ -108,6 +108,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Local server processes whose CPU the suite also reports, by /proc comm name: the
+# database and the broker do real work for every request, and on a small machine they
+# compete for the same cores as the platform.
+LOCAL_SERVERS = {"postgresql": ("postgres",), "rabbitmq": ("beam.smp",)}
+
+
+def pids_named(names: tuple[str, ...]) -> list[int]:
+    """Every process whose command name (``/proc/<pid>/comm``) is one of ``names``."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in names:
+            found.append(int(entry.name))
+    return found
+
+
+def server_cpu(names: tuple[str, ...]) -> dict[int, float]:
+    """CPU seconds so far of each process named ``names`` (pid -> seconds)."""
+    return {pid: cpu_seconds(pid) for pid in pids_named(names)}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent not idle, over all cores (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float | None:
     """Resident set size of one process in MiB (None when it is gone)."""
     try:

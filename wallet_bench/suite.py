@@ -31,10 +31,10 @@ from urllib.parse import quote
 import psycopg
 from sqlalchemy.engine import make_url
 
-from wallet_bench import baseline
+from wallet_bench import baseline, procs
 from wallet_bench.client import Targets
 from wallet_bench.load import LoadConfig, parse_mix
-from wallet_bench.procs import Service, start_service, wait_healthy
+from wallet_bench.procs import LOCAL_SERVERS, Service, start_service, wait_healthy
 from wallet_bench.run import RunReport, bench_run, render
 from wallet_common import migrate
 from wallet_common.config import load_settings
@@ -240,6 +240,8 @@ class CpuProbe:
         self.database_name = str(make_url(database_url).database)
         self.admin_url = database_url
         self._cpu: dict[str, float] = {}
+        self._servers: dict[str, dict[int, float]] = {}
+        self._busy = 0.0
         self._xacts = 0
         self.seconds: dict[str, float] = {}
         self.transactions = 0
@@ -263,11 +265,22 @@ class CpuProbe:
 
     def start(self) -> None:
         self._cpu, self._xacts = self._sample()
+        self._servers = {name: procs.server_cpu(comms) for name, comms in LOCAL_SERVERS.items()}
+        self._busy = procs.machine_busy_seconds()
         self._wall = time.monotonic()
 
     def stop(self) -> None:
         cpu, xacts = self._sample()
         self.seconds = {name: cpu[name] - self._cpu.get(name, 0.0) for name in cpu}
+        # PostgreSQL and RabbitMQ when they run on this machine (a backend that started
+        # during the window counts from zero; one that ended is lost: the pools keep
+        # theirs open, so that is the suite's own short probe connections only).
+        for name, comms in LOCAL_SERVERS.items():
+            before = self._servers.get(name, {})
+            now = procs.server_cpu(comms)
+            if now:
+                self.seconds[name] = sum(t - before.get(pid, 0.0) for pid, t in now.items())
+        self.seconds["machine (all cores busy)"] = procs.machine_busy_seconds() - self._busy
         self.transactions = xacts - self._xacts
         self.wall_s = time.monotonic() - self._wall
 
@@ -456,7 +469,10 @@ async def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 say(
                     f"  {script}: {baselines[script].tps:,.0f} tps, "
-                    f"latency {baselines[script].latency_ms:.2f} ms"
+                    f"latency {baselines[script].latency_ms:.2f} ms; CPU ms per transaction: "
+                    f"postgresql {baselines[script].postgres_cpu_ms:.2f}, "
+                    f"machine (all cores busy, pgbench included) "
+                    f"{baselines[script].machine_cpu_ms:.2f}"
                 )
         finally:
             if not args.keep:
