@@ -35,6 +35,9 @@ def test_the_baseline_scripts_do_the_work_of_a_deposit_and_a_transfer(pg_databas
 
     deposits = baseline.run_pgbench(url, "deposit", clients=2, threads=1, duration_s=1, wallets=10)
     assert deposits.failed == 0 and deposits.transactions > 0 and deposits.tps > 0
+    # The server's own CPU was seen (its backends live only as long as pgbench), and
+    # the machine's includes it.
+    assert 0 < deposits.postgres_cpu_ms <= deposits.machine_cpu_ms
     n = deposits.transactions
     assert _scalar(conninfo, "SELECT count(*) FROM wallet_events") == n
     assert _scalar(conninfo, "SELECT count(*) FROM outbox") == n

@@ -190,3 +190,22 @@ def test_workers_need_a_fixed_port() -> None:
     assert listen_port("127.0.0.1:50051") == 50051
     assert listen_port("127.0.0.1:0") == 0
     assert listen_port("nonsense") == 0
+
+
+def test_local_process_cpu_accounting_sees_a_named_process_working():
+    """The suite's PostgreSQL/RabbitMQ columns: processes found by name, CPU grows."""
+    import os
+    from pathlib import Path
+
+    from wallet_bench import procs
+
+    own_name = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    assert os.getpid() in procs.pids_named((own_name,))
+    assert procs.pids_named(("no-such-process-name",)) == []
+    before = procs.server_cpu((own_name,))[os.getpid()]
+    busy_before = procs.machine_busy_seconds()
+    deadline = procs.cpu_seconds(os.getpid()) + 0.05
+    while procs.cpu_seconds(os.getpid()) < deadline:
+        sum(range(10_000))
+    assert procs.server_cpu((own_name,))[os.getpid()] >= before + 0.05
+    assert procs.machine_busy_seconds() - busy_before >= 0.04
