@@ -140,11 +140,13 @@ async def test_failing_projection_retries_then_dead_letters_then_replays(started
     projection.failing.clear()
     assert await dlq.replay_dead_letters(but.settings, "analytics", [stuck.message_id]) == 1
 
-    async def applied() -> bool:
-        return stuck.message_id in projection.applied
+    async def committed() -> bool:
+        # The projection records the event inside the transaction; the inbox row is
+        # what says that transaction committed.
+        return sorted(await inbox_ids(but)) == sorted([stuck.message_id, fine.message_id])
 
-    await eventually(applied, "the replayed event applied")
-    assert sorted(await inbox_ids(but)) == sorted([stuck.message_id, fine.message_id])
+    await eventually(committed, "the replayed event applied and committed")
+    assert stuck.message_id in projection.applied
 
 
 async def test_crash_point_after_apply_still_applies_once(started) -> None:
