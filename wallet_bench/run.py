@@ -67,6 +67,8 @@ async def bench_run(
         await clients.wait_ready()
         generator = LoadGenerator(clients, config)
         await generator.setup()
+        if reader is not None:
+            await asyncio.to_thread(reader.analyze)
         window_start = datetime.now(UTC)
         if probe is not None:
             probe.start()

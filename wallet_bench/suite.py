@@ -519,6 +519,8 @@ async def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             drop_database(args.pg_url, db_name)
             delete_vhost(vhost)
             shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            say(f"kept: database {db_name}, vhost {vhost}, logs in {work_dir}")
     result["runs"] = {name: report.as_dict() for name, report in runs.items()}
     rows = verdicts(baselines, runs, result.get("memory_mb", {}))
     result["targets"] = rows
