@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import and_, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet_common.clock import ensure_utc
+from wallet_common.db import Database
+from wallet_common.errors import UnavailableError
 from wallet_common.schema import idempotency_records, outbox, wallet_events, wallets
 from wallet_service import domain
 
@@ -180,6 +184,38 @@ async def get_wallet(
     """The wallet row; with ``for_update`` it stays locked until the transaction ends."""
     statement = _GET_WALLET_FOR_UPDATE if for_update else _GET_WALLET
     row = (await conn.execute(statement, {"wallet_id": wallet_id})).first()
+    return None if row is None else wallet_from_row(row)
+
+
+# The plain wallet read on PostgreSQL, on the driver's connection (pg_read_wallet).
+_PG_GET_WALLET = """
+SELECT wallet_id, currency, balance, status, version, created_at, updated_at
+FROM wallets WHERE wallet_id = %(wallet_id)s
+"""
+
+
+async def pg_read_wallet(db: Database, wallet_id: str) -> domain.Wallet | None:
+    """The wallet row now (PostgreSQL only): one autocommit statement on the driver's
+    connection, the same row :func:`get_wallet` reads.
+
+    Why: GetWallet is the orchestrator's currency check for every wallet it has not
+    seen yet (about one call per transfer early in a run), and SQLAlchemy's execution
+    and result machinery around this one-row read cost more CPU than the read itself
+    (docs/benchmarks.md). A connection broken during the read is dropped from the pool
+    and the call fails UNAVAILABLE, as on the SQLAlchemy path.
+    """
+    async with db.autocommit() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            cursor = driver.cursor(row_factory=namedtuple_row)
+            await cursor.execute(_PG_GET_WALLET, {"wallet_id": wallet_id})
+            row = await cursor.fetchone()
+        except psycopg.Error as error:
+            if driver.broken or driver.closed:
+                await conn.invalidate()
+                raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
+            raise
     return None if row is None else wallet_from_row(row)
 
 

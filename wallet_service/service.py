@@ -270,6 +270,12 @@ class WalletService:
             raise InvalidArgumentError(
                 f"as_of_sequence must be >= 0, got {as_of_sequence}", field="as_of_sequence"
             )
+        if self._fast_path and as_of_sequence == 0 and as_of_time is None:
+            # The plain read (the orchestrator's currency check): no SQLAlchemy round.
+            current = await repository.pg_read_wallet(self._db, wallet_id)
+            if current is None:
+                raise WalletNotFoundError(wallet_id)
+            return current
         async with self._db.read() as conn:
             wallet = await repository.get_wallet(conn, wallet_id)
             if wallet is None:

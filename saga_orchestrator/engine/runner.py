@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -62,6 +62,8 @@ from wallet_common.failpoints import failpoint
 from wallet_common.logs import log_context
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The saga milestone each terminal state publishes through the outbox.
 MILESTONES: dict[TransferState, tuple[str, Any]] = {
@@ -139,6 +141,38 @@ def _describe(error: BaseException | None) -> str:
     if isinstance(error, StepFailedError):
         return error.error.describe()
     return f"{type(error).__name__}: {error}"
+
+
+async def first_then_retrying(
+    body: Callable[[], Awaitable[T]],
+    retryable: Callable[[BaseException], bool],
+    retrying: Callable[[], AsyncRetrying],
+) -> T:
+    """``body()`` under ``retrying()``'s policy, with the first attempt outside tenacity.
+
+    Why: almost every call succeeds at once, and tenacity's per-loop set-up and
+    per-attempt state machine were ~5 % of the orchestrator's CPU (three loops per
+    transfer; docs/benchmarks.md). Only when the first attempt fails with an error
+    ``retryable`` accepts does tenacity take over, and its first attempt re-raises that
+    very error instead of calling ``body`` again: attempt numbers, the ``before_sleep``
+    record of each failure, the waits and ``reraise`` are exactly what the plain
+    tenacity loop gives. ``retryable`` must be the loop's own retry predicate. An error
+    it refuses (and any BaseException) propagates at once, as tenacity with
+    ``reraise=True`` would let it.
+    """
+    try:
+        return await body()
+    except Exception as error:
+        if not retryable(error):
+            raise
+        first: BaseException | None = error
+    async for attempt in retrying():
+        with attempt:
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return await body()
+    raise AssertionError("unreachable: the retry loop returns or raises")  # pragma: no cover
 
 
 class SagaRunner:
@@ -240,32 +274,40 @@ class SagaRunner:
         on disk after a backoff: re-running a step only replays it. ``begun``: ``known``
         already has the first call of its next step recorded (see ``spawn``).
         """
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(self._worth_restarting),
-            wait=self.policy.wait(),
-            stop=stop_never,
-            before_sleep=self._log_restart,
-            reraise=True,
-        ):
-            with attempt:
-                # The first round may start from the caller's copy; a restart re-reads.
-                # A step counts as begun only when the copy in hand comes straight from
-                # the write that recorded its call; a re-read always records a new call.
-                transfer = known or await self.repository.get(transfer_id)
-                next_begun = known is not None and begun
-                known = None
-                if transfer is None:
-                    log.warning("saga %s vanished", transfer_id)
-                    return None
-                with log_context(audit_id=transfer.audit_id or None):
-                    while not transfer.is_terminal:
-                        if transfer.lease_owner != self.owner:
-                            raise LeaseLostError(f"transfer {transfer_id} is leased elsewhere")
-                        transfer, next_begun = await self._run_step(
-                            transfer, STEP_FOR_STATE[transfer.state], begun=next_begun
-                        )
-                return transfer
-        return None  # pragma: no cover - AsyncRetrying either returns or raises
+        first_round = True
+
+        async def one_round() -> Transfer | None:
+            nonlocal first_round
+            # The first round may start from the caller's copy; a restart re-reads.
+            # A step counts as begun only when the copy in hand comes straight from
+            # the write that recorded its call; a re-read always records a new call.
+            transfer = known if first_round else None
+            next_begun = transfer is not None and begun
+            first_round = False
+            transfer = transfer or await self.repository.get(transfer_id)
+            if transfer is None:
+                log.warning("saga %s vanished", transfer_id)
+                return None
+            with log_context(audit_id=transfer.audit_id or None):
+                while not transfer.is_terminal:
+                    if transfer.lease_owner != self.owner:
+                        raise LeaseLostError(f"transfer {transfer_id} is leased elsewhere")
+                    transfer, next_begun = await self._run_step(
+                        transfer, STEP_FOR_STATE[transfer.state], begun=next_begun
+                    )
+            return transfer
+
+        return await first_then_retrying(
+            one_round,
+            self._worth_restarting,
+            lambda: AsyncRetrying(
+                retry=retry_if_exception(self._worth_restarting),
+                wait=self.policy.wait(),
+                stop=stop_never,
+                before_sleep=self._log_restart,
+                reraise=True,
+            ),
+        )
 
     def _worth_restarting(self, error: BaseException) -> bool:
         # When stopping, a cancellation may surface as a driver error (a database call
@@ -328,30 +370,40 @@ class SagaRunner:
             except Exception as record_error:  # the database may be what is failing
                 log.warning("could not record the failure: %s", _describe(record_error))
 
+        transient = _is_transient_for(step)
+
+        def retryable(error: BaseException) -> bool:
+            return transient(error) and not self._stopping
+
+        async def attempt_call() -> None:
+            nonlocal current, recorded
+            if self._stopping:
+                raise StoppingError("orchestrator stopping")
+            if recorded:
+                recorded = False  # the previous write recorded this call
+            else:
+                current = await self.repository.begin_attempt(
+                    current, step, self.owner, self.clock(), self.lease_until()
+                )
+            if step is StepName.CREDIT:
+                await failpoint("saga.before_credit")
+            elif step is StepName.REFUND:
+                await failpoint("saga.before_refund")
+            async with self._call_slots:
+                await self.gateway.call_step(call, self.policy.step_deadline)
+
         try:
-            transient = _is_transient_for(step)
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda error: transient(error) and not self._stopping),
-                wait=self.policy.wait(),
-                stop=stop_never,
-                before_sleep=record_failure,
-                reraise=True,
-            ):
-                with attempt:
-                    if self._stopping:
-                        raise StoppingError("orchestrator stopping")
-                    if recorded:
-                        recorded = False  # the previous write recorded this call
-                    else:
-                        current = await self.repository.begin_attempt(
-                            current, step, self.owner, self.clock(), self.lease_until()
-                        )
-                    if step is StepName.CREDIT:
-                        await failpoint("saga.before_credit")
-                    elif step is StepName.REFUND:
-                        await failpoint("saga.before_refund")
-                    async with self._call_slots:
-                        await self.gateway.call_step(call, self.policy.step_deadline)
+            await first_then_retrying(
+                attempt_call,
+                retryable,
+                lambda: AsyncRetrying(
+                    retry=retry_if_exception(retryable),
+                    wait=self.policy.wait(),
+                    stop=stop_never,
+                    before_sleep=record_failure,
+                    reraise=True,
+                ),
+            )
         except StepFailedError as rejected:
             return await self._rejected(current, step, rejected.error)
         if step is StepName.DEBIT:
