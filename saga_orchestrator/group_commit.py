@@ -44,6 +44,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from wallet_common.batching import BatchScheduler
 from wallet_common.db import Database
 from wallet_common.errors import UnavailableError
 
@@ -252,61 +253,29 @@ def batch_params(batch: Sequence[SagaWrite]) -> dict[str, str]:
     }
 
 
-class SagaGroupCommitter:
+class SagaGroupCommitter(BatchScheduler[SagaWrite]):
     """Gathers concurrent saga writes into one statement (see the module docstring)."""
 
     def __init__(self, db: Database, *, max_batch: int = 64, max_in_flight: int = 1) -> None:
+        super().__init__(
+            max_batch=max_batch, max_in_flight=max_in_flight, task_name="saga-group-commit"
+        )
         self._db = db
-        self.max_batch = max_batch
-        self.max_in_flight = max_in_flight
-        self._queue: list[SagaWrite] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         # Counters for benchmarks and tests.
         self.batches = 0
         self.batched_writes = 0
 
     async def submit(self, write: SagaWrite) -> bool:
         """Whether the write applied (see :class:`SagaWrite`); raises the batch's error."""
-        self._queue.append(write)
-        self._kick()
+        self._enqueue(write)
         return await write.future
 
-    def _kick(self) -> None:
-        while self._queue and self._in_flight < self.max_in_flight:
-            batch = self._take_batch()
-            if not batch:
-                return
-            self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(
-                self._run(batch), name="saga-group-commit"
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._in_flight -= 1
-        self._kick()
-
-    def _take_batch(self) -> list[SagaWrite]:
-        """Up to ``max_batch`` queued writes, each transfer and request_id at most once."""
-        batch: list[SagaWrite] = []
-        left: list[SagaWrite] = []
-        keys: set[str] = set()
-        for write in self._queue:
-            if write.future.done():  # the writer went away (cancelled) before its turn
-                continue
-            own = {write.transfer_id}
-            if write.request_id is not None:
-                own.add(f"request:{write.request_id}")
-            if len(batch) < self.max_batch and not own & keys:
-                batch.append(write)
-                keys |= own
-            else:
-                left.append(write)
-        self._queue = left
-        return batch
+    def conflict_keys(self, item: SagaWrite) -> list[str]:
+        """Each transfer and each request_id at most once per batch."""
+        keys = [f"transfer:{item.transfer_id}"]
+        if item.request_id is not None:
+            keys.append(f"request:{item.request_id}")
+        return keys
 
     async def _run(self, batch: list[SagaWrite]) -> None:
         try:
@@ -340,8 +309,7 @@ class SagaGroupCommitter:
 
     async def stop(self) -> None:
         """Wait for the batches in flight (their writers are waiting for them)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._wait_idle()
 
 
 def _fail(batch: list[SagaWrite], error: BaseException) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 from google.protobuf.message import Message
 from psycopg.rows import namedtuple_row
 
+from wallet_common.batching import BatchScheduler
 from wallet_common.db import Database
 from wallet_service import domain, repository
 
@@ -153,7 +154,7 @@ BuildResponse = Callable[
 ]
 
 
-class GroupCommitter:
+class GroupCommitter(BatchScheduler[MoveRequest]):
     """Gathers concurrent moves into batches (see the module docstring)."""
 
     def __init__(
@@ -165,60 +166,24 @@ class GroupCommitter:
         max_batch: int = 64,
         max_in_flight: int = 1,
     ) -> None:
+        super().__init__(
+            max_batch=max_batch, max_in_flight=max_in_flight, task_name="wallet-group-commit"
+        )
         self._db = db
         self._build_response = build_response
         self._clock = clock
-        self.max_batch = max_batch
-        self.max_in_flight = max_in_flight
-        self._queue: list[MoveRequest] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         # Counters for benchmarks and tests.
         self.batches = 0
         self.batched_requests = 0
 
     async def submit(self, request: MoveRequest) -> Message | None:
         """The committed response, or None: then run the request on the single path."""
-        self._queue.append(request)
-        self._kick()
+        self._enqueue(request)
         return await request.future
 
-    def _kick(self) -> None:
-        while self._queue and self._in_flight < self.max_in_flight:
-            batch = self._take_batch()
-            if not batch:
-                return
-            self._in_flight += 1
-            task = asyncio.create_task(self._run(batch), name="wallet-group-commit")
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._in_flight -= 1
-        self._kick()
-
-    def _take_batch(self) -> list[MoveRequest]:
-        """Up to ``max_batch`` queued requests, each wallet and each key at most once."""
-        batch: list[MoveRequest] = []
-        left: list[MoveRequest] = []
-        wallets: set[str] = set()
-        keys: set[str] = set()
-        for request in self._queue:
-            if request.future.done():  # the caller went away before its turn
-                continue
-            if (
-                len(batch) < self.max_batch
-                and request.wallet_id not in wallets
-                and request.request_id not in keys
-            ):
-                batch.append(request)
-                wallets.add(request.wallet_id)
-                keys.add(request.request_id)
-            else:
-                left.append(request)
-        self._queue = left
-        return batch
+    def conflict_keys(self, item: MoveRequest) -> tuple[str, str]:
+        """Each wallet and each idempotency key at most once per batch."""
+        return (f"wallet:{item.wallet_id}", f"key:{item.request_id}")
 
     async def _run(self, batch: list[MoveRequest]) -> None:
         results: dict[str, Message] = {}
@@ -322,8 +287,7 @@ class GroupCommitter:
 
     async def stop(self) -> None:
         """Wait for the batches in flight (their callers are waiting for them)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._wait_idle()
 
 
 def _resolve(batch: list[MoveRequest], results: dict[str, Message]) -> None:
