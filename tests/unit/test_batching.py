@@ -52,7 +52,8 @@ async def test_items_arriving_during_a_batch_leave_together_without_conflicts() 
     assert scheduler.batches == [["a"]]
     names = ["b", "c", "d", "e", "f"]
     keys = [("w1",), ("w2",), ("w2",), ("w3",), ("w4",)]
-    rest = [asyncio.create_task(scheduler.submit(Item(n, k))) for n, k in zip(names, keys, strict=True)]
+    items = [Item(n, k) for n, k in zip(names, keys, strict=True)]
+    rest = [asyncio.create_task(scheduler.submit(item)) for item in items]
     await settle()
     assert scheduler.batches == [["a"]]  # one batch in flight: the others wait
     scheduler.release.set()
