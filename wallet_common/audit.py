@@ -39,6 +39,7 @@ from sqlalchemy import text
 
 from wallet_common.clock import Clock, utcnow
 from wallet_common.db import Database
+from wallet_common.handlers import with_behaviour
 from wallet_common.logs import audit_id_var
 from wallet_common.schema import audit_log
 from wallet_common.security import ORCHESTRATOR, TokenTable, bearer_token, caller_identity
@@ -386,8 +387,4 @@ def audit(
                 }
             )
 
-    return grpc.unary_unary_rpc_method_handler(
-        audited,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return with_behaviour(handler, audited)

@@ -26,6 +26,7 @@ from wallet_common.errors import (
     UnavailableError,
     WalletPlatformError,
 )
+from wallet_common.handlers import with_behaviour
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,7 @@ def map_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHan
                     raise
                 await _abort(context, error, method)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, unary_unary)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
@@ -181,11 +178,7 @@ def map_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHan
                     raise
                 await _abort(context, error, method)
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, unary_stream)
     return handler
 
 

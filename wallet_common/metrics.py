@@ -38,6 +38,7 @@ from sqlalchemy import and_, column, exists, func, not_, select, table
 from wallet_common import events as event_names
 from wallet_common.clock import Clock, ensure_utc, utcnow
 from wallet_common.db import Database
+from wallet_common.handlers import with_behaviour
 from wallet_common.schema import inbox, outbox, transfers, wallet_events
 
 log = logging.getLogger(__name__)
@@ -211,11 +212,7 @@ def measure(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
                 series.in_flight.dec()
                 series.observe(context, started, outcome)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, unary_unary)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
@@ -236,11 +233,7 @@ def measure(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
                 series.in_flight.dec()
                 series.observe(context, started, outcome)
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behaviour(handler, unary_stream)
     return handler
 
 

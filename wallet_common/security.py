@@ -26,6 +26,8 @@ from typing import Any
 
 import grpc
 
+from wallet_common.handlers import with_behaviour
+
 # --- roles -----------------------------------------------------------------------------
 
 READER = "reader"
@@ -226,55 +228,22 @@ def guard(method: str, handler: grpc.RpcMethodHandler, tokens: TokenTable) -> gr
         if refused is not None:
             await context.abort(*refused)
 
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
+    if handler.response_streaming:
+        inner_stream = handler.unary_stream or handler.stream_stream
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def streamed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await refuse(context)
-            return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await refuse(context)
-            async for item in inner_us(request, context):
+            async for item in inner_stream(request, context):
                 yield item
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
+        return with_behaviour(handler, streamed)
+    inner = handler.unary_unary or handler.stream_unary
 
-        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            await refuse(context)
-            return await inner_su(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def answered(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await refuse(context)
-        async for item in inner_ss(requests, context):
-            yield item
+        return await inner(request, context)
 
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return with_behaviour(handler, answered)
 
 
 def token_table(settings: Any) -> TokenTable | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from wallet.v1 import analytics_pb2, fraud_pb2, transfer_pb2, wallet_pb2
@@ -50,3 +51,67 @@ def test_bearer_token_parsing_and_constant_time_lookup():
     table = security.TokenTable(security.parse_tokens("abc=reader"))
     assert table.lookup("abc") is not None
     assert table.lookup("abd") is None and table.lookup(None) is None
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Context:
+    """Just what ``guard`` reads from a call: its metadata, and abort."""
+
+    def __init__(self, token: str | None) -> None:
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.aborted: tuple[object, str] | None = None
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    async def abort(self, code, details):
+        self.aborted = (code, details)
+        raise _Refused(details)
+
+
+async def _answer(request, context):
+    return f"answer to {request}"
+
+
+async def _stream(request, context):
+    for n in range(2):
+        yield f"{request}-{n}"
+
+
+_KINDS = {
+    "unary_unary": (grpc.unary_unary_rpc_method_handler, _answer, False),
+    "unary_stream": (grpc.unary_stream_rpc_method_handler, _stream, True),
+    "stream_unary": (grpc.stream_unary_rpc_method_handler, _answer, False),
+    "stream_stream": (grpc.stream_stream_rpc_method_handler, _stream, True),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_KINDS))
+async def test_guard_keeps_each_kind_of_handler_and_refuses_before_the_servicer(kind):
+    construct, behaviour, streamed = _KINDS[kind]
+    original = construct(behaviour, request_deserializer=bytes, response_serializer=str)
+    tokens = security.TokenTable(security.parse_tokens("r=reader"))
+    # WatchTransfers needs the reader role; the guard does not look at the method's kind.
+    wrapped = security.guard("/wallet.v1.TransferService/WatchTransfers", original, tokens)
+    assert wrapped is not original
+    assert (wrapped.request_streaming, wrapped.response_streaming) == (
+        original.request_streaming,
+        original.response_streaming,
+    )
+    assert wrapped.request_deserializer is bytes and wrapped.response_serializer is str
+    call = getattr(wrapped, kind)
+
+    async def run(context: _Context):
+        if streamed:
+            return [item async for item in call("q", context)]
+        return await call("q", context)
+
+    assert await run(_Context("r")) == (["q-0", "q-1"] if streamed else "answer to q")
+    refused = _Context(None)
+    with pytest.raises(_Refused):
+        await run(refused)
+    assert refused.aborted is not None
+    assert refused.aborted[0] == grpc.StatusCode.UNAUTHENTICATED
