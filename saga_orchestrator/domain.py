@@ -183,6 +183,43 @@ class Transfer:
     # The audit record of the CreateTransfer call, propagated to the step calls.
     audit_id: str = ""
 
+    @classmethod
+    def pending(
+        cls,
+        *,
+        transfer_id: str,
+        request_id: str,
+        from_wallet_id: str,
+        to_wallet_id: str,
+        amount: int,
+        currency: str,
+        lease_owner: str | None,
+        lease_expires_at: datetime | None,
+        now: datetime,
+        audit_id: str = "",
+    ) -> Transfer:
+        """A new saga as CreateTransfer stores it: PENDING, nothing tried yet."""
+        return cls(
+            transfer_id=transfer_id,
+            request_id=request_id,
+            fingerprint=transfer_fingerprint(from_wallet_id, to_wallet_id, amount),
+            from_wallet_id=from_wallet_id,
+            to_wallet_id=to_wallet_id,
+            amount=amount,
+            currency=currency,
+            state=TransferState.PENDING,
+            failure_reason="",
+            failure_code="",
+            attempts=0,
+            last_error="",
+            next_attempt_at=None,
+            lease_owner=lease_owner,
+            lease_expires_at=lease_expires_at,
+            created_at=now,
+            updated_at=now,
+            audit_id=audit_id,
+        )
+
     @property
     def is_terminal(self) -> bool:
         return self.state.is_terminal

@@ -110,24 +110,16 @@ class TransferService:
             raise
 
         now = self.runner.clock()
-        transfer = Transfer(
+        transfer = Transfer.pending(
             transfer_id=str(uuid.uuid4()),
             request_id=request_id,
-            fingerprint=fingerprint,
             from_wallet_id=from_wallet_id,
             to_wallet_id=to_wallet_id,
             amount=amount,
             currency=sender.currency,
-            state=TransferState.PENDING,
-            failure_reason="",
-            failure_code="",
-            attempts=0,
-            last_error="",
-            next_attempt_at=None,
             lease_owner=self.runner.owner,
             lease_expires_at=self.runner.lease_until(),
-            created_at=now,
-            updated_at=now,
+            now=now,
             audit_id=audit_id_var.get() or "",
         )
         # The insert also records the first debit call (its 'before' write).

@@ -26,7 +26,6 @@ from saga_orchestrator.domain import (
     StepOutcome,
     Transfer,
     TransferState,
-    transfer_fingerprint,
 )
 from saga_orchestrator.engine.runner import milestone_outbox_row
 from saga_orchestrator.group_commit import _WRITE_MANY, SagaWrite
@@ -57,24 +56,16 @@ async def pg(pg_database_url_fresh: str) -> Any:
 
 
 def saga(transfer_id: str, owner: str | None = OWNER, *, debit_begun: bool = True) -> Transfer:
-    transfer = Transfer(
+    transfer = Transfer.pending(
         transfer_id=transfer_id,
         request_id=f"req-{transfer_id}",
-        fingerprint=transfer_fingerprint("a", "b", 7),
         from_wallet_id="a",
         to_wallet_id="b",
         amount=7,
         currency="USD",
-        state=TransferState.PENDING,
-        failure_reason="",
-        failure_code="",
-        attempts=0,
-        last_error="",
-        next_attempt_at=None,
         lease_owner=owner,
         lease_expires_at=at(30) if owner else None,
-        created_at=at(0),
-        updated_at=at(0),
+        now=at(0),
         audit_id="00000000-0000-4000-8000-000000000001",
     )
     return begun_step(transfer, StepName.DEBIT, at(0)) if debit_begun else transfer

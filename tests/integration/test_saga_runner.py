@@ -21,7 +21,6 @@ from saga_orchestrator.domain import (
     StepOutcome,
     Transfer,
     TransferState,
-    transfer_fingerprint,
 )
 from saga_orchestrator.engine.runner import RetryPolicy, SagaRunner
 from saga_orchestrator.gateway import StepCall, StepFailedError, WalletInfo
@@ -68,24 +67,16 @@ class ScriptedWallets:
 
 def new_transfer(owner: str | None, lease_seconds: float = 5) -> Transfer:
     now = utcnow()
-    return Transfer(
+    return Transfer.pending(
         transfer_id=str(uuid.uuid4()),
         request_id=uuid.uuid4().hex,
-        fingerprint=transfer_fingerprint("a", "b", 5),
         from_wallet_id="a",
         to_wallet_id="b",
         amount=5,
         currency="USD",
-        state=TransferState.PENDING,
-        failure_reason="",
-        failure_code="",
-        attempts=0,
-        last_error="",
-        next_attempt_at=None,
         lease_owner=owner,
         lease_expires_at=now + timedelta(seconds=lease_seconds) if owner else None,
-        created_at=now,
-        updated_at=now,
+        now=now,
     )
 
 
