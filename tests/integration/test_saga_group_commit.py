@@ -28,7 +28,7 @@ from saga_orchestrator.domain import (
     TransferState,
 )
 from saga_orchestrator.engine.runner import milestone_outbox_row
-from saga_orchestrator.group_commit import _WRITE_MANY, SagaWrite
+from saga_orchestrator.group_commit import _WRITE_MANY, SagaGroupCommitter, SagaWrite
 from saga_orchestrator.repository import (
     DuplicateRequestError,
     LeaseLostError,
@@ -53,6 +53,19 @@ async def pg(pg_database_url_fresh: str) -> Any:
     db = Database.from_settings(Settings(database_url=pg_database_url_fresh))
     yield db
     await db.dispose()
+
+
+def record_batch_sizes(group: SagaGroupCommitter) -> list[int]:
+    """The size of every statement ``group`` executes from now on, in order."""
+    sizes: list[int] = []
+    execute = group._execute
+
+    async def counted(batch: list[SagaWrite]) -> set[str]:
+        sizes.append(len(batch))
+        return await execute(batch)
+
+    group._execute = counted  # type: ignore[method-assign]
+    return sizes
 
 
 def saga(transfer_id: str, owner: str | None = OWNER, *, debit_begun: bool = True) -> Transfer:
@@ -332,14 +345,7 @@ async def test_an_error_stays_with_the_write_that_caused_it(pg: Database) -> Non
                 created_at=at(0),
             )
         )
-    sizes: list[int] = []
-    execute = group._execute
-
-    async def counted(batch: list[SagaWrite]) -> set[str]:
-        sizes.append(len(batch))
-        return await execute(batch)
-
-    group._execute = counted  # type: ignore[method-assign]
+    sizes = record_batch_sizes(group)
 
     results = await asyncio.gather(
         *(succeed(repo, t, StepName.CREDIT) for t in debited), return_exceptions=True
@@ -374,14 +380,7 @@ async def test_an_unreachable_database_fails_every_write_of_the_batch() -> None:
     repo = TransferRepository(db)
     group = repo.group
     assert group is not None
-    sizes: list[int] = []
-    execute = group._execute
-
-    async def counted(batch: list[SagaWrite]) -> set[str]:
-        sizes.append(len(batch))
-        return await execute(batch)
-
-    group._execute = counted  # type: ignore[method-assign]
+    sizes = record_batch_sizes(group)
     try:
         results = await asyncio.gather(
             *(repo.insert(saga(f"d-{i}")) for i in range(4)), return_exceptions=True
