@@ -8,9 +8,9 @@ from __future__ import annotations
 from analytics_worker.grpc_api import AnalyticsApi
 from analytics_worker.projection import AnalyticsProjection
 from analytics_worker.service import AnalyticsService
-from wallet_common.consumer import consumer_component
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import Runtime
+from wallet_platform.messaging.consumer import consumer_component
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
 
 
 def build_components(runtime: Runtime) -> list[Component]:

@@ -1,6 +1,6 @@
 """The analytics consumer: wallet log entries -> ``wallet_stats``.
 
-The consumer runner (``wallet_common.consumer``) decodes each delivery, opens a
+The consumer runner (``wallet_platform.messaging.consumer``) decodes each delivery, opens a
 transaction, writes the inbox row and calls :meth:`AnalyticsProjection.apply` in the
 same transaction, so each event changes the stats exactly once. Messages that are not
 wallet log entries (saga milestones, fraud alerts) are acknowledged and ignored.
@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from analytics_worker import repository
 from analytics_worker.domain import StatsDelta, delta_for, merge_by_wallet
 from wallet.v1 import wallet_pb2
-from wallet_common import events
-from wallet_common.bus import Delivery, PoisonMessageError
-from wallet_common.clock import Clock, utcnow
+from wallet_platform.clock import Clock, utcnow
+from wallet_platform.messaging import events
+from wallet_platform.messaging.bus import Delivery, PoisonMessageError
 
 WALLET_EVENT_MESSAGE_TYPES = frozenset(kind.message_type for kind in events.WALLET_EVENT_KINDS)
 
@@ -50,7 +50,7 @@ def delta_of(event: wallet_pb2.WalletEvent) -> StatsDelta:
 
 
 class AnalyticsProjection:
-    """``wallet_common.consumer.Projection`` for the analytics queue."""
+    """``wallet_platform.messaging.consumer.Projection`` for the analytics queue."""
 
     consumer_name = repository.CONSUMER_NAME
     queue = events.ANALYTICS_QUEUE

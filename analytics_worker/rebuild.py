@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from analytics_worker import repository
 from analytics_worker.domain import StatsDrift
-from wallet_common.clock import Clock, utcnow
-from wallet_common.db import Database
+from wallet_platform.clock import Clock, utcnow
+from wallet_platform.storage.database import Database
 
 
 async def rebuild_wallet_stats(db: Database, clock: Clock = utcnow) -> int:

@@ -30,10 +30,10 @@ from analytics_worker.domain import (
     WalletStats,
 )
 from wallet.v1 import wallet_pb2
-from wallet_common import events
-from wallet_common.clock import ensure_utc, utcnow
-from wallet_common.consumer import PG_INSERT_INBOX_MANY
-from wallet_common.schema import inbox, wallet_events, wallet_stats
+from wallet_platform.clock import ensure_utc, utcnow
+from wallet_platform.messaging import events
+from wallet_platform.messaging.consumer import PG_INSERT_INBOX_MANY
+from wallet_platform.storage.schema import inbox, wallet_events, wallet_stats
 
 CONSUMER_NAME = "analytics"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from analytics_worker import repository
 from analytics_worker.domain import WalletStats
-from wallet_common import validation
-from wallet_common.db import Database
-from wallet_common.errors import NotFoundError
+from wallet_platform import validation
+from wallet_platform.errors import NotFoundError
+from wallet_platform.storage.database import Database
 
 
 class WalletStatsNotFoundError(NotFoundError):

@@ -11,9 +11,9 @@ from fraud_worker.housekeeping import WithdrawalPruner
 from fraud_worker.projection import FraudProjection
 from fraud_worker.rules import FraudRules
 from fraud_worker.service import FraudService
-from wallet_common.consumer import consumer_component
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import Runtime
+from wallet_platform.messaging.consumer import consumer_component
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
 
 
 def build_components(runtime: Runtime) -> list[Component]:

@@ -20,9 +20,9 @@ import grpc
 import sqlalchemy as sa
 
 from fraud_worker.rules import FraudRules
-from wallet_common.clock import Clock, utcnow
-from wallet_common.db import Database
-from wallet_common.schema import fraud_withdrawals
+from wallet_platform.clock import Clock, utcnow
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import fraud_withdrawals
 
 log = logging.getLogger(__name__)
 

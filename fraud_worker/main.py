@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fraud_worker.bootstrap import build_components
-from wallet_common.runtime import run_server
+from wallet_platform.server.process import run_server
 
 DEFAULT_LISTEN = "127.0.0.1:50054"
 

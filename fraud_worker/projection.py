@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fraud_worker import repository
 from fraud_worker.rules import AlertDraft, FraudRules, Withdrawal
 from wallet.v1 import events_pb2, fraud_pb2
-from wallet_common import events
-from wallet_common.bus import Delivery, PoisonMessageError
-from wallet_common.clock import Clock, utcnow
+from wallet_platform.clock import Clock, utcnow
+from wallet_platform.messaging import events
+from wallet_platform.messaging.bus import Delivery, PoisonMessageError
 
 CONSUMER_NAME = "fraud"
 ALERT_ROUTING_KEY = "wallet.fraud_alert_raised"
@@ -67,7 +67,7 @@ def alert_message(
 
 
 class FraudProjection:
-    """``wallet_common.consumer.Projection`` for the fraud queue."""
+    """``wallet_platform.messaging.consumer.Projection`` for the fraud queue."""
 
     consumer_name = CONSUMER_NAME
     queue = events.FRAUD_QUEUE

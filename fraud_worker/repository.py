@@ -18,8 +18,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fraud_worker.rules import RAPID_WITHDRAWALS, AlertDraft, Burst, Lookaround, Withdrawal
-from wallet_common.clock import ensure_utc
-from wallet_common.schema import fraud_alerts, fraud_withdrawals, outbox
+from wallet_platform.clock import ensure_utc
+from wallet_platform.storage.schema import fraud_alerts, fraud_withdrawals, outbox
 
 ADVISORY_LOCK_PREFIX = "wallet.fraud:"
 

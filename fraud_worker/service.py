@@ -7,10 +7,10 @@ from datetime import datetime
 
 from fraud_worker import repository
 from fraud_worker.repository import StoredAlert
-from wallet_common import validation
-from wallet_common.clock import ensure_utc
-from wallet_common.db import Database
-from wallet_common.errors import InvalidArgumentError
+from wallet_platform import validation
+from wallet_platform.clock import ensure_utc
+from wallet_platform.errors import InvalidArgumentError
+from wallet_platform.storage.database import Database
 
 
 @dataclass(frozen=True)

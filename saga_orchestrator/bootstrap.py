@@ -22,10 +22,10 @@ from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
 from saga_orchestrator.sweeper import Sweeper
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
-from wallet_common.channels import CallMetadata, make_channel
-from wallet_common.config import Settings
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import Runtime
+from wallet_platform.channels import CallMetadata, make_channel
+from wallet_platform.config import Settings
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
 
 SERVICE_NAME = str(transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name)
 

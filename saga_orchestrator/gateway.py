@@ -16,7 +16,7 @@ import grpc
 
 from saga_orchestrator.domain import StepError, StepName
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_common.grpc_server import error_reason
+from wallet_platform.server.builder import error_reason
 
 # Each saga step and the WalletService RPC that performs it (all share one request shape).
 _STEP_RPCS: dict[StepName, tuple[str, type[Any]]] = {
@@ -75,7 +75,7 @@ def step_error_from_rpc(error: grpc.aio.AioRpcError) -> StepError:
 class GrpcWalletGateway:
     """Real WalletService over one shared channel (created lazily inside the loop).
 
-    ``metadata`` (e.g. :class:`wallet_common.channels.CallMetadata`), when given, is
+    ``metadata`` (e.g. :class:`wallet_platform.channels.CallMetadata`), when given, is
     called for every call and its result sent as the call's metadata: the orchestrator
     opens its channel without the metadata interceptor and attaches the token and audit
     id here, which saves grpc.aio's per-call interceptor task (docs/benchmarks.md).

@@ -44,9 +44,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from wallet_common.batching import BatchScheduler
-from wallet_common.db import Database
-from wallet_common.errors import UnavailableError
+from wallet_platform.errors import UnavailableError
+from wallet_platform.storage.batching import BatchScheduler
+from wallet_platform.storage.database import Database
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``wallet.v1.TransferService`` over gRPC: protobuf <-> domain, nothing else.
 
-Errors are raised as domain errors; ``wallet_common.grpc_server.ErrorInterceptor``
+Errors are raised as domain errors; ``wallet_platform.server.builder.ErrorInterceptor``
 maps them to status codes. WatchTransfers merges two sources: the in-process notifier
 (changes this replica made, pushed at once) and a poll of the transfers table (changes
 other replicas made). A per-stream memory of the last state sent per transfer keeps
@@ -24,9 +24,9 @@ from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
-from wallet_common import validation
-from wallet_common.clock import utcnow
-from wallet_common.errors import InvalidArgumentError
+from wallet_platform import validation
+from wallet_platform.clock import utcnow
+from wallet_platform.errors import InvalidArgumentError
 
 # How often a watch stream looks for changes made by other replicas, and how far back
 # each look reaches (covers commit delays and small clock differences between replicas).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from saga_orchestrator.bootstrap import build_components
-from wallet_common.runtime import run_server
+from wallet_platform.server.process import run_server
 
 
 def main(argv: Sequence[str] | None = None) -> None:

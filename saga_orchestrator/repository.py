@@ -43,9 +43,9 @@ from saga_orchestrator.group_commit import (
     SagaGroupCommitter,
     SagaWrite,
 )
-from wallet_common.clock import ensure_utc
-from wallet_common.db import Database
-from wallet_common.schema import outbox, transfer_steps, transfers
+from wallet_platform.clock import ensure_utc
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import outbox, transfer_steps, transfers
 
 
 class LeaseLostError(RuntimeError):

@@ -32,8 +32,8 @@ from saga_orchestrator.repository import (
     TransferRepository,
     begun_step,
 )
-from wallet_common import validation
-from wallet_common.errors import (
+from wallet_platform import validation
+from wallet_platform.errors import (
     CurrencyMismatchError,
     IdempotencyKeyReusedError,
     InvalidArgumentError,
@@ -41,7 +41,7 @@ from wallet_common.errors import (
     UnavailableError,
     WalletNotFoundError,
 )
-from wallet_common.logs import audit_id_var
+from wallet_platform.observability.logs import audit_id_var
 
 # How often CreateTransfer re-reads a transfer it waits for that another replica drives.
 WAIT_POLL_SECONDS = 0.2

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from wallet_common import migrate
-from wallet_common.config import Settings
-from wallet_common.db import Database
+from wallet_platform.config import Settings
+from wallet_platform.storage import migrate
+from wallet_platform.storage.database import Database
 
 # RabbitMQ fixtures (fresh vhost per test): rabbit_vhost, amqp_url.
 pytest_plugins = ["tests.rabbit"]

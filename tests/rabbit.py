@@ -22,12 +22,12 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from wallet_common.bus import EventBus
-from wallet_common.bus_inprocess import InProcessBus
-from wallet_common.bus_rabbit import RabbitBus
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.migrate import upgrade
+from wallet_platform.config import Settings
+from wallet_platform.messaging.bus import EventBus
+from wallet_platform.messaging.inprocess import InProcessBus
+from wallet_platform.messaging.rabbit import RabbitBus
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.migrate import upgrade
 
 AMQP_URL = os.environ.get("WALLET_TEST_AMQP_URL", "")
 PG_URL = os.environ.get("WALLET_TEST_DATABASE_URL", "")

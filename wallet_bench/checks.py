@@ -31,8 +31,15 @@ from wallet.v1 import analytics_pb2, wallet_pb2
 from wallet_bench.client import Clients
 from wallet_bench.load import Ledger, LoadConfig
 from wallet_bench.stats import percentile
-from wallet_common.db import sync_url
-from wallet_common.schema import inbox, outbox, transfers, wallet_events, wallet_stats, wallets
+from wallet_platform.storage.database import sync_url
+from wallet_platform.storage.schema import (
+    inbox,
+    outbox,
+    transfers,
+    wallet_events,
+    wallet_stats,
+    wallets,
+)
 
 CREDITS = ("funds_deposited", "transfer_credited", "transfer_refunded")
 DEBITS = ("funds_withdrawn", "transfer_debited")

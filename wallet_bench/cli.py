@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from wallet_bench.client import DEFAULT_CONNECTIONS, Targets
 from wallet_bench.load import LoadConfig, parse_mix
 from wallet_bench.run import bench_run, render
-from wallet_common.config import load_settings
+from wallet_platform.config import load_settings
 
 
 def _fraction(text: str) -> float:

@@ -22,7 +22,7 @@ from wallet.v1 import (
     transfer_pb2_grpc,
     wallet_pb2_grpc,
 )
-from wallet_common.channels import make_channel
+from wallet_platform.channels import make_channel
 
 DEFAULT_CONNECTIONS = 8
 

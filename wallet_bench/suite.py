@@ -36,8 +36,8 @@ from wallet_bench.client import Targets
 from wallet_bench.load import LoadConfig, parse_mix
 from wallet_bench.procs import LOCAL_SERVERS, Service, start_service, wait_healthy
 from wallet_bench.run import RunReport, bench_run, render
-from wallet_common import migrate
-from wallet_common.config import load_settings
+from wallet_platform.config import load_settings
+from wallet_platform.storage import migrate
 
 DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"

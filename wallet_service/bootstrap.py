@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import Runtime
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
 from wallet_service.grpc_api import SERVICE_NAME, WalletServicer, add_to_server
 from wallet_service.relay import relay_component
 from wallet_service.service import WalletService

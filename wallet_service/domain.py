@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 
-from wallet_common.errors import (
+from wallet_platform.errors import (
     BalanceOverflowError,
     CurrencyMismatchError,
     InsufficientFundsError,
@@ -26,7 +26,7 @@ INT64_MAX = 2**63 - 1
 ACTIVE = "ACTIVE"
 FROZEN = "FROZEN"
 
-# wallet_events.type values (see wallet_common.events for the full vocabulary).
+# wallet_events.type values (see wallet_platform.messaging.events for the full vocabulary).
 WALLET_CREATED = "wallet_created"
 FUNDS_DEPOSITED = "funds_deposited"
 FUNDS_WITHDRAWN = "funds_withdrawn"

@@ -42,8 +42,8 @@ from typing import Any
 from google.protobuf.message import Message
 from psycopg.rows import namedtuple_row
 
-from wallet_common.batching import BatchScheduler
-from wallet_common.db import Database
+from wallet_platform.storage.batching import BatchScheduler
+from wallet_platform.storage.database import Database
 from wallet_service import domain, repository
 
 log = logging.getLogger(__name__)

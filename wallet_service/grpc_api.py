@@ -13,8 +13,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_common.errors import InvalidArgumentError
-from wallet_common.logs import log_context
+from wallet_platform.errors import InvalidArgumentError
+from wallet_platform.observability.logs import log_context
 from wallet_service.domain import Movement
 from wallet_service.messages import event_to_pb, wallet_to_pb
 from wallet_service.service import WalletService

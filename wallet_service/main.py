@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from wallet_common.runtime import run_server
+from wallet_platform.server.process import run_server
 from wallet_service.bootstrap import build_components
 
 

@@ -35,12 +35,13 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_common.bus import EventBus, OutgoingMessage, PublishError, error_text, get_bus
-from wallet_common.clock import utcnow
-from wallet_common.db import Database
-from wallet_common.failpoints import failpoint
-from wallet_common.runtime import Runtime
-from wallet_common.schema import outbox
+from wallet_platform.clock import utcnow
+from wallet_platform.failpoints import failpoint
+from wallet_platform.messaging.bus import EventBus, OutgoingMessage, PublishError, error_text
+from wallet_platform.messaging.factory import get_bus
+from wallet_platform.runtime import Runtime
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import outbox
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ async def _relay_batch_single_writer(db: Database, bus: EventBus, batch_size: in
 
 
 class OutboxRelay:
-    """The relay as a :class:`~wallet_common.grpc_server.Component` (no gRPC service)."""
+    """The relay as a :class:`~wallet_platform.server.builder.Component` (no gRPC service)."""
 
     name = "outbox-relay"
 

@@ -26,10 +26,10 @@ from sqlalchemy import and_, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_common.clock import ensure_utc
-from wallet_common.db import Database
-from wallet_common.errors import UnavailableError
-from wallet_common.schema import idempotency_records, outbox, wallet_events, wallets
+from wallet_platform.clock import ensure_utc
+from wallet_platform.errors import UnavailableError
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import idempotency_records, outbox, wallet_events, wallets
 from wallet_service import domain
 
 SCOPE = "wallet"

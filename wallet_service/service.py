@@ -38,10 +38,9 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_common import validation
-from wallet_common.clock import Clock, ensure_utc, utcnow
-from wallet_common.db import Database
-from wallet_common.errors import (
+from wallet_platform import validation
+from wallet_platform.clock import Clock, ensure_utc, utcnow
+from wallet_platform.errors import (
     IdempotencyKeyReusedError,
     InvalidArgumentError,
     NotFoundError,
@@ -52,9 +51,10 @@ from wallet_common.errors import (
     error_from_record,
     error_to_record,
 )
-from wallet_common.events import wallet_event_outbox_row
-from wallet_common.failpoints import failpoint
-from wallet_common.logs import audit_id_var
+from wallet_platform.failpoints import failpoint
+from wallet_platform.messaging.events import wallet_event_outbox_row
+from wallet_platform.observability.logs import audit_id_var
+from wallet_platform.storage.database import Database
 from wallet_service import domain, repository
 from wallet_service.group_commit import GroupCommitter, MoveRequest
 from wallet_service.messages import RESPONSE_TYPES, event_to_pb, wallet_to_pb

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from wallet_common.config import OPTIONS, default_database_url
+from wallet_platform.config import OPTIONS, default_database_url
 from walletctl import exitcodes, render
 from walletctl.client import SERVICES, ClientConfig, CredentialsError
 from walletctl.commands import (
@@ -284,7 +284,7 @@ def main(
         if not type(error).__module__.startswith("sqlalchemy"):
             raise
         # A database error (audit, reconcile, projections): unreachable = 3, else 1.
-        from wallet_common.db import is_connection_error
+        from wallet_platform.storage.database import is_connection_error
 
         orig = getattr(error, "orig", None)
         first_line = (str(orig if orig is not None else error).splitlines() or [""])[0]

@@ -3,7 +3,7 @@
 Every service defaults to ``--target`` (``WALLET_TARGET``, a ``wallet-stack``); a
 per-service flag points one of them elsewhere when the services run as separate
 processes. The TLS and token options are the client-side fields of
-``wallet_common.config.Settings`` (same environment variables), so one set of
+``wallet_platform.config.Settings`` (same environment variables), so one set of
 variables configures the servers' clients and the operator's CLI alike.
 """
 

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from wallet_common.db import sqlite_path, sync_url
+from wallet_platform.storage.database import sqlite_path, sync_url
 from walletctl.context import UsageError
 
 

@@ -702,7 +702,7 @@ class _Checker:
         return r
 
 
-# inbox consumer name -> its queue (wallet_common.bus / CONTRACT.md).
+# inbox consumer name -> its queue (wallet_platform.messaging.bus / CONTRACT.md).
 CONSUMER_QUEUES = {"analytics": "analytics.wallet-events", "fraud": "fraud.wallet-events"}
 
 PROJECTION_COLUMNS = (

@@ -56,10 +56,10 @@ from saga_orchestrator.mapping import transfer_to_proto
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import LeaseLostError, TransferRepository
 from wallet.v1 import events_pb2
-from wallet_common.clock import Clock, utcnow
-from wallet_common.events import outbox_row
-from wallet_common.failpoints import failpoint
-from wallet_common.logs import log_context
+from wallet_platform.clock import Clock, utcnow
+from wallet_platform.failpoints import failpoint
+from wallet_platform.messaging.events import outbox_row
+from wallet_platform.observability.logs import log_context
 
 log = logging.getLogger(__name__)
 

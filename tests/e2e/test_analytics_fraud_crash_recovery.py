@@ -26,10 +26,10 @@ from tests.conftest import requires_postgres, requires_rabbitmq
 from tests.e2e.test_analytics_pipeline import caught_up
 from tests.integration.test_analytics_projection import EXPECTED_SQL, STATS_SQL, rows
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.runtime import start_server
-from wallet_common.schema import fraud_alerts, inbox, outbox
+from wallet_platform.config import Settings
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import fraud_alerts, inbox, outbox
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ WORKERS = {"analytics": "analytics_worker.main", "fraud": "fraud_worker.main"}
 def crash_settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
     bus, backend = request.param
     if backend == "sqlite":
-        from wallet_common import migrate
+        from wallet_platform.storage import migrate
 
         url = f"sqlite:///{tmp_path / 'wallet.db'}"
         migrate.upgrade(url)

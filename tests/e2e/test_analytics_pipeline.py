@@ -33,11 +33,12 @@ from wallet.v1 import (
     wallet_pb2,
     wallet_pb2_grpc,
 )
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import RunningServer, Runtime, start_server
-from wallet_common.schema import inbox
+from wallet_platform.config import Settings
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
+from wallet_platform.server.process import RunningServer, start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import inbox
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,7 @@ def build(runtime: Runtime) -> Sequence[Component]:
 def pipeline_settings(request: pytest.FixtureRequest, tmp_path) -> Settings:
     bus, backend = request.param
     if backend == "sqlite":
-        from wallet_common import migrate
+        from wallet_platform.storage import migrate
 
         url = f"sqlite:///{tmp_path / 'wallet.db'}"
         migrate.upgrade(url)

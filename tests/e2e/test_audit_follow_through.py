@@ -4,7 +4,7 @@ Runs the whole platform in one process (``wallet-stack`` components) with token
 authentication on, the way an operator would deploy it: a client token with the
 ``writer`` role starts a transfer; the stack's own orchestrator reaches WalletService
 with its ``orchestrator`` token (``WALLET_AUTH_TOKEN``) through
-``wallet_common.channels``.
+``wallet_platform.channels``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import grpc
 from sqlalchemy import select
 
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
-from wallet_common.audit import AUDIT_ID_HEADER
-from wallet_common.channels import make_channel
-from wallet_common.config import Settings
-from wallet_common.entrypoints import build_stack
-from wallet_common.plumbing import AUDIT_WRITER
-from wallet_common.runtime import start_server
-from wallet_common.schema import audit_log, transfers, wallet_events
+from wallet_platform.channels import make_channel
+from wallet_platform.config import Settings
+from wallet_platform.observability.audit import AUDIT_ID_HEADER
+from wallet_platform.server.plumbing import AUDIT_WRITER
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.schema import audit_log, transfers, wallet_events
+from wallet_stack.main import build_stack
 
 
 async def _audit_id(call) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from wallet_common.config import Settings
-from wallet_common.entrypoints import build_stack
-from wallet_common.runtime import start_server
+from wallet_platform.config import Settings
+from wallet_platform.server.process import start_server
+from wallet_stack.main import build_stack
 
 pytestmark = pytest.mark.slow
 

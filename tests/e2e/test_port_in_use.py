@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wallet_common.config import Settings
-from wallet_common.entrypoints import build_stack
-from wallet_common.runtime import start_server
+from wallet_platform.config import Settings
+from wallet_platform.server.process import start_server
+from wallet_stack.main import build_stack
 
 
 async def test_second_stack_on_the_same_port_refuses_to_start(tmp_path) -> None:

@@ -40,10 +40,10 @@ from tests.integration.test_saga_transfers import (
     wait_terminal,
 )
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.runtime import RunningServer
-from wallet_common.schema import outbox, transfers, wallet_events, wallets
+from wallet_platform.config import Settings
+from wallet_platform.server.process import RunningServer
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import outbox, transfers, wallet_events, wallets
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,11 @@ from grpc_status import rpc_status
 
 from wallet.v1 import wallet_pb2 as pb
 from wallet.v1 import wallet_pb2_grpc
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.grpc_server import Component, create_server, error_reason
-from wallet_common.runtime import Runtime, start_server
+from wallet_platform.config import Settings
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component, create_server, error_reason
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import Database
 from wallet_service.bootstrap import WalletComponent
 from wallet_service.service import WalletService
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from wallet_common.config import Settings
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import Runtime, start_server
+from wallet_platform.config import Settings
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
+from wallet_platform.server.process import start_server
 from wallet_service.bootstrap import WalletComponent
 from wallet_service.service import WalletService
 

@@ -20,13 +20,13 @@ from analytics_worker.bootstrap import build_components
 from analytics_worker.projection import AnalyticsProjection
 from analytics_worker.rebuild import compare_with_log, count_unapplied, rebuild_wallet_stats
 from wallet.v1 import analytics_pb2, analytics_pb2_grpc
-from wallet_common.bus import Delivery
-from wallet_common.config import Settings
-from wallet_common.consumer import ConsumerRunner
-from wallet_common.db import Database
-from wallet_common.grpc_server import error_reason
-from wallet_common.runtime import start_server
-from wallet_common.schema import outbox
+from wallet_platform.config import Settings
+from wallet_platform.messaging.bus import Delivery
+from wallet_platform.messaging.consumer import ConsumerRunner
+from wallet_platform.server.builder import error_reason
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import outbox
 from wallet_service.domain import Movement
 from wallet_service.service import WalletService
 
@@ -230,7 +230,7 @@ async def test_get_wallet_stats_over_grpc(settings: Settings) -> None:
 
 async def test_batched_apply_equals_one_by_one(database: Database) -> None:
     """``apply_many`` (for a batching runner): one transaction, one upsert per wallet."""
-    from wallet_common import events
+    from wallet_platform.messaging import events
 
     await scripted_history(WalletService(database))
     deliveries = await outbox_deliveries(database)

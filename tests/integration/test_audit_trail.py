@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import select
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_common.audit import AUDIT_ID_HEADER
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.plumbing import AUDIT_WRITER
-from wallet_common.runtime import RunningServer, start_server
-from wallet_common.schema import audit_log, wallet_events
+from wallet_platform.config import Settings
+from wallet_platform.observability.audit import AUDIT_ID_HEADER
+from wallet_platform.server.plumbing import AUDIT_WRITER
+from wallet_platform.server.process import RunningServer, start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import audit_log, wallet_events
 from wallet_service.bootstrap import build_components
 
 WALLET = "/wallet.v1.WalletService/"
@@ -174,7 +174,7 @@ async def test_a_batch_written_twice_is_stored_once_with_every_column(database):
     (same audit ids) adds nothing on PostgreSQL."""
     from datetime import UTC, datetime
 
-    from wallet_common.audit import AuditWriter
+    from wallet_platform.observability.audit import AuditWriter
 
     started = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
     batch = [

@@ -18,11 +18,11 @@ from wallet_bench.checks import LogReader, check_log
 from wallet_bench.client import Targets
 from wallet_bench.load import LoadConfig
 from wallet_bench.run import bench_run, render
-from wallet_common.config import Settings
-from wallet_common.db import sync_url
-from wallet_common.entrypoints import build_stack
-from wallet_common.runtime import start_server
-from wallet_common.schema import transfers, wallets
+from wallet_platform.config import Settings
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import sync_url
+from wallet_platform.storage.schema import transfers, wallets
+from wallet_stack.main import build_stack
 
 
 def _config(**changes: object) -> LoadConfig:

@@ -13,8 +13,8 @@ import asyncio
 import uuid
 
 from tests.rabbit import BusUnderTest, poll_until, queue_consumers, rabbitmqctl
-from wallet_common import events
-from wallet_common.bus import Delivery, OutgoingMessage
+from wallet_platform.messaging import events
+from wallet_platform.messaging.bus import Delivery, OutgoingMessage
 
 
 def message() -> OutgoingMessage:
@@ -88,8 +88,8 @@ async def test_committed_batches_are_acked_together_around_a_retry(
         inbox_ids,
     )
     from tests.rabbit import queue_depths
-    from wallet_common.consumer import ConsumerComponent
-    from wallet_common.runtime import Runtime
+    from wallet_platform.messaging.consumer import ConsumerComponent
+    from wallet_platform.runtime import Runtime
 
     but = rabbit_bus_under_test
     assert but.vhost is not None

@@ -13,14 +13,14 @@ import uuid
 import pytest
 
 from tests.rabbit import BusUnderTest, poll_until
-from wallet_common import dlq, events
-from wallet_common.bus import (
+from wallet_platform.config import Settings
+from wallet_platform.messaging import dlq, events
+from wallet_platform.messaging.bus import (
     Delivery,
     OutgoingMessage,
     PoisonMessageError,
     PublishError,
 )
-from wallet_common.config import Settings
 
 
 def message(routing_key: str = "wallet.funds_deposited", body: bytes = b"x") -> OutgoingMessage:

@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.rabbit import BusUnderTest, poll_until
 from wallet.v1 import wallet_pb2
-from wallet_common import dlq, events, failpoints
-from wallet_common.bus import Delivery, OutgoingMessage, PoisonMessageError
-from wallet_common.consumer import ConsumerComponent, ConsumerRunner
-from wallet_common.runtime import Runtime
-from wallet_common.schema import inbox
+from wallet_platform import failpoints
+from wallet_platform.messaging import dlq, events
+from wallet_platform.messaging.bus import Delivery, OutgoingMessage, PoisonMessageError
+from wallet_platform.messaging.consumer import ConsumerComponent, ConsumerRunner
+from wallet_platform.runtime import Runtime
+from wallet_platform.storage.schema import inbox
 
 
 class RecordingProjection:
@@ -186,7 +187,7 @@ async def test_a_delivery_without_message_id_is_poison(database) -> None:
 
 async def test_projection_logs_carry_the_events_audit_and_transfer_ids(database) -> None:
     """One audit id leads from the write call through the ledger to each consumer."""
-    from wallet_common.logs import audit_id_var, transfer_id_var
+    from wallet_platform.observability.logs import audit_id_var, transfer_id_var
 
     seen: list[tuple[str | None, str | None]] = []
 

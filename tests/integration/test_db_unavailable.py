@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.errors import UnavailableError
+from wallet_platform.config import Settings
+from wallet_platform.errors import UnavailableError
+from wallet_platform.storage.database import Database
 
 
 @pytest.mark.parametrize("path", ["transaction", "read", "autocommit"])

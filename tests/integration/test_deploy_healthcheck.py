@@ -1,4 +1,7 @@
-"""The container health probe (``python -m wallet_common.healthcheck``) against a real server."""
+"""The container health probe against a real server.
+
+``python -m wallet_platform.server.healthcheck`` is what the image's HEALTHCHECK runs.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import sys
 
 import pytest
 
-from wallet_common.config import Settings
-from wallet_common.runtime import start_server
+from wallet_platform.config import Settings
+from wallet_platform.server.process import start_server
 from wallet_service.bootstrap import build_components
 
 
@@ -17,7 +20,7 @@ async def _probe(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "wallet_common.healthcheck",
+        "wallet_platform.server.healthcheck",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -20,13 +20,13 @@ from fraud_worker.bootstrap import build_components
 from fraud_worker.projection import FraudProjection
 from fraud_worker.rules import FraudRules
 from wallet.v1 import events_pb2, fraud_pb2, fraud_pb2_grpc, wallet_pb2
-from wallet_common import events
-from wallet_common.bus import Delivery
-from wallet_common.config import Settings
-from wallet_common.consumer import ConsumerRunner
-from wallet_common.db import Database
-from wallet_common.runtime import start_server
-from wallet_common.schema import fraud_alerts, outbox
+from wallet_platform.config import Settings
+from wallet_platform.messaging import events
+from wallet_platform.messaging.bus import Delivery
+from wallet_platform.messaging.consumer import ConsumerRunner
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import fraud_alerts, outbox
 from wallet_service.domain import Movement
 from wallet_service.service import WalletService
 
@@ -261,7 +261,7 @@ async def test_old_withdrawals_are_pruned_alerts_kept(
     import asyncio
 
     from fraud_worker.housekeeping import WithdrawalPruner, prune_withdrawals
-    from wallet_common.schema import fraud_withdrawals
+    from wallet_platform.storage.schema import fraud_withdrawals
 
     async def remembered() -> int:
         async with database.read() as conn:

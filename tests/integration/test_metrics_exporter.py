@@ -21,15 +21,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import column, func, insert, select, table, update
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_common import events as event_names
-from wallet_common.channels import make_channel
-from wallet_common.clock import utcnow
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.metrics import METRIC_NAMES, MetricsHttpServer, StateCollector
-from wallet_common.plumbing import METRICS_HTTP
-from wallet_common.runtime import start_server
-from wallet_common.schema import inbox, outbox, transfers, wallet_events
+from wallet_platform.channels import make_channel
+from wallet_platform.clock import utcnow
+from wallet_platform.config import Settings
+from wallet_platform.messaging import events as event_names
+from wallet_platform.observability.metrics import METRIC_NAMES, MetricsHttpServer, StateCollector
+from wallet_platform.server.plumbing import METRICS_HTTP
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import inbox, outbox, transfers, wallet_events
 from wallet_service.bootstrap import build_components
 
 BUS = table("bus_messages", column("id"), column("queue"), column("state"))
@@ -207,8 +207,8 @@ async def test_queue_depths_from_rabbitmq(amqp_url: str, tmp_path):
             await channel.default_exchange.publish(aio_pika.Message(b"x"), queue.name)
         await channel.default_exchange.publish(aio_pika.Message(b"y"), dlq.name)
         settings = Settings(database_url=f"sqlite:///{tmp_path / 'w.db'}")
-        from wallet_common import migrate
-        from wallet_common.db import Database
+        from wallet_platform.storage import migrate
+        from wallet_platform.storage.database import Database
 
         migrate.upgrade(settings.database_url)
         db = Database.from_settings(settings)

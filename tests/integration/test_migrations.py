@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PostgresDatabases, requires_postgres
-from wallet_common import migrate
-from wallet_common.db import sync_url
+from wallet_platform.storage import migrate
+from wallet_platform.storage.database import sync_url
 
 
 def _tables(url: str) -> set[str]:
@@ -44,7 +44,7 @@ def test_upgrade_twice_is_a_no_op(database_url: str) -> None:
 
 
 def _concurrent_upgrades(url: str, count: int = 4) -> None:
-    code = f"from wallet_common import migrate; migrate.upgrade({url!r})"
+    code = f"from wallet_platform.storage import migrate; migrate.upgrade({url!r})"
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
     assert [p.wait(timeout=120) for p in procs] == [0] * count
 

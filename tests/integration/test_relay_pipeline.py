@@ -36,15 +36,16 @@ from tests.rabbit import (
 )
 from wallet.v1 import wallet_pb2 as pb
 from wallet.v1 import wallet_pb2_grpc
-from wallet_common import events
-from wallet_common.bus import Delivery, EventBus, PublishError
-from wallet_common.bus_rabbit import RabbitBus
-from wallet_common.clock import utcnow
-from wallet_common.consumer import ConsumerComponent
-from wallet_common.db import Database
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import Runtime, start_server
-from wallet_common.schema import inbox, outbox, wallet_events
+from wallet_platform.clock import utcnow
+from wallet_platform.messaging import events
+from wallet_platform.messaging.bus import Delivery, EventBus, PublishError
+from wallet_platform.messaging.consumer import ConsumerComponent
+from wallet_platform.messaging.rabbit import RabbitBus
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import inbox, outbox, wallet_events
 from wallet_service import bootstrap as wallet_bootstrap
 from wallet_service.relay import relay_batch
 from wallet_service.service import WalletService

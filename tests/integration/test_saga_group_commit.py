@@ -35,10 +35,10 @@ from saga_orchestrator.repository import (
     TransferRepository,
     begun_step,
 )
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.errors import UnavailableError
-from wallet_common.schema import outbox, transfer_steps, transfers
+from wallet_platform.config import Settings
+from wallet_platform.errors import UnavailableError
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import outbox, transfer_steps, transfers
 
 OWNER = "r1"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

@@ -27,9 +27,9 @@ from saga_orchestrator.gateway import StepCall, StepFailedError, WalletInfo
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import LeaseLostError, TransferRepository
 from saga_orchestrator.sweeper import Sweeper
-from wallet_common.clock import utcnow
-from wallet_common.db import Database
-from wallet_common.schema import transfers
+from wallet_platform.clock import utcnow
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import transfers
 
 FAST = RetryPolicy(step_deadline=1.0, initial_backoff=0.01, max_backoff=0.02, jitter=0.01, lease=5)
 

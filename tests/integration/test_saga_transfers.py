@@ -18,13 +18,14 @@ from sqlalchemy import select
 
 from saga_orchestrator import bootstrap as saga_bootstrap
 from wallet.v1 import events_pb2, transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
-from wallet_common import failpoints
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.events import decode
-from wallet_common.grpc_server import Component, error_reason
-from wallet_common.runtime import RunningServer, Runtime, start_server
-from wallet_common.schema import outbox, wallet_events
+from wallet_platform import failpoints
+from wallet_platform.config import Settings
+from wallet_platform.messaging.events import decode
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component, error_reason
+from wallet_platform.server.process import RunningServer, start_server
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import outbox, wallet_events
 from wallet_service import bootstrap as wallet_bootstrap
 
 COMPLETED = transfer_pb2.TRANSFER_STATE_COMPLETED

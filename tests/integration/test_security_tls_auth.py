@@ -2,7 +2,7 @@
 
 The tests make their own CA and certificates (``cryptography``), start servers with
 ``WALLET_TLS_*`` / ``WALLET_AUTH_TOKENS`` settings and connect through
-``wallet_common.channels.make_channel``, exactly as the orchestrator and walletctl do.
+``wallet_platform.channels.make_channel``, exactly as the orchestrator and walletctl do.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sqlalchemy import select
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_common.channels import make_channel
-from wallet_common.config import Settings
-from wallet_common.plumbing import AUDIT_WRITER
-from wallet_common.runtime import start_server
-from wallet_common.schema import audit_log, wallet_events
+from wallet_platform.channels import make_channel
+from wallet_platform.config import Settings
+from wallet_platform.server.plumbing import AUDIT_WRITER
+from wallet_platform.server.process import start_server
+from wallet_platform.storage.schema import audit_log, wallet_events
 from wallet_service.bootstrap import build_components
 
 # --- a throwaway PKI ---------------------------------------------------------------

@@ -16,10 +16,10 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.conftest import requires_postgres
 from tests.integration.test_wallet_service import check_invariants
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.errors import InsufficientFundsError, UnavailableError
-from wallet_common.schema import idempotency_records, outbox, wallet_events
+from wallet_platform.config import Settings
+from wallet_platform.errors import InsufficientFundsError, UnavailableError
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import idempotency_records, outbox, wallet_events
 from wallet_service.domain import Movement
 from wallet_service.service import WalletService
 

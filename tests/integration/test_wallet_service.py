@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from wallet.v1 import events_pb2, wallet_pb2
-from wallet_common.errors import (
+from wallet_platform.errors import (
     BalanceOverflowError,
     CurrencyMismatchError,
     IdempotencyKeyReusedError,
@@ -26,7 +26,7 @@ from wallet_common.errors import (
     WalletFrozenError,
     WalletNotFoundError,
 )
-from wallet_common.schema import idempotency_records, outbox, wallet_events, wallets
+from wallet_platform.storage.schema import idempotency_records, outbox, wallet_events, wallets
 from wallet_service import domain
 from wallet_service.domain import INT64_MAX, Movement
 from wallet_service.service import WalletService
@@ -414,9 +414,9 @@ async def test_plain_get_wallet_is_the_stored_row(service, database):
 
 
 async def test_plain_get_wallet_on_an_unreachable_database_is_unavailable():
-    from wallet_common.config import Settings
-    from wallet_common.db import Database
-    from wallet_common.errors import UnavailableError
+    from wallet_platform.config import Settings
+    from wallet_platform.errors import UnavailableError
+    from wallet_platform.storage.database import Database
 
     db = Database.from_settings(
         Settings(database_url="postgresql+psycopg://root@127.0.0.1:1/nowhere")

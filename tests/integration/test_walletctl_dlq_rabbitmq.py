@@ -18,9 +18,9 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import requires_rabbitmq
 from tests.integration.walletctl_harness import Ctl, Result, running_stack
-from wallet_common import events
-from wallet_common.bus_rabbit import amqp_message
-from wallet_common.db import sync_url
+from wallet_platform.messaging import events
+from wallet_platform.messaging.rabbit import amqp_message
+from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 
 pytestmark = [requires_rabbitmq, pytest.mark.rabbitmq]

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from tests.integration.walletctl_harness import Ctl, Result, running_stack
-from wallet_common.db import sync_url
+from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 
 

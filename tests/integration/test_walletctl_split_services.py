@@ -16,9 +16,9 @@ import asyncio
 import time
 
 from tests.integration.walletctl_harness import Result, walletctl
-from wallet_common import failpoints
-from wallet_common.config import Settings
-from wallet_common.runtime import RunningServer, start_server
+from wallet_platform import failpoints
+from wallet_platform.config import Settings
+from wallet_platform.server.process import RunningServer, start_server
 from walletctl import exitcodes
 
 

@@ -16,9 +16,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from wallet_common.config import Settings
-from wallet_common.entrypoints import build_stack
-from wallet_common.runtime import RunningServer, start_server
+from wallet_platform.config import Settings
+from wallet_platform.server.process import RunningServer, start_server
+from wallet_stack.main import build_stack
 from walletctl.cli import main
 
 

@@ -8,7 +8,7 @@ import logging.handlers
 
 import pytest
 
-from wallet_common.logs import log_context, setup_logging
+from wallet_platform.observability.logs import log_context, setup_logging
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from wallet.v1 import transfer_pb2, wallet_pb2
-from wallet_common import audit
+from wallet_platform.observability import audit
 
 
 def test_write_methods_and_prefix_rule():

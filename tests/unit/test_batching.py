@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from wallet_common.batching import BatchScheduler
+from wallet_platform.storage.batching import BatchScheduler
 
 
 @dataclass

@@ -11,7 +11,7 @@ from wallet_bench.load import Ledger, LoadConfig, Op, _replay_problem, parse_mix
 from wallet_bench.run import RunReport
 from wallet_bench.stats import RunStats, percentile
 from wallet_bench.suite import render_verdicts, verdicts
-from wallet_common.workers import listen_port
+from wallet_platform.server.prefork import listen_port
 
 
 def test_parse_mix_reads_weights_and_rejects_nonsense() -> None:

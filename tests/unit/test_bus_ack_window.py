@@ -7,7 +7,7 @@ dead-lettered; those stay unacked while settled tags above them are acked singly
 
 from __future__ import annotations
 
-from wallet_common.bus_rabbit import _AckWindow
+from wallet_platform.messaging.rabbit import _AckWindow
 
 
 def window(*tags: int) -> _AckWindow:

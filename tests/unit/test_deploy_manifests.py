@@ -1,7 +1,7 @@
 """deploy/ checked against the code: Docker is not available here, so test what we can.
 
 Every file parses; every command is a console script of pyproject; every WALLET_*
-variable exists in ``wallet_common.config.OPTIONS``; ports match the contract defaults
+variable exists in ``wallet_platform.config.OPTIONS``; ports match the contract defaults
 (and the code's own defaults); probes and Services point at the right ports; the
 orchestrator and workers run two replicas; every metric the Grafana dashboard queries is
 registered by the code.
@@ -20,8 +20,8 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import wallet_common.metrics  # registers the platform's metrics
-from wallet_common.config import OPTIONS
+import wallet_platform.observability.metrics  # registers the platform's metrics
+from wallet_platform.config import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -89,7 +89,7 @@ def test_dockerfile_builds_from_real_paths_and_runs_a_script():
     assert set(CONTRACT_PORTS.values()) <= exposed
     for name in re.findall(r"\b(WALLET_[A-Z_]+)=", text):
         assert name in ENV_NAMES, name
-    assert "wallet_common.healthcheck" in text
+    assert "wallet_platform.server.healthcheck" in text
 
 
 def test_compose_services_commands_env_ports_and_health():
@@ -106,7 +106,7 @@ def test_compose_services_commands_env_ports_and_health():
         assert _port(env["WALLET_LISTEN"]) == port
         assert f"{port}:{port}" in service["ports"]
         health = service["healthcheck"]["test"]
-        assert health[:4] == ["CMD", "python", "-m", "wallet_common.healthcheck"]
+        assert health[:4] == ["CMD", "python", "-m", "wallet_platform.server.healthcheck"]
         assert _port(health[4]) == port
         assert service["image"] == "wallet-platform:latest"
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
@@ -175,10 +175,10 @@ def test_dashboard_queries_only_registered_metrics():
     used = {name for expr in exprs for name in re.findall(r"\b(wallet_[a-z0-9_]+)", expr)}
     registered = _registered_sample_names()
     assert used <= registered, used - registered
-    assert used <= wallet_common.metrics.METRIC_NAMES
+    assert used <= wallet_platform.observability.metrics.METRIC_NAMES
     # And every name in METRIC_NAMES (documented in docs/operations.md) is registered.
     ours = {name for name in registered if name.startswith("wallet_")}
-    assert ours >= wallet_common.metrics.METRIC_NAMES
+    assert ours >= wallet_platform.observability.metrics.METRIC_NAMES
     # The dashboard covers every family the issue asks for.
     for needed in (
         "wallet_grpc_server_handled_total",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from wallet_common.audit import AuditWriter
-from wallet_common.grpc_server import WrappingInterceptor
-from wallet_common.plumbing import PlumbingInterceptor
+from wallet_platform.observability.audit import AuditWriter
+from wallet_platform.server.builder import WrappingInterceptor
+from wallet_platform.server.plumbing import PlumbingInterceptor
 
 
 class _CountingInterceptor(WrappingInterceptor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from wallet_common.config import OPTIONS, Settings
+from wallet_platform.config import OPTIONS, Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

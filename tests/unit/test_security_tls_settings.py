@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wallet_common.channels import channel_credentials
-from wallet_common.config import Settings
-from wallet_common.grpc_server import server_credentials
+from wallet_platform.channels import channel_credentials
+from wallet_platform.config import Settings
+from wallet_platform.server.builder import server_credentials
 
 
 def test_plaintext_is_the_default():

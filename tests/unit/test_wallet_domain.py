@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from wallet.v1 import wallet_pb2
-from wallet_common.errors import (
+from wallet_platform.errors import (
     BalanceOverflowError,
     CurrencyMismatchError,
     InsufficientFundsError,
     InvalidArgumentError,
     WalletFrozenError,
 )
-from wallet_common.validation import encode_page_token
+from wallet_platform.validation import encode_page_token
 from wallet_service import domain
 from wallet_service.domain import INT64_MAX, Movement
 from wallet_service.messages import event_to_pb, wallet_to_pb

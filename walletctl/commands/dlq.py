@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from wallet_common.config import Settings
+from wallet_platform.config import Settings
 from walletctl import exitcodes, render
 from walletctl.commands import group, leaf, positive_int
 from walletctl.context import Context, UnavailableError, UsageError
@@ -77,7 +77,7 @@ def _run(ctx: Context, work: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
 
 def _lib() -> Any:
     """The DLQ library (imported on use: it pulls in aio-pika and SQLAlchemy)."""
-    from wallet_common import dlq
+    from wallet_platform.messaging import dlq
 
     return dlq
 
@@ -85,7 +85,7 @@ def _lib() -> Any:
 def _letter(letter: Any, with_body: bool = False) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
-    from wallet_common.events import UndecodableMessageError, decode
+    from wallet_platform.messaging.events import UndecodableMessageError, decode
 
     data: dict[str, Any] = {
         "queue": letter.queue,

@@ -30,8 +30,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _database(ctx: Context) -> Any:
-    from wallet_common.config import Settings
-    from wallet_common.db import Database
+    from wallet_platform.config import Settings
+    from wallet_platform.storage.database import Database
     from walletctl.dbutil import snapshot_engine
 
     snapshot_engine(ctx.database_url).dispose()  # validates the URL / file exists

@@ -114,7 +114,7 @@ async def _broker_depths(amqp_url: str) -> dict[str, int]:
     """Per consumer queue: messages ready in it plus those in its DLQ (passive declares)."""
     import aio_pika
 
-    from wallet_common.bus import QUEUES
+    from wallet_platform.messaging.bus import QUEUES
 
     connection = await aio_pika.connect(amqp_url, timeout=10)
     try:

@@ -18,7 +18,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 
-from wallet_common.db import sqlite_path, sync_url
+from wallet_platform.storage.database import sqlite_path, sync_url
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from typing import Any
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_common.bus import (
+from wallet_platform.clock import utcnow
+from wallet_platform.messaging.bus import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PREFETCH,
     Delivery,
@@ -42,9 +43,8 @@ from wallet_common.bus import (
     error_text,
     routed_queues,
 )
-from wallet_common.clock import utcnow
-from wallet_common.db import Database
-from wallet_common.schema import bus_messages as bm
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import bus_messages as bm
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class _Consumer:
 
 
 class InProcessBus:
-    """An :class:`~wallet_common.bus.EventBus` whose queues live in ``bus_messages``."""
+    """An :class:`~wallet_platform.messaging.bus.EventBus` whose queues live in ``bus_messages``."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

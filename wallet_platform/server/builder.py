@@ -20,13 +20,13 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from sqlalchemy.exc import DBAPIError
 
-from wallet_common.db import is_connection_error
-from wallet_common.errors import (
+from wallet_platform.errors import (
     InvalidArgumentError,
     UnavailableError,
     WalletPlatformError,
 )
-from wallet_common.handlers import with_behaviour
+from wallet_platform.server.handlers import with_behaviour
+from wallet_platform.storage.database import is_connection_error
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class ErrorInterceptor(WrappingInterceptor):
     """Maps exceptions from servicers to gRPC statuses; nothing else does.
 
     Servers with the platform's plumbing get the same mapping inside its one
-    interceptor (``wallet_common.plumbing``) instead.
+    interceptor (``wallet_platform.server.plumbing``) instead.
     """
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -2,7 +2,7 @@
 
 Three sources:
 
-- :func:`measure` (installed by ``wallet_common.plumbing``) counts every RPC and times
+- :func:`measure` (installed by ``wallet_platform.server.plumbing``) counts every RPC and times
   it, by service, method and status code (the RED metrics of each server).
 - :class:`StateCollector` periodically reads the platform's state from the database
   and the broker: sagas by state and the age of the oldest unfinished one, the outbox
@@ -35,11 +35,11 @@ from prometheus_client import (
 )
 from sqlalchemy import and_, column, exists, func, not_, select, table
 
-from wallet_common import events as event_names
-from wallet_common.clock import Clock, ensure_utc, utcnow
-from wallet_common.db import Database
-from wallet_common.handlers import with_behaviour
-from wallet_common.schema import inbox, outbox, transfers, wallet_events
+from wallet_platform.clock import Clock, ensure_utc, utcnow
+from wallet_platform.messaging import events as event_names
+from wallet_platform.server.handlers import with_behaviour
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import inbox, outbox, transfers, wallet_events
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
 
 SAGA_STATES = ("PENDING", "DEBITED", "COMPLETED", "FAILED", "COMPENSATING", "COMPENSATED")
 TERMINAL_SAGA_STATES = ("COMPLETED", "FAILED", "COMPENSATED")
-# The embedded bus's queue table (``wallet_common.bus_inprocess``), named loosely so
+# The embedded bus's queue table (``wallet_platform.messaging.inprocess``), named loosely so
 # this module does not depend on the bus's schema beyond two columns.
 _bus = table("bus_messages", column("queue"), column("state"))
 # consumer name (inbox.consumer) -> (its queue, its dead-letter queue)
@@ -191,7 +191,7 @@ def measure(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
     """``handler`` counted and timed (unary and server-streaming); the outermost layer.
 
     Built once per method by the server's plumbing interceptor
-    (``wallet_common.plumbing``), so it sees every final status, refusals included.
+    (``wallet_platform.server.plumbing``), so it sees every final status, refusals included.
     """
     series = _MethodSeries(method)
     if handler.unary_unary:

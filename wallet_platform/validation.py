@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from wallet_common.errors import InvalidArgumentError
+from wallet_platform.errors import InvalidArgumentError
 
 INT64_MAX = 2**63 - 1
 WALLET_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")

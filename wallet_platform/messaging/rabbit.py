@@ -18,7 +18,7 @@ bottom of the channel's unsettled ones (see :class:`_AckWindow`).
 Retries republish a copy to the same queue (default exchange) with
 ``x-wallet-attempt`` + 1 and the reason in ``x-wallet-error``, then ack the original
 (so the count survives restarts); the last failure, or a
-:class:`~wallet_common.bus.PoisonMessageError`, publishes the message to the DLX with
+:class:`~wallet_platform.messaging.bus.PoisonMessageError`, publishes the message to the DLX with
 the reason and acks it. If even that publish fails the message is rejected without
 requeue, and the queue's own ``x-dead-letter-exchange`` puts it in the same DLQ.
 
@@ -52,8 +52,8 @@ from aio_pika.abc import (
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from wallet_common import events
-from wallet_common.bus import (
+from wallet_platform.messaging import events
+from wallet_platform.messaging.bus import (
     BINDING_KEY,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PREFETCH,
@@ -263,7 +263,7 @@ class _Consumer:
 
 
 class RabbitBus:
-    """An :class:`~wallet_common.bus.EventBus` on RabbitMQ."""
+    """An :class:`~wallet_platform.messaging.bus.EventBus` on RabbitMQ."""
 
     def __init__(self, url: str, *, start_wait: float = START_WAIT_SECONDS) -> None:
         self.url = url

@@ -39,22 +39,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_common import events
-from wallet_common.bus import (
+from wallet_platform.clock import utcnow
+from wallet_platform.errors import UnavailableError
+from wallet_platform.failpoints import failpoint
+from wallet_platform.messaging import events
+from wallet_platform.messaging.bus import (
     DEFAULT_MAX_ATTEMPTS,
     Delivery,
     EventBus,
     PoisonMessageError,
     error_text,
-    get_bus,
 )
-from wallet_common.clock import utcnow
-from wallet_common.db import Database, is_connection_error
-from wallet_common.errors import UnavailableError
-from wallet_common.failpoints import failpoint
-from wallet_common.logs import log_context
-from wallet_common.runtime import Runtime
-from wallet_common.schema import inbox
+from wallet_platform.messaging.factory import get_bus
+from wallet_platform.observability.logs import log_context
+from wallet_platform.runtime import Runtime
+from wallet_platform.storage.database import Database, is_connection_error
+from wallet_platform.storage.schema import inbox
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def _settle(item: _Pending, error: BaseException | None, applied: bool) -> None:
 
 
 class ConsumerComponent:
-    """A :class:`~wallet_common.grpc_server.Component` that runs one projection."""
+    """A :class:`~wallet_platform.server.builder.Component` that runs one projection."""
 
     def __init__(
         self,

@@ -3,9 +3,9 @@
 Two implementations keep the same semantics, so the domain code never knows which
 one runs:
 
-- :class:`~wallet_common.bus_rabbit.RabbitBus` (``WALLET_AMQP_URL`` set): RabbitMQ with
+- :class:`~wallet_platform.messaging.rabbit.RabbitBus` (``WALLET_AMQP_URL`` set): RabbitMQ with
   publisher confirms and ``mandatory`` publishes, the topology of CONTRACT.md.
-- :class:`~wallet_common.bus_inprocess.InProcessBus` (``WALLET_AMQP_URL`` empty, the
+- :class:`~wallet_platform.messaging.inprocess.InProcessBus` (``WALLET_AMQP_URL`` empty, the
   ``make run`` default): queues kept in the platform's own database (table
   ``bus_messages``), so a crash loses nothing and ``walletctl dlq`` can see dead letters
   from another process.
@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from wallet_common import events
+from wallet_platform.messaging import events
 
 if TYPE_CHECKING:
-    from wallet_common.runtime import Runtime
+    pass
 
 # Topology (CONTRACT.md): each consumer queue is bound with BINDING_KEY and dead-letters
 # through the DLX with its own routing key (= its DLQ's name) into its DLQ.
@@ -45,7 +45,6 @@ HEADER_REPLAYED = "x-wallet-replayed"  # set on copies replayed out of a DLQ
 
 DEFAULT_PREFETCH = 64
 DEFAULT_MAX_ATTEMPTS = 5
-BUS_EXTRA_KEY = "bus"
 
 
 class PublishError(RuntimeError):
@@ -157,23 +156,3 @@ def error_text(error: BaseException, limit: int = 1000) -> str:
     """A short, single-line reason for headers and the DLQ."""
     text = f"{type(error).__name__}: {error}".replace("\n", " ")
     return text[:limit]
-
-
-def create_bus(runtime: Runtime) -> EventBus:
-    """A new bus for this runtime's settings (use :func:`get_bus` to share one)."""
-    if runtime.settings.amqp_url:
-        from wallet_common.bus_rabbit import RabbitBus
-
-        return RabbitBus(runtime.settings.amqp_url)
-    from wallet_common.bus_inprocess import InProcessBus
-
-    return InProcessBus(runtime.db)
-
-
-def get_bus(runtime: Runtime) -> EventBus:
-    """The one bus of this process (cached in ``runtime.extras["bus"]``)."""
-    bus: EventBus | None = runtime.extras.get(BUS_EXTRA_KEY)
-    if bus is None:
-        bus = create_bus(runtime)
-        runtime.extras[BUS_EXTRA_KEY] = bus
-    return bus

@@ -1,8 +1,8 @@
-"""A tiny gRPC health probe: ``python -m wallet_common.healthcheck HOST:PORT [SERVICE]``.
+"""A tiny gRPC health probe: ``python -m wallet_platform.server.healthcheck HOST:PORT [SERVICE]``.
 
 Container health checks use it (the image has no grpcurl): exit 0 when the server
 answers ``SERVING``, 1 otherwise. It reads the same ``WALLET_TLS_*`` settings as every
-client (``wallet_common.channels``), so it also probes TLS and mTLS servers. Health
+client (``wallet_platform.channels``), so it also probes TLS and mTLS servers. Health
 needs no token even when authentication is on.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from wallet_common.channels import make_channel
-from wallet_common.config import load_settings
+from wallet_platform.channels import make_channel
+from wallet_platform.config import load_settings
 
 
 async def check(target: str, service: str = "", deadline: float = 3.0) -> str:

@@ -23,8 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from wallet_common.config import Settings
-from wallet_common.errors import UnavailableError
+from wallet_platform.config import Settings
+from wallet_platform.errors import UnavailableError
 
 READONLY = "wallet_readonly"
 

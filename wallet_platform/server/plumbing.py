@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from wallet_common.audit import AuditWriter, audit
-from wallet_common.grpc_server import WrappingInterceptor, map_errors
-from wallet_common.metrics import MetricsHttpServer, StateCollector, measure
-from wallet_common.security import TokenTable, guard, token_table
+from wallet_platform.observability.audit import AuditWriter, audit
+from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector, measure
+from wallet_platform.server.builder import WrappingInterceptor, map_errors
+from wallet_platform.server.security import TokenTable, guard, token_table
 
 if TYPE_CHECKING:
-    from wallet_common.runtime import Runtime
+    from wallet_platform.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,9 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from sqlalchemy import delete, func, select, update
 
-from wallet_common.bus import (
+from wallet_platform.clock import ensure_utc
+from wallet_platform.config import Settings
+from wallet_platform.messaging.bus import (
     DLQ_TO_QUEUE,
     HEADER_ATTEMPT,
     HEADER_ERROR,
@@ -37,11 +39,9 @@ from wallet_common.bus import (
     QUEUES,
     resolve_queue,
 )
-from wallet_common.bus_inprocess import now_ms
-from wallet_common.clock import ensure_utc
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.schema import bus_messages as bm
+from wallet_platform.messaging.inprocess import now_ms
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import bus_messages as bm
 
 DEFAULT_LIMIT = 100
 MAX_SCAN = 100_000  # messages one RabbitMQ operation looks at, at most
@@ -218,7 +218,7 @@ async def _db_purge(settings: Settings, queue: str, wanted: set[str] | None) -> 
 @contextlib.asynccontextmanager
 async def _rabbit_channel(url: str) -> AsyncIterator[AbstractChannel]:
     """A short-lived confirm channel with the topology declared (idempotent)."""
-    from wallet_common.bus_rabbit import declare_topology
+    from wallet_platform.messaging.rabbit import declare_topology
 
     connection = await aio_pika.connect(url, timeout=10)
     try:
@@ -240,7 +240,7 @@ def _text(value: Any) -> str:
 
 
 def _to_dead_letter(message: AbstractIncomingMessage, dlq_name: str) -> DeadLetter:
-    from wallet_common.bus_rabbit import HEADER_ROUTING_KEY
+    from wallet_platform.messaging.rabbit import HEADER_ROUTING_KEY
 
     queue = _text(_header(message, HEADER_QUEUE)) or DLQ_TO_QUEUE[dlq_name]
     reason = _text(_header(message, HEADER_ERROR))
@@ -316,7 +316,7 @@ async def _rabbit_take(url: str, queue: str, wanted: set[str] | None, *, replay:
 
 
 def _replay_copy(message: AbstractIncomingMessage, letter: DeadLetter) -> aio_pika.Message:
-    from wallet_common.bus_rabbit import HEADER_ROUTING_KEY, amqp_message
+    from wallet_platform.messaging.rabbit import HEADER_ROUTING_KEY, amqp_message
 
     headers = {
         key: value

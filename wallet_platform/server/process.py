@@ -1,4 +1,4 @@
-"""What a process shares between its components, and the serve loop.
+"""The life of a server process: start, serve, stop.
 
 ``run_server`` is the whole life of a server process: logging, failpoints,
 migrations, the database, the components, the gRPC server, health, then a clean
@@ -13,40 +13,28 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from wallet_common import failpoints, migrate, workers
-from wallet_common.config import Settings
-from wallet_common.db import Database
-from wallet_common.grpc_server import (
+from wallet_platform import failpoints
+from wallet_platform.config import Settings
+from wallet_platform.observability.logs import setup_logging
+from wallet_platform.runtime import Runtime
+from wallet_platform.server import prefork
+from wallet_platform.server.builder import (
     Component,
     create_server,
     server_credentials,
     set_health,
 )
-from wallet_common.logs import setup_logging
-from wallet_common.plumbing import ServerPlumbing
+from wallet_platform.server.plumbing import ServerPlumbing
+from wallet_platform.storage import migrate
+from wallet_platform.storage.database import Database
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 5.0
-
-
-@dataclass
-class Runtime:
-    """Shared by the components of one process (built once, in ``run_server``)."""
-
-    settings: Settings
-    db: Database
-    # "stack" when every service runs in this process, else the service's name.
-    role: str = "stack"
-    # Set once the server is bound: how this process reaches its own services.
-    self_target: str = ""
-    # Extra shared objects added by components (e.g. the event bus), by name.
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 ComponentFactory = Callable[[Runtime], Sequence[Component]]
@@ -173,7 +161,7 @@ def run_server(
     build_interceptors: InterceptorFactory = _no_interceptors,
 ) -> None:
     """The body of every server's ``main()``."""
-    from wallet_common.config import parse_settings
+    from wallet_platform.config import parse_settings
 
     settings = parse_settings(description, argv, default_listen=default_listen)
     setup_logging(settings.log_level, settings.log_format, settings.log_file)
@@ -181,7 +169,7 @@ def run_server(
     def serve() -> None:
         try:
             with contextlib.suppress(KeyboardInterrupt):
-                workers.run_loop(
+                prefork.run_loop(
                     lambda: serve_forever(
                         settings,
                         build_components,
@@ -194,7 +182,7 @@ def run_server(
             raise SystemExit(f"{role}: {error}") from None
 
     if settings.workers > 1:
-        # Migrate once here, then fork the workers (see wallet_common.workers).
+        # Migrate once here, then fork the workers (see wallet_platform.server.prefork).
         migrate.upgrade(settings.database_url)
-        raise SystemExit(workers.supervise(settings.workers, settings.listen, serve))
+        raise SystemExit(prefork.supervise(settings.workers, settings.listen, serve))
     serve()

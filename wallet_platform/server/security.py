@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from wallet_common.handlers import with_behaviour
+from wallet_platform.server.handlers import with_behaviour
 
 # --- roles -----------------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ def refusal(
 def guard(method: str, handler: grpc.RpcMethodHandler, tokens: TokenTable) -> grpc.RpcMethodHandler:
     """``handler`` checking the bearer token and its role before any servicer code runs.
 
-    Built once per method by the plumbing interceptor (``wallet_common.plumbing``); the
+    Built once per method by the plumbing interceptor (``wallet_platform.server.plumbing``); the
     token is read from each call's metadata. Open methods (health, reflection) are
     returned unchanged. A refused call is aborted inside the handler, so the outer
     layers (audit, metrics) see it like any other and record its status.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
-from wallet_common.grpc_server import Component
-from wallet_common.runtime import Runtime, run_server
+from wallet_platform.runtime import Runtime
+from wallet_platform.server.builder import Component
+from wallet_platform.server.process import run_server
 
 # Each module exposes ``build_components(runtime) -> Sequence[Component]``.
 STACK_MODULES: tuple[str, ...] = (

@@ -3,8 +3,8 @@
 :func:`audit` wraps every write RPC (the one list is :data:`WRITE_METHODS`
 plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
 
-- makes an audit id (UUID) and puts it in ``wallet_common.logs.audit_id_var`` while the
-  call runs, so the service can stamp it on the events and transfers the call produces
+- makes an audit id (UUID) and puts it in ``logs.audit_id_var`` while the call runs,
+  so the service can stamp it on the events and transfers the call produces
   and every log line of the call carries it;
 - sends it back to the client as trailing metadata ``x-audit-id``;
 - records method, request (JSON, secrets redacted), caller identity, peer, start time,
@@ -12,7 +12,7 @@ plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
   validation or business rules.
 
 A call that arrives with ``x-audit-id`` (the orchestrator's step calls, sent by
-``wallet_common.channels``) still gets its own row, but the id it stamps on events is
+``wallet_platform.channels``) still gets its own row, but the id it stamps on events is
 the incoming one, so the ``CreateTransfer`` audit id leads to the debit, credit or
 refund entries in the ledger. With tokens on, only the ``orchestrator`` role may do so.
 
@@ -37,12 +37,12 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from sqlalchemy import text
 
-from wallet_common.clock import Clock, utcnow
-from wallet_common.db import Database
-from wallet_common.handlers import with_behaviour
-from wallet_common.logs import audit_id_var
-from wallet_common.schema import audit_log
-from wallet_common.security import ORCHESTRATOR, TokenTable, bearer_token, caller_identity
+from wallet_platform.clock import Clock, utcnow
+from wallet_platform.observability.logs import audit_id_var
+from wallet_platform.server.handlers import with_behaviour
+from wallet_platform.server.security import ORCHESTRATOR, TokenTable, bearer_token, caller_identity
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import audit_log
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def audit(
 ) -> grpc.RpcMethodHandler:
     """``handler`` recording each call (see the module docstring); reads pass unchanged.
 
-    Built once per method by the plumbing interceptor (``wallet_common.plumbing``),
+    Built once per method by the plumbing interceptor (``wallet_platform.server.plumbing``),
     outside the auth check so refused calls are recorded too. ``certificates=False``
     on a plaintext server (no client certificate to name the caller by).
     """

@@ -8,7 +8,7 @@ token and audit-id propagation are configured once:
   ``WALLET_TLS_CLIENT_CERT`` + ``WALLET_TLS_CLIENT_KEY`` (mTLS) -> a TLS channel;
   neither -> plaintext (the local default).
 - ``WALLET_AUTH_TOKEN`` -> ``authorization: Bearer <token>`` on every call.
-- the current audit id (``wallet_common.logs.audit_id_var``) -> ``x-audit-id`` request
+- the current audit id (``observability.logs.audit_id_var``) -> ``x-audit-id`` request
   metadata, so the saga's step calls stamp their ledger events with the audit id of the
   ``CreateTransfer`` that started the saga.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from wallet_common.logs import audit_id_var
+from wallet_platform.observability.logs import audit_id_var
 
 AUDIT_ID_HEADER = "x-audit-id"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024

@@ -1,14 +1,14 @@
-"""Alembic environment: always runs on a connection handed in by ``wallet_common.migrate``."""
+"""Alembic environment: always runs on a connection handed in by ``storage.migrate``."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from wallet_common.schema import metadata
+from wallet_platform.storage.schema import metadata
 
 connection = context.config.attributes.get("connection")
-if connection is None:  # pragma: no cover - only via wallet_common.migrate
-    raise RuntimeError("run migrations through wallet_common.migrate.upgrade()")
+if connection is None:  # pragma: no cover - only via wallet_platform.storage.migrate
+    raise RuntimeError("run migrations through wallet_platform.storage.migrate.upgrade()")
 
 context.configure(
     connection=connection,

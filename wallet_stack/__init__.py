@@ -1,0 +1,1 @@
+"""The all-in-one composition root: every service in one process (``make run``)."""
