@@ -4,30 +4,63 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/wallet/v1/*.proto)
-GEN    := wallet/v1/wallet_pb2.py
+CLIENT := clients/python
+GEN    := $(CLIENT)/src/wallet/v1/__init__.py
+# The exported lock (see `lock`): what each environment installs, with hashes.
+LOCKED := requirements/runtime.txt requirements/build.txt requirements/dev.txt requirements/uv.txt
 
-.PHONY: install proto run test test-fast lint fmt bench clean
+.PHONY: install proto lock lock-upgrade lock-check export-lock run test test-fast lint fmt bench clean
 
 install: $(STAMP) $(GEN)
 
-$(STAMP): pyproject.toml
+# uv, from its hashed pin, into the venv: the tool that installs everything else.
+$(UV): requirements/uv.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/uv.txt
+	touch $(UV)
+
+# Exactly the locked dev set (sync also removes what the lock does not list), then the
+# two packages of this repository without dependencies, editable: the client (home of
+# the generated wallet.v1 code) and the server. A generated wallet/ at the root would
+# shadow the client's, so it goes.
+$(STAMP): $(UV) requirements/dev.txt pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
+	rm -rf wallet
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements/dev.txt
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation \
+		--config-settings editable_mode=compat -e ./$(CLIENT) -e .
 	touch $(STAMP)
 
-# Generated code lives in wallet/ (git-ignored) and is never edited by hand.
-$(GEN): $(PROTOS) $(STAMP)
-	rm -rf wallet
-	$(BIN)/python -m grpc_tools.protoc -Iprotos \
-		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	touch wallet/__init__.py wallet/v1/__init__.py
+# Generated code lives in clients/python/src/wallet/ (git-ignored) and is never edited.
+$(GEN): $(PROTOS) $(CLIENT)/generate_protos.py $(STAMP)
+	$(BIN)/python $(CLIENT)/generate_protos.py
 
 proto: $(STAMP)
 	rm -f $(GEN)
 	$(MAKE) $(GEN)
+
+# Refresh the lock after changing dependencies in either pyproject.toml (keeps every
+# other pin), or move every pin to the newest allowed version (lock-upgrade); both
+# re-export requirements/*.txt. lock-check fails when the lock or an export is stale.
+lock: $(UV)
+	$(UV) lock
+	$(MAKE) --no-print-directory export-lock
+
+lock-upgrade: $(UV)
+	$(UV) lock --upgrade
+	$(MAKE) --no-print-directory export-lock
+
+export-lock:
+	$(UV) export --quiet --frozen --no-emit-workspace --no-default-groups -o requirements/runtime.txt
+	$(UV) export --quiet --frozen --no-emit-workspace --only-group build -o requirements/build.txt
+	$(UV) export --quiet --frozen --no-emit-workspace --group dev -o requirements/dev.txt
+	$(UV) export --quiet --frozen --no-emit-workspace --only-group uv -o requirements/uv.txt
+
+lock-check: $(UV)
+	$(UV) lock --check --offline
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_lock.py
 
 run: install
 	$(BIN)/wallet-stack
@@ -36,6 +69,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
+	$(UV) lock --check --offline
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -53,4 +87,4 @@ bench: install
 	$(BIN)/wallet-bench suite $(BENCH_ARGS)
 
 clean:
-	rm -rf wallet var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf wallet $(CLIENT)/src/wallet $(CLIENT)/build var .pytest_cache .mypy_cache .ruff_cache
