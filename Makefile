@@ -12,7 +12,7 @@ GEN    := $(CLIENT)/src/wallet/v1/__init__.py
 # The exported lock (see `lock`): what each environment installs, with hashes.
 LOCKED := requirements/runtime.txt requirements/build.txt requirements/dev.txt requirements/uv.txt
 
-.PHONY: install proto lock lock-upgrade lock-check export-lock run test test-fast lint fmt bench clean
+.PHONY: install proto stubs lock lock-upgrade lock-check export-lock run test test-fast lint fmt bench clean
 
 install: $(STAMP) $(GEN)
 
@@ -40,6 +40,11 @@ $(GEN): $(PROTOS) $(CLIENT)/generate_protos.py $(STAMP)
 proto: $(STAMP)
 	rm -f $(GEN)
 	$(MAKE) $(GEN)
+
+# Messages for other languages from protos/ into gen/ (buf.gen.yaml, offline). gRPC
+# stubs for other languages: buf generate --template buf.gen.remote.yaml (needs buf.build).
+stubs: install
+	$(BIN)/buf generate
 
 # Refresh the lock after changing dependencies in either pyproject.toml (keeps every
 # other pin), or move every pin to the newest allowed version (lock-upgrade); both
