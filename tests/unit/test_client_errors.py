@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+from pathlib import Path
 
 import grpc
 import pytest
@@ -75,3 +77,9 @@ def test_unknown_reason_falls_back_to_its_status_codes_class():
     assert exception_class("INSUFFICIENT_FUNDS", grpc.StatusCode.FAILED_PRECONDITION) is (
         wallet_client.InsufficientFundsError
     )
+
+
+def test_the_client_readme_table_is_the_table():
+    readme = (Path(__file__).resolve().parents[2] / "clients/python/README.md").read_text()
+    rows = re.findall(r"^\| `([A-Z_]+)` \| `(\w+)` \| `([A-Z_]+)` \|$", readme, re.M)
+    assert rows == [(reason, cls.__name__, code.name) for reason, (cls, code) in REASONS.items()]
