@@ -120,9 +120,10 @@ async def test_errors_are_typed_with_reason_code_and_metadata(database_url: str)
                 )
                 assert bad_key.metadata == {"field": "request_id"}
 
-                _raises(
-                    wc.WalletAlreadyExistsError, lambda: client.create_wallet("USD", wallet_id="euro")
+                taken = _raises(
+                    wc.AlreadyExistsError, lambda: client.create_wallet("USD", wallet_id="euro")
                 )
+                assert type(taken) is wc.WalletAlreadyExistsError
                 _raises(wc.TransferNotFoundError, lambda: client.get_transfer("no-such-transfer"))
                 _raises(wc.WalletStatsNotFoundError, lambda: client.get_wallet_stats("nobody"))
                 mismatch = _raises(
