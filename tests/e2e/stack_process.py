@@ -53,12 +53,12 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
 
 
 @contextmanager
-def stack_process(tmp_path: Path) -> Iterator[str]:
-    """Yield the address of a healthy ``wallet-stack``; stop it (cleanly) afterwards."""
+def stack_process(tmp_path: Path, bin_dir: Path = BIN) -> Iterator[str]:
+    """Yield the address of a healthy ``wallet-stack`` (from ``bin_dir``); stop it after."""
     address = f"127.0.0.1:{free_port()}"
     log = (tmp_path / "stack.log").open("wb")
     stack = subprocess.Popen(
-        [str(BIN / "wallet-stack"), "--listen", address],
+        [str(bin_dir / "wallet-stack"), "--listen", address],
         env=stack_env(tmp_path),
         cwd=tmp_path,
         stdout=log,

@@ -92,6 +92,31 @@ def test_dockerfile_builds_from_real_paths_and_runs_a_script():
     assert "wallet_platform.server.healthcheck" in text
 
 
+def test_dockerfile_installs_only_locked_packages_and_builds_in_its_own_stage():
+    """Every pip step installs the hashed lock or this repository's wheels, nothing else.
+
+    tests/e2e/test_docker_image_steps.py runs these steps; this checks their shape.
+    """
+    text = re.sub(r"\\\n\s*", " ", (DEPLOY / "Dockerfile").read_text())
+    build, runtime = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    assert build.startswith("python:3.11-slim AS build") and runtime.startswith("python:3.11-")
+    steps = [s.strip() for s in re.findall(r"^RUN (.*)$", text, re.MULTILINE)]
+    pip_steps = [p.strip() for step in steps for p in step.split("&&") if "pip " in p]
+    assert len(pip_steps) == 4
+    for step in pip_steps:
+        assert "--no-deps" in step, step
+        if " -r " in step:
+            assert "--require-hashes" in step, step
+        else:  # this repository's two packages, built here or in the build stage
+            assert step.endswith(("./clients/python .", "/wheels/*.whl")), step
+    assert "-r requirements/build.txt" in build and "requirements/runtime.txt" not in build
+    assert "-r /tmp/runtime.txt" in runtime and "build.txt" not in runtime
+    # The runtime stage takes the runtime lock and the wheels, and no source or tool.
+    copies = re.findall(r"^COPY (.*)$", runtime, re.MULTILINE)
+    assert copies == ["requirements/runtime.txt /tmp/runtime.txt", "--from=build /wheels /wheels"]
+    assert "grpc_tools" not in runtime and "grpcio-tools" not in runtime
+
+
 def test_compose_services_commands_env_ports_and_health():
     compose = _yaml_docs(DEPLOY / "docker-compose.yml")[0]
     services = compose["services"]
