@@ -52,20 +52,32 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float 
     raise AssertionError("wallet-stack did not become healthy")
 
 
-@contextmanager
-def stack_process(tmp_path: Path, bin_dir: Path = BIN) -> Iterator[str]:
-    """Yield the address of a healthy ``wallet-stack`` (from ``bin_dir``); stop it after."""
-    address = f"127.0.0.1:{free_port()}"
-    log = (tmp_path / "stack.log").open("wb")
-    stack = subprocess.Popen(
-        [str(bin_dir / "wallet-stack"), "--listen", address],
-        env=stack_env(tmp_path),
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def start_stack(
+    tmp_path: Path, address: str, bin_dir: Path = BIN, failpoints: str = ""
+) -> subprocess.Popen[bytes]:
+    """A ``wallet-stack`` on ``address``, healthy; its output goes to tmp_path/stack.log."""
+    with (tmp_path / "stack.log").open("ab") as log:
+        stack = subprocess.Popen(
+            [str(bin_dir / "wallet-stack"), "--listen", address],
+            env={**stack_env(tmp_path), "WALLET_FAILPOINTS": failpoints},
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_serving(address, stack)
+    except BaseException:
+        stack.kill()
+        raise
+    return stack
+
+
+@contextmanager
+def stack_process(tmp_path: Path, bin_dir: Path = BIN, address: str | None = None) -> Iterator[str]:
+    """Yield the address of a healthy ``wallet-stack`` (from ``bin_dir``); stop it after."""
+    address = address or f"127.0.0.1:{free_port()}"
+    stack = start_stack(tmp_path, address, bin_dir)
+    try:
         yield address
     finally:
         stack.terminate()
@@ -74,4 +86,3 @@ def stack_process(tmp_path: Path, bin_dir: Path = BIN) -> Iterator[str]:
         finally:
             if stack.poll() is None:
                 stack.kill()
-            log.close()
