@@ -9,8 +9,6 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/wallet/v1/*.proto)
 CLIENT := clients/python
 GEN    := $(CLIENT)/src/wallet/v1/__init__.py
-# The exported lock (see `lock`): what each environment installs, with hashes.
-LOCKED := requirements/runtime.txt requirements/build.txt requirements/dev.txt requirements/uv.txt
 
 .PHONY: install proto stubs lock lock-upgrade lock-check export-lock run test test-fast lint fmt bench clean
 
@@ -48,7 +46,8 @@ stubs: install
 
 # Refresh the lock after changing dependencies in either pyproject.toml (keeps every
 # other pin), or move every pin to the newest allowed version (lock-upgrade); both
-# re-export requirements/*.txt. lock-check fails when the lock or an export is stale.
+# re-export requirements/*.txt. lock-check (part of lint) fails while pyproject.toml, the
+# lock, its exports, this environment and the code's imports disagree.
 lock: $(UV)
 	$(UV) lock
 	$(MAKE) --no-print-directory export-lock
@@ -63,8 +62,7 @@ export-lock:
 	$(UV) export --quiet --frozen --no-emit-workspace --group dev -o requirements/dev.txt
 	$(UV) export --quiet --frozen --no-emit-workspace --only-group uv -o requirements/uv.txt
 
-lock-check: $(UV)
-	$(UV) lock --check --offline
+lock-check: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_lock.py
 
 run: install
@@ -73,8 +71,7 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
-	$(UV) lock --check --offline
+lint: lock-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

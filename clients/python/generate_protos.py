@@ -64,6 +64,7 @@ def generate() -> None:
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        "--mypy_grpc_opt=quiet",
         f"--mypy_grpc_out={out}",
         *(str(path.relative_to(PROTO_ROOT)) for path in protos),
     ]
