@@ -68,7 +68,8 @@ def test_client_installs_into_an_empty_venv_and_calls_a_real_server(tmp_path: Pa
     installed = {re.split("==", line)[0].lower().replace("_", "-") for line in freeze.split()}
     assert installed - {"setuptools"} == CLIENT_DEPENDENCIES, installed
 
-    server_modules = ["sqlalchemy", "psycopg", "alembic", "aio_pika", "grpc_tools", "wallet_common"]
+    server_modules = ["sqlalchemy", "psycopg", "alembic", "aio_pika", "grpc_tools"]
+    server_modules += ["wallet_platform", "wallet_service"]
     found = subprocess.run(
         [str(python), "-c", NOT_ALONE.format(mods=server_modules)],
         cwd=tmp_path,

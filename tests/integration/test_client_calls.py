@@ -22,7 +22,7 @@ import wallet_client as wc
 from tests.integration.test_walletctl_security import make_pki
 from tests.integration.walletctl_harness import running_stack
 from wallet.v1 import transfer_pb2, wallet_pb2
-from wallet_common import failpoints
+from wallet_platform import failpoints
 
 T = TypeVar("T")
 FAST_RETRY = wc.RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)

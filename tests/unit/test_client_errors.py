@@ -17,10 +17,11 @@ import pytest
 
 import wallet_client
 from wallet_client.errors import REASONS, WalletError, exception_class
-from wallet_common.errors import ReplayedError, WalletPlatformError, status_code_for
+from wallet_platform.errors import ReplayedError, WalletPlatformError, status_code_for
 
 SERVER_PACKAGES = [
-    "wallet_common",
+    "wallet_platform",
+    "wallet_stack",
     "wallet_service",
     "saga_orchestrator",
     "analytics_worker",

@@ -30,7 +30,8 @@ REQUIREMENTS = ROOT / "requirements"
 UV = Path(sys.executable).parent / "uv"
 LOCAL = {"wallet-platform", "wallet-platform-client"}
 SERVER_PACKAGES = [
-    "wallet_common",
+    "wallet_platform",
+    "wallet_stack",
     "wallet_service",
     "saga_orchestrator",
     "analytics_worker",
