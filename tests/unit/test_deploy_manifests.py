@@ -102,6 +102,7 @@ def test_dockerfile_installs_only_locked_packages_and_builds_in_its_own_stage():
     assert build.startswith("python:3.11-slim AS build") and runtime.startswith("python:3.11-")
     steps = [s.strip() for s in re.findall(r"^RUN (.*)$", text, re.MULTILINE)]
     pip_steps = [p.strip() for step in steps for p in step.split("&&") if "pip " in p]
+    assert pip_steps.pop() == "pip uninstall --yes setuptools wheel"  # the base image's
     assert len(pip_steps) == 4
     for step in pip_steps:
         assert "--no-deps" in step, step
