@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e.stack_process import stack_process
 from tests.e2e.test_client_readme import EXPECTED_LINES, run_client_block
+from tests.e2e.venvs import importable, installed, make_venv
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DEPENDENCIES = {
@@ -30,7 +31,6 @@ CLIENT_DEPENDENCIES = {
     "googleapis-common-protos",
     "typing-extensions",  # grpcio's
 }
-NOT_ALONE = "import importlib.util as u; print([m for m in {mods!r} if u.find_spec(m)])"
 
 
 def _copy_client_sources(destination: Path) -> Path:
@@ -49,8 +49,7 @@ def _copy_client_sources(destination: Path) -> Path:
 def test_client_installs_into_an_empty_venv_and_calls_a_real_server(tmp_path: Path) -> None:
     source = _copy_client_sources(tmp_path / "checkout")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = make_venv(venv)
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", str(source)],
         capture_output=True,
@@ -58,26 +57,11 @@ def test_client_installs_into_an_empty_venv_and_calls_a_real_server(tmp_path: Pa
         timeout=540,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-
-    freeze = subprocess.run(
-        [str(python), "-m", "pip", "list", "--format=freeze", "--exclude", "pip"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    installed = {re.split("==", line)[0].lower().replace("_", "-") for line in freeze.split()}
-    assert installed - {"setuptools"} == CLIENT_DEPENDENCIES, installed
+    assert set(installed(python)) - {"pip", "setuptools"} == CLIENT_DEPENDENCIES
 
     server_modules = ["sqlalchemy", "psycopg", "alembic", "aio_pika", "grpc_tools"]
     server_modules += ["wallet_platform", "wallet_service"]
-    found = subprocess.run(
-        [str(python), "-c", NOT_ALONE.format(mods=server_modules)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    assert found == "[]"
+    assert importable(python, server_modules, tmp_path) == []
 
     site = next((venv / "lib").glob("python3.*/site-packages"))
     for typed in ("wallet/py.typed", "wallet_client/py.typed", "wallet/v1/wallet_pb2.pyi"):

@@ -20,12 +20,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.stack_process import stack_process
+from tests.e2e.venvs import importable, installed, make_venv
 from tests.unit.test_lock import _pins
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ class Stage:
         self.fs = root / f"{name}-fs"
         self.fs.mkdir(parents=True)
         self.venv = root / f"{name}-venv"
-        subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
+        self.python = make_venv(self.venv)
         self.workdir = self.fs
 
     def path(self, path: str) -> Path:
@@ -105,7 +105,7 @@ class Stage:
         for step in command.split("&&"):
             words = shlex.split(step)
             if words[0] == "pip":
-                pip = [str(self.venv / "bin" / "python"), "-m", "pip"]
+                pip = [str(self.python), "-m", "pip"]
                 done = subprocess.run(
                     [*pip, *self.arguments(words[1:])],
                     cwd=self.workdir,
@@ -144,46 +144,30 @@ def build_stages(root: Path) -> dict[str, Stage]:
     return stages
 
 
-def _installed(venv: Path) -> dict[str, str]:
-    listed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    pairs = (line.split("==") for line in listed)
-    return {name.lower().replace("_", "-"): version for name, version in pairs}
-
-
 @pytest.mark.slow
 def test_dockerfile_steps_build_a_runtime_of_exactly_the_runtime_lock(tmp_path: Path) -> None:
     stages = build_stages(tmp_path)
     assert list(stages) == ["build", "stage1"]
     runtime = stages["stage1"]
 
-    installed = _installed(runtime.venv)
+    packages = installed(runtime.python)
     for name in BASE_IMAGE_TOOLS:
-        installed.pop(name)
-    assert installed.pop("wallet-platform") == "0.1.0"
-    assert installed.pop("wallet-platform-client") == "0.1.0"
-    assert installed == _pins(ROOT / "requirements" / "runtime.txt")
+        packages.pop(name)
+    assert packages.pop("wallet-platform") == "0.1.0"
+    assert packages.pop("wallet-platform-client") == "0.1.0"
+    assert packages == _pins(ROOT / "requirements" / "runtime.txt")
 
-    python = str(runtime.venv / "bin" / "python")
     absent = ["grpc_tools", "mypy_protobuf", "pytest", "cryptography", "yaml", "tests"]
-    probe = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
-    found = subprocess.run(
-        [python, "-c", probe, *absent, "wallet.v1.wallet_pb2_grpc", "wallet_client"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    assert found == "['wallet.v1.wallet_pb2_grpc', 'wallet_client']"
+    present = ["wallet.v1.wallet_pb2_grpc", "wallet_client"]
+    assert importable(runtime.python, absent + present, tmp_path) == present
 
     healthcheck = re.search(r"CMD python -m ([\w.]+\.healthcheck) ", DOCKERFILE.read_text())
     assert healthcheck
     with stack_process(tmp_path, runtime.venv / "bin") as address:
         health = subprocess.run(
-            [python, "-m", healthcheck[1], address], capture_output=True, text=True, timeout=60
+            [str(runtime.python), "-m", healthcheck[1], address],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert health.returncode == 0, health.stdout + health.stderr

@@ -16,17 +16,9 @@ import grpc
 import pytest
 
 import wallet_client
+from tests.unit.test_lock import SERVER_PACKAGES
 from wallet_client.errors import REASONS, WalletError, exception_class
 from wallet_platform.errors import ReplayedError, WalletPlatformError, status_code_for
-
-SERVER_PACKAGES = [
-    "wallet_platform",
-    "wallet_stack",
-    "wallet_service",
-    "saga_orchestrator",
-    "analytics_worker",
-    "fraud_worker",
-]
 
 
 def _server_reasons() -> dict[str, grpc.StatusCode]:

@@ -29,16 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements"
 UV = Path(sys.executable).parent / "uv"
 LOCAL = {"wallet-platform", "wallet-platform-client"}
-SERVER_PACKAGES = [
-    "wallet_platform",
-    "wallet_stack",
-    "wallet_service",
-    "saga_orchestrator",
-    "analytics_worker",
-    "fraud_worker",
-    "walletctl",
-    "wallet_bench",
-]
+
+
+def _pyproject(path: Path) -> dict:
+    with path.open("rb") as handle:
+        return tomllib.load(handle)
+
+
+# The server distribution's top-level packages, as its pyproject.toml lists them.
+_FIND = _pyproject(ROOT / "pyproject.toml")["tool"]["setuptools"]["packages"]["find"]
+SERVER_PACKAGES = [pattern.rstrip("*") for pattern in _FIND["include"]]
 CLIENT_SRC = ROOT / "clients" / "python" / "src"
 # Declared but never imported by name: psycopg's C speed-up (the [binary] extra) and
 # SQLAlchemy's SQLite driver, chosen by URL (sqlite+aiosqlite).
@@ -54,11 +54,6 @@ def _pins(path: Path) -> dict[str, str]:
         if match and (match[3] is None or Marker(match[3]).evaluate()):
             pins[canonicalize_name(match[1])] = match[2]
     return pins
-
-
-def _pyproject(path: Path) -> dict:
-    with path.open("rb") as handle:
-        return tomllib.load(handle)
 
 
 def _declared(requirements: list[str]) -> set[str]:
