@@ -10,10 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PostgresDatabases, pg_database_url, requires_postgres
@@ -23,19 +21,6 @@ from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 
 ALL_REVISIONS = ["0001", "0004"]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=requires_postgres)])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """A database that exists but has no schema (SQLite: a file that does not exist yet)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ops.db'}"
-        return
-    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
-    name = f"wallet_test_db_cmd_{uuid.uuid4().hex[:10]}"
-    databases._admin(f'CREATE DATABASE "{name}"')
-    databases.created.append(name)
-    yield pg_database_url(name)
 
 
 def _query(url: str, sql: str) -> list[tuple]:
