@@ -15,6 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tests.conftest import PostgresDatabases, pg_database_url, requires_postgres
+from tests.integration.test_migrations import table_names
 from tests.integration.walletctl_harness import Result, walletctl
 from wallet_platform.storage import migrate
 from wallet_platform.storage.database import sync_url
@@ -35,14 +36,6 @@ def _query(url: str, sql: str) -> list[tuple]:
 
 def _sqlite_file_exists(url: str) -> bool:
     return Path(url.removeprefix("sqlite:///")).exists()
-
-
-def _tables(url: str) -> set[str]:
-    engine = sa.create_engine(sync_url(url))
-    try:
-        return set(sa.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
 
 
 async def db(url: str, *args: str) -> Result:
@@ -70,7 +63,7 @@ async def test_upgrade_an_empty_database_then_nothing_left(empty_database_url: s
     assert first.code == exitcodes.OK, first
     assert [m["revision"] for m in first.json["applied"]] == ALL_REVISIONS
     assert first.json["before"] == [] and first.json["after"] == ["0004"]
-    assert {"wallets", "wallet_events", "bus_messages", "audit_log"} <= _tables(url)
+    assert {"wallets", "wallet_events", "bus_messages", "audit_log"} <= table_names(url)
     assert _query(url, "SELECT version_num FROM alembic_version") == [("0004",)]
 
     again = await db(url, "upgrade")
@@ -88,7 +81,7 @@ async def test_upgrade_an_empty_database_then_nothing_left(empty_database_url: s
 async def test_half_migrated_database_gets_only_what_is_missing(empty_database_url: str) -> None:
     url = empty_database_url
     migrate.upgrade(url, "0001")
-    assert "bus_messages" not in _tables(url)
+    assert "bus_messages" not in table_names(url)
 
     behind = await db(url, "current")
     assert behind.code == exitcodes.FAILED
@@ -104,7 +97,7 @@ async def test_half_migrated_database_gets_only_what_is_missing(empty_database_u
     assert done.code == exitcodes.OK
     assert [m["revision"] for m in done.json["applied"]] == ["0004"]
     assert done.json["before"] == ["0001"] and done.json["after"] == ["0004"]
-    assert "bus_messages" in _tables(url)
+    assert "bus_messages" in table_names(url)
 
 
 async def test_a_revision_from_a_newer_release_is_reported_and_left_alone(
