@@ -79,6 +79,11 @@ lint: lock-check
 	@if git rev-parse --verify -q HEAD >/dev/null && git cat-file -e HEAD:protos 2>/dev/null; then \
 		$(BIN)/buf breaking --against '.git#ref=HEAD'; \
 	else echo "buf breaking: no committed protos to compare against"; fi
+	@# The alert rules (deploy/prometheus): promtool comes with Debian's prometheus package.
+	@if command -v promtool >/dev/null 2>&1; then \
+		promtool check rules deploy/prometheus/alerts.yml && \
+		promtool test rules deploy/prometheus/alerts_test.yml; \
+	else echo "promtool not found: alert rules not checked (apt-get install prometheus)"; fi
 
 fmt: install
 	$(BIN)/ruff check --fix .

@@ -14,7 +14,7 @@ from wallet_platform.storage import migrate
 from wallet_platform.storage.database import sync_url
 
 
-def _tables(url: str) -> set[str]:
+def table_names(url: str) -> set[str]:
     engine = sa.create_engine(sync_url(url))
     try:
         return set(sa.inspect(engine).get_table_names())
@@ -34,13 +34,13 @@ def test_schema_has_every_table(database_url: str) -> None:
         "wallet_stats",
         "fraud_alerts",
         "audit_log",
-    } <= _tables(database_url)
+    } <= table_names(database_url)
 
 
 def test_upgrade_twice_is_a_no_op(database_url: str) -> None:
     migrate.upgrade(database_url)
     migrate.upgrade(database_url)
-    assert "wallets" in _tables(database_url)
+    assert "wallets" in table_names(database_url)
 
 
 def _concurrent_upgrades(url: str, count: int = 4) -> None:
@@ -52,7 +52,7 @@ def _concurrent_upgrades(url: str, count: int = 4) -> None:
 def test_concurrent_start_on_empty_sqlite(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'race.db'}"
     _concurrent_upgrades(url)
-    assert "wallet_events" in _tables(url)
+    assert "wallet_events" in table_names(url)
 
 
 @requires_postgres
@@ -64,7 +64,7 @@ def test_concurrent_start_on_empty_postgres(postgres_databases: PostgresDatabase
 
     url = pg_database_url(name)
     _concurrent_upgrades(url)
-    assert "wallet_events" in _tables(url)
+    assert "wallet_events" in table_names(url)
 
 
 @requires_postgres
