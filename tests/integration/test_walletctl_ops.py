@@ -69,7 +69,7 @@ async def test_stats_alerts_projections_audit_and_dlq(database_url: str) -> None
             "total_withdrawn": 660, "withdrawal_count": 4, "events_applied": 6,
         }  # fmt: skip
         readable = await ctl("stats", "o-1")
-        assert "total_withdrawn" in readable.out and "660" in readable.out
+        assert "total_withdrawn" in readable.out and "6.60 USD" in readable.out
         assert (await ctl("stats", "nobody")).code == exitcodes.FAILED
 
         # alerts (FraudService)
