@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from xml.etree.ElementTree import Element
 
 import iso4217
 
@@ -43,9 +44,9 @@ class Currency:
         return self.exponent is not None
 
 
-def _text(node: object, tag: str) -> str:
-    found = node.find(tag)  # type: ignore[attr-defined]
-    return str(found.text or "").strip() if found is not None else ""
+def _text(node: Element, tag: str) -> str:
+    found = node.find(tag)
+    return (found.text or "").strip() if found is not None else ""
 
 
 @functools.cache
@@ -70,8 +71,7 @@ def iso_table() -> Mapping[str, Currency]:
 
 def iso_list_published() -> date:
     """The publication date of the ISO list this build carries."""
-    published: date = iso4217.__published__
-    return published
+    return iso4217.__published__
 
 
 def find(code: str) -> Currency | None:

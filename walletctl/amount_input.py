@@ -48,10 +48,14 @@ def minor_units(ctx: Context, args: Any, wallet_id: str) -> int:
     """The amount to send, in minor units (UsageError for anything inexact)."""
     raw = str(args.amount)
     if not args.major:
+        if "." in raw:
+            raise UsageError(
+                f"amount is in minor units (cents), got {raw!r}; add --major for major units"
+            )
         try:
             return amount(raw)
         except argparse.ArgumentTypeError as error:
-            raise UsageError(f"{error} (a decimal amount needs --major)") from None
+            raise UsageError(str(error)) from None
     currency = ctx.call(
         "wallet", "GetWallet", wallet_pb2.GetWalletRequest(wallet_id=wallet_id)
     ).wallet.currency
