@@ -54,7 +54,7 @@ def create(currency: str, request_id: str = "", wallet_id: str = "") -> pb.Creat
         ("XAU", "UNKNOWN_CURRENCY"),  # gold: ISO gives no minor unit
         ("XXX", "UNKNOWN_CURRENCY"),
         ("USN", "CURRENCY_NOT_ALLOWED"),  # a fund code: only when the allow-list names it
-        ("usd", "INVALID_ARGUMENT"),  # lower case: the shape rule, unchanged
+        ("usd", "INVALID_ARGUMENT"),  # lower case: the shape rule, no case folding
     ],
 )
 async def test_create_wallet_refuses_what_is_not_an_active_iso_currency(

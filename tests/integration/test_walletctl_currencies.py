@@ -97,7 +97,7 @@ async def test_walletctl_reports_refused_currencies(database_url: str) -> None:
         for currency, reason in (
             ("ZZZ", "UNKNOWN_CURRENCY"),
             ("EUR", "CURRENCY_NOT_ALLOWED"),
-            ("usd", "INVALID_ARGUMENT"),  # lower case is refused, as the API always did
+            ("usd", "INVALID_ARGUMENT"),  # lower case: the shape rule, no case folding
         ):
             refused = await ctl("wallets", "create", "--currency", currency, "--json")
             assert refused.code == exitcodes.USAGE, refused
