@@ -14,7 +14,9 @@ Each write follows the same shape inside ONE transaction:
 Business rejections (not found, frozen, insufficient funds, currency mismatch,
 overflow, wallet id taken) are stored too, so a retry gets the very same error even if
 the wallet changed meanwhile. Malformed input (INVALID_ARGUMENT) is rejected before
-any database work and is not stored: the key was never valid.
+any database work and is not stored: the key was never valid. A currency that new
+wallets may not hold (``wallet_platform.currency_policy``) is INVALID_ARGUMENT too,
+but a request_id that already opened its wallet is answered with that wallet first.
 
 On PostgreSQL steps 1-3 of a balance change take two statements (see
 ``repository.pg_fast_movement``); when the conditional update does not apply, the
@@ -40,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet_platform import validation
 from wallet_platform.clock import Clock, ensure_utc, utcnow
+from wallet_platform.currency_policy import CurrencyPolicy
 from wallet_platform.errors import (
     IdempotencyKeyReusedError,
     InvalidArgumentError,
@@ -83,9 +86,17 @@ class _Replay:
 class WalletService:
     """The use cases; the gRPC servicer only translates to and from these calls."""
 
-    def __init__(self, db: Database, clock: Clock = utcnow, *, group_commit: bool = True) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock = utcnow,
+        *,
+        group_commit: bool = True,
+        currencies: CurrencyPolicy | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._currencies = currencies or CurrencyPolicy.from_setting("")
         self._fast_path = db.is_postgres
         self._group = (
             GroupCommitter(db, self._response, clock) if group_commit and db.is_postgres else None
@@ -101,6 +112,16 @@ class WalletService:
         validation.request_id(request_id)
         method = "CreateWallet"
         fingerprint = domain.fingerprint(method, wallet_id, currency)
+        try:
+            self._currencies.check_new_wallet(currency)
+        except InvalidArgumentError:
+            # The currency policy can change between a request and its retry (a code
+            # leaves WALLET_CURRENCIES): a request that already opened its wallet still
+            # gets that wallet back, as any replay would.
+            earlier = await self._earlier_outcome(method, request_id, fingerprint)
+            if earlier is not None:
+                return earlier
+            raise
         new_id = wallet_id or str(uuid.uuid4())
 
         async def apply(conn: AsyncConnection, now: datetime) -> Message:
@@ -397,6 +418,15 @@ class WalletService:
             await failpoint("wallet.after_commit")
         assert outcome is not None
         return outcome
+
+    async def _earlier_outcome(
+        self, method: str, request_id: str, fingerprint: str
+    ) -> Message | None:
+        """The stored outcome of ``request_id`` (replayed), or None when it is new."""
+        async with self._db.read() as conn:
+            if await repository.get_record(conn, request_id) is None:
+                return None
+            return (await self._replay(conn, method, request_id, fingerprint)).response
 
     async def _replay(
         self, conn: AsyncConnection, method: str, request_id: str, fingerprint: str

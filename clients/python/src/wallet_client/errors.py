@@ -54,6 +54,14 @@ class InvalidArgumentError(WalletError):
     """Malformed input; ``metadata["field"]`` names the field."""
 
 
+class UnknownCurrencyError(InvalidArgumentError):
+    """CreateWallet: not an active ISO 4217 currency with a minor unit (ZZZ, XAU...)."""
+
+
+class CurrencyNotAllowedError(InvalidArgumentError):
+    """CreateWallet: a valid currency this platform does not open wallets in."""
+
+
 class NotFoundError(WalletError):
     pass
 
@@ -133,6 +141,8 @@ C = grpc.StatusCode
 REASONS: MappingProxyType[str, tuple[type[WalletError], grpc.StatusCode]] = MappingProxyType(
     {
         "INVALID_ARGUMENT": (InvalidArgumentError, C.INVALID_ARGUMENT),
+        "UNKNOWN_CURRENCY": (UnknownCurrencyError, C.INVALID_ARGUMENT),
+        "CURRENCY_NOT_ALLOWED": (CurrencyNotAllowedError, C.INVALID_ARGUMENT),
         "NOT_FOUND": (NotFoundError, C.NOT_FOUND),
         "WALLET_NOT_FOUND": (WalletNotFoundError, C.NOT_FOUND),
         "TRANSFER_NOT_FOUND": (TransferNotFoundError, C.NOT_FOUND),
