@@ -66,6 +66,12 @@ class MoveCommand:
         action = self.hold_action
         return "" if action is None else action.code
 
+    def check_hold(self, hold: holds.Hold | None) -> str | None:
+        """The domain's verdict on this step against ``hold`` (see holds.check_step)."""
+        return holds.check_step(
+            hold, self.movement, self.transfer_id, self.wallet_id, self.amount, self.currency
+        )
+
     def new_hold(self, currency: str) -> holds.Hold:
         """The OPEN hold a debit records."""
         return holds.Hold(
@@ -178,14 +184,7 @@ async def apply_portable(
     settled_state: str | None = None
     if action is not None:
         hold = await hold_store.get_hold(conn, command.transfer_id, for_update=True)
-        settled_state = holds.check_step(
-            hold,
-            command.movement,
-            command.transfer_id,
-            command.wallet_id,
-            command.amount,
-            command.currency,
-        )
+        settled_state = command.check_hold(hold)
     wallet = await repository.get_wallet(conn, command.wallet_id, for_update=True)
     if wallet is None:
         raise WalletNotFoundError(command.wallet_id)
@@ -209,15 +208,7 @@ async def explain_key_conflict(conn: AsyncConnection, command: MoveCommand) -> N
     refused, it is a reused key.
     """
     if command.hold_action is not None:
-        hold = await hold_store.get_hold(conn, command.transfer_id)
-        holds.check_step(
-            hold,
-            command.movement,
-            command.transfer_id,
-            command.wallet_id,
-            command.amount,
-            command.currency,
-        )
+        command.check_hold(await hold_store.get_hold(conn, command.transfer_id))
         raise IdempotencyKeyReusedError(
             f"transfer {command.transfer_id!r} already had its "
             f"{holds.STEP_NAMES[command.movement]} step with other parameters",

@@ -78,6 +78,15 @@ async def ledger_state(db: Database) -> dict[str, Any]:
         }
 
 
+async def hold_state(db: Database, transfer_id: str) -> str | None:
+    async with db.read() as conn:
+        return (
+            await conn.execute(
+                select(transfer_holds.c.state).where(transfer_holds.c.transfer_id == transfer_id)
+            )
+        ).scalar()
+
+
 async def assert_conserved(db: Database) -> None:
     """Sum of balances + sum of OPEN holds = deposits - withdrawals."""
     async with db.read() as conn:

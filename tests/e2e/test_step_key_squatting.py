@@ -20,7 +20,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import requires_postgres
-from tests.e2e.test_saga_recovery import orchestrator
+from tests.e2e.test_hold_attacks import hold_state
+from tests.e2e.test_saga_recovery import assert_reconciled, orchestrator
 from tests.integration.test_saga_transfers import (
     COMPENSATED,
     COMPLETED,
@@ -34,8 +35,7 @@ from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_gr
 from wallet_platform.config import Settings
 from wallet_platform.server.process import RunningServer
 from wallet_platform.storage.database import Database
-from wallet_platform.storage.schema import transfer_holds, transfers
-from walletctl.reconcile import ReconcileOptions, reconcile
+from wallet_platform.storage.schema import transfers
 
 pytestmark = [pytest.mark.slow, requires_postgres]
 
@@ -104,25 +104,14 @@ async def test_client_deposits_under_step_keys_do_not_stop_the_saga(
             if receiver_frozen:
                 assert done.state == COMPENSATED, done
                 expected = {sender: 1_000, receiver: 0, mallory: 3}
-                hold_state = "VOIDED"
+                settled = "VOIDED"
             else:
                 assert done.state == COMPLETED, done
                 expected = {sender: 700, receiver: 300, mallory: 3}
-                hold_state = "POSTED"
+                settled = "POSTED"
             assert {w: await balance(wallets, w) for w in expected} == expected
-        async with db.read() as conn:
-            stored = (
-                await conn.execute(
-                    select(transfer_holds.c.state).where(
-                        transfer_holds.c.transfer_id == transfer_id
-                    )
-                )
-            ).scalar()
-        assert stored == hold_state
-        report = await asyncio.to_thread(
-            reconcile, pg_database_url_fresh, ReconcileOptions(skip=("outbox_drained",))
-        )
-        assert report.ok, report.render_text()
+        assert await hold_state(db, transfer_id) == settled
+        await assert_reconciled(pg_database_url_fresh)
     finally:
         await saga.stop()
         await db.dispose()

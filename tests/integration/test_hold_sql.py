@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import requires_postgres
-from tests.e2e.test_hold_attacks import assert_conserved
+from tests.e2e.test_hold_attacks import assert_conserved, hold_state
 from wallet_platform.config import Settings
 from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.storage.database import Database
@@ -56,14 +56,7 @@ async def plant_hold(db: Database, transfer_id: str, state: str | None) -> holds
 
 def domain_accepts(hold: holds.Hold | None, command: moves.MoveCommand) -> bool:
     try:
-        holds.check_step(
-            hold,
-            command.movement,
-            command.transfer_id,
-            command.wallet_id,
-            command.amount,
-            command.currency,
-        )
+        command.check_hold(hold)
     except WalletPlatformError:
         return False
     return True
@@ -165,14 +158,8 @@ async def test_concurrent_credits_and_refunds_of_one_hold_apply_once(db: Databas
         winner_is_credit = applied[0].endswith("CREDIT")
         loser_reason = "HOLD_ALREADY_POSTED" if winner_is_credit else "HOLD_ALREADY_VOIDED"
         assert set(outcomes) - set(applied) <= {"replayed", loser_reason}, outcomes
+        state = await hold_state(db, transfer_id)
         async with db.read() as conn:
-            state = (
-                await conn.execute(
-                    select(transfer_holds.c.state).where(
-                        transfer_holds.c.transfer_id == transfer_id
-                    )
-                )
-            ).scalar()
             settlements = (
                 await conn.execute(
                     select(func.count())
