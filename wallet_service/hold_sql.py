@@ -1,14 +1,14 @@
 """SQL fragments of the hold rules, built from :mod:`wallet_service.holds`.
 
-The PostgreSQL fast path (``repository._PG_MOVE``) and the group-commit statement
+The PostgreSQL fast path (``pg_fast_path._PG_MOVE``) and the group-commit statement
 (``group_commit._MOVE_MANY``) decide in SQL whether a transfer step applies. Their
 hold predicates are generated here from the domain's tables (``HoldAction``,
 ``MATCHED_FIELDS``, ``SETTLEABLE``), so a rule changed in the domain changes the SQL
-with it; ``tests/integration/test_hold_sql_agrees.py`` runs every case through both.
+with it; ``tests/integration/test_hold_sql.py`` runs every case through both.
 
 How the statements use them, and why it is safe under READ COMMITTED:
 
-1. ``locked_holds`` locks the hold row(s) of the claimed credit/refund requests with
+1. the ``held`` CTE locks the hold row(s) of the claimed credit/refund requests with
    ``SELECT ... FOR UPDATE`` in a MATERIALIZED CTE. When another transaction settled
    the hold after this statement's snapshot, the lock waits for it and then returns
    the row's LATEST version (PostgreSQL re-reads a locked row), so the state seen is
