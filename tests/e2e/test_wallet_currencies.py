@@ -133,8 +133,8 @@ async def test_wallets_keep_working_after_their_currency_leaves_the_allow_list(
                     pb.DebitForTransferRequest(
                         wallet_id="eu-a",
                         amount=1,
-                        transfer_id="tx",
-                        request_id=f"tx:{currency}",
+                        transfer_id=f"tx-{currency}",
+                        to_wallet_id="eu-b",
                         currency=currency,
                     )
                 ),

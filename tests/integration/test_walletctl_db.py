@@ -21,7 +21,12 @@ from wallet_platform.storage import migrate
 from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 
-ALL_REVISIONS = ["0001", "0004"]
+# Every revision this build knows, oldest first (file names start with the revision).
+ALL_REVISIONS = sorted(
+    path.name.split("_", 1)[0]
+    for path in (Path(migrate.__file__).parent / "migrations" / "versions").glob("0*.py")
+)
+HEAD = ALL_REVISIONS[-1]
 
 
 def _query(url: str, sql: str) -> list[tuple]:
@@ -51,8 +56,7 @@ async def test_upgrade_an_empty_database_then_nothing_left(empty_database_url: s
         assert [m["revision"] for m in before.json["pending"]] == ALL_REVISIONS
         listed = await db(url, "history", "--json")
         assert [(m["revision"], m["applied"]) for m in listed.json["migrations"]] == [
-            ("0001", False),
-            ("0004", False),
+            (revision, False) for revision in ALL_REVISIONS
         ]
     else:  # reading never creates a SQLite file
         missing = await db(url, "current")
@@ -62,20 +66,21 @@ async def test_upgrade_an_empty_database_then_nothing_left(empty_database_url: s
     first = await db(url, "upgrade", "--json")
     assert first.code == exitcodes.OK, first
     assert [m["revision"] for m in first.json["applied"]] == ALL_REVISIONS
-    assert first.json["before"] == [] and first.json["after"] == ["0004"]
+    assert first.json["before"] == [] and first.json["after"] == [HEAD]
     assert {"wallets", "wallet_events", "bus_messages", "audit_log"} <= table_names(url)
-    assert _query(url, "SELECT version_num FROM alembic_version") == [("0004",)]
+    assert _query(url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
     again = await db(url, "upgrade")
     assert again.code == exitcodes.OK
-    assert "nothing to apply" in again.out and "now at   0004 (head)" in again.out
+    assert "nothing to apply" in again.out and f"now at   {HEAD} (head)" in again.out
 
     now = await db(url, "current")
     assert now.code == exitcodes.OK and "up to date" in now.out
     listed = await db(url, "history")
     assert listed.code == exitcodes.OK
     rows = [line.split() for line in listed.out.splitlines()[2:]]
-    assert rows[0][:2] == ["0001", "yes"] and rows[1][:3] == ["0004", "(head)", "yes"]
+    assert [row[:2] for row in rows[:-1]] == [[r, "yes"] for r in ALL_REVISIONS[:-1]]
+    assert rows[-1][:3] == [HEAD, "(head)", "yes"]
 
 
 async def test_half_migrated_database_gets_only_what_is_missing(empty_database_url: str) -> None:
@@ -85,18 +90,19 @@ async def test_half_migrated_database_gets_only_what_is_missing(empty_database_u
 
     behind = await db(url, "current")
     assert behind.code == exitcodes.FAILED
-    assert "current  0001" in behind.out and "1 migration(s) pending" in behind.out
-    assert "0004" in behind.out
+    missing = ALL_REVISIONS[1:]
+    assert "current  0001" in behind.out
+    assert f"{len(missing)} migration(s) pending" in behind.out
+    assert all(revision in behind.out for revision in missing)
     listed = await db(url, "history", "--json")
     assert [(m["revision"], m["applied"], m["head"]) for m in listed.json["migrations"]] == [
-        ("0001", True, False),
-        ("0004", False, True),
+        (revision, revision == "0001", revision == HEAD) for revision in ALL_REVISIONS
     ]
 
     done = await db(url, "upgrade", "--json")
     assert done.code == exitcodes.OK
-    assert [m["revision"] for m in done.json["applied"]] == ["0004"]
-    assert done.json["before"] == ["0001"] and done.json["after"] == ["0004"]
+    assert [m["revision"] for m in done.json["applied"]] == missing
+    assert done.json["before"] == ["0001"] and done.json["after"] == [HEAD]
     assert "bus_messages" in table_names(url)
 
 
@@ -146,5 +152,5 @@ def test_concurrent_upgrade_jobs_on_an_empty_postgres(
     ]
     outputs = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
-    assert _query(url, "SELECT version_num FROM alembic_version") == [("0004",)]
-    assert all("now at   0004 (head)" in out for out, _ in outputs)
+    assert _query(url, "SELECT version_num FROM alembic_version") == [(HEAD,)]
+    assert all(f"now at   {HEAD} (head)" in out for out, _ in outputs)

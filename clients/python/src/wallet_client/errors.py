@@ -94,6 +94,22 @@ class CurrencyMismatchError(FailedPreconditionError):
     pass
 
 
+class HoldNotFoundError(NotFoundError):
+    """A transfer step named a transfer whose debit (its hold) does not exist."""
+
+
+class HoldMismatchError(FailedPreconditionError):
+    """A credit or refund did not match its transfer's hold (wallet, amount, currency)."""
+
+
+class HoldAlreadyPostedError(FailedPreconditionError):
+    """The transfer's hold was already credited."""
+
+
+class HoldAlreadyVoidedError(FailedPreconditionError):
+    """The transfer's hold was already refunded."""
+
+
 class AlreadyExistsError(WalletError):
     pass
 
@@ -104,6 +120,10 @@ class IdempotencyKeyReusedError(AlreadyExistsError):
 
 class WalletAlreadyExistsError(AlreadyExistsError):
     pass
+
+
+class HoldAlreadyExistsError(AlreadyExistsError):
+    """The transfer was already debited (one hold per transfer)."""
 
 
 class OutOfRangeError(WalletError):
@@ -151,6 +171,11 @@ REASONS: MappingProxyType[str, tuple[type[WalletError], grpc.StatusCode]] = Mapp
         "INSUFFICIENT_FUNDS": (InsufficientFundsError, C.FAILED_PRECONDITION),
         "WALLET_FROZEN": (WalletFrozenError, C.FAILED_PRECONDITION),
         "CURRENCY_MISMATCH": (CurrencyMismatchError, C.FAILED_PRECONDITION),
+        "HOLD_NOT_FOUND": (HoldNotFoundError, C.NOT_FOUND),
+        "HOLD_MISMATCH": (HoldMismatchError, C.FAILED_PRECONDITION),
+        "HOLD_ALREADY_POSTED": (HoldAlreadyPostedError, C.FAILED_PRECONDITION),
+        "HOLD_ALREADY_VOIDED": (HoldAlreadyVoidedError, C.FAILED_PRECONDITION),
+        "HOLD_ALREADY_EXISTS": (HoldAlreadyExistsError, C.ALREADY_EXISTS),
         "ALREADY_EXISTS": (AlreadyExistsError, C.ALREADY_EXISTS),
         "REQUEST_ID_REUSED": (IdempotencyKeyReusedError, C.ALREADY_EXISTS),
         "WALLET_ALREADY_EXISTS": (WalletAlreadyExistsError, C.ALREADY_EXISTS),
