@@ -173,7 +173,11 @@ async def _bus_under_test(request, tmp_path, kind: str) -> AsyncIterator[BusUnde
     else:
         settings = Settings(database_url=db_url, listen="127.0.0.1:0")
     db = Database.from_settings(settings)
-    bus: EventBus = RabbitBus(settings.amqp_url) if settings.amqp_url else InProcessBus(db)
+    bus: EventBus = (
+        RabbitBus(settings.amqp_url, queue_type=settings.amqp_queue_type)
+        if settings.amqp_url
+        else InProcessBus(db)
+    )
     await bus.start()
     try:
         yield BusUnderTest(kind, bus, db, settings, vhost)

@@ -26,7 +26,6 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from sqlalchemy import delete, func, select, update
 
 from wallet_platform.clock import ensure_utc
 from wallet_platform.config import Settings
@@ -39,9 +38,8 @@ from wallet_platform.messaging.bus import (
     QUEUES,
     resolve_queue,
 )
-from wallet_platform.messaging.inprocess import now_ms
+from wallet_platform.messaging.inprocess import store as bus_store
 from wallet_platform.storage.database import Database
-from wallet_platform.storage.schema import bus_messages as bm
 
 DEFAULT_LIMIT = 100
 MAX_SCAN = 100_000  # messages one RabbitMQ operation looks at, at most
@@ -75,7 +73,7 @@ async def list_dead_letters(
     """Dead letters of ``queue`` (or of every queue), oldest first, at most ``limit``."""
     if settings.amqp_url:
         letters: list[DeadLetter] = []
-        async with _rabbit_channel(settings.amqp_url) as channel:
+        async with _rabbit_channel(settings) as channel:
             for name in _queues(queue):
                 letters.extend(await _rabbit_scan(channel, name, limit=limit))
         return letters[:limit] if queue is None else letters
@@ -85,7 +83,7 @@ async def list_dead_letters(
 async def show_dead_letter(settings: Settings, queue: str, message_id: str) -> DeadLetter | None:
     """The dead letter ``message_id`` in ``queue``'s DLQ, or None."""
     if settings.amqp_url:
-        async with _rabbit_channel(settings.amqp_url) as channel:
+        async with _rabbit_channel(settings) as channel:
             for letter in await _rabbit_scan(channel, resolve_queue(queue), limit=MAX_SCAN):
                 if letter.message_id == message_id:
                     return letter
@@ -105,7 +103,7 @@ async def replay_dead_letters(
     name = resolve_queue(queue)
     wanted = set(message_ids) if message_ids is not None else None
     if settings.amqp_url:
-        return await _rabbit_take(settings.amqp_url, name, wanted, replay=True)
+        return await _rabbit_take(settings, name, wanted, replay=True)
     return await _db_replay(settings, name, wanted)
 
 
@@ -116,7 +114,7 @@ async def purge_dead_letters(
     name = resolve_queue(queue)
     wanted = set(message_ids) if message_ids is not None else None
     if settings.amqp_url:
-        return await _rabbit_take(settings.amqp_url, name, wanted, replay=False)
+        return await _rabbit_take(settings, name, wanted, replay=False)
     return await _db_purge(settings, name, wanted)
 
 
@@ -124,16 +122,13 @@ async def count_dead_letters(settings: Settings) -> dict[str, int]:
     """Dead letters per consumer queue (for dashboards and ``walletctl dlq list``)."""
     if settings.amqp_url:
         counts: dict[str, int] = {}
-        async with _rabbit_channel(settings.amqp_url) as channel:
+        async with _rabbit_channel(settings) as channel:
             for name, dlq_name in QUEUES.items():
                 declared = await channel.declare_queue(dlq_name, passive=True)
                 counts[name] = int(declared.declaration_result.message_count or 0)
         return counts
     async with _database(settings) as db, db.read() as conn:
-        rows = await conn.execute(
-            select(bm.c.queue, func.count()).where(bm.c.state == "dead").group_by(bm.c.queue)
-        )
-        found = {row[0]: int(row[1]) for row in rows}
+        found = await bus_store.count_dead(conn)
     return {name: found.get(name, 0) for name in QUEUES}
 
 
@@ -156,16 +151,8 @@ async def _db_list(
     limit: int,
     message_ids: Sequence[str] | None = None,
 ) -> list[DeadLetter]:
-    statement = (
-        select(bm)
-        .where(bm.c.state == "dead", bm.c.queue.in_(queues))
-        .order_by(bm.c.id)
-        .limit(limit)
-    )
-    if message_ids is not None:
-        statement = statement.where(bm.c.message_id.in_(list(message_ids)))
     async with _database(settings) as db, db.read() as conn:
-        rows = (await conn.execute(statement)).all()
+        rows = await bus_store.dead_rows(conn, queues, limit=limit, message_ids=message_ids)
     return [
         DeadLetter(
             queue=row.queue,
@@ -182,48 +169,28 @@ async def _db_list(
     ]
 
 
-def _db_filter(queue: str, wanted: set[str] | None) -> list[Any]:
-    conditions = [bm.c.state == "dead", bm.c.queue == queue]
-    if wanted is not None:
-        conditions.append(bm.c.message_id.in_(sorted(wanted)))
-    return conditions
-
-
 async def _db_replay(settings: Settings, queue: str, wanted: set[str] | None) -> int:
     async with _database(settings) as db, db.transaction() as conn:
-        result = await conn.execute(
-            update(bm)
-            .where(*_db_filter(queue, wanted))
-            .values(
-                state="ready",
-                attempt=0,
-                available_at_ms=now_ms(),
-                locked_until_ms=None,
-                last_error=None,
-                dead_at=None,
-            )
-        )
-        return int(result.rowcount)
+        return await bus_store.revive_dead(conn, queue, wanted)
 
 
 async def _db_purge(settings: Settings, queue: str, wanted: set[str] | None) -> int:
     async with _database(settings) as db, db.transaction() as conn:
-        result = await conn.execute(delete(bm).where(*_db_filter(queue, wanted)))
-        return int(result.rowcount)
+        return await bus_store.delete_dead(conn, queue, wanted)
 
 
 # --- RabbitMQ ------------------------------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def _rabbit_channel(url: str) -> AsyncIterator[AbstractChannel]:
+async def _rabbit_channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
     """A short-lived confirm channel with the topology declared (idempotent)."""
     from wallet_platform.messaging.rabbit import declare_topology
 
-    connection = await aio_pika.connect(url, timeout=10)
+    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare_topology(channel)
+        await declare_topology(channel, settings.amqp_queue_type)
         yield channel
     finally:
         await connection.close()
@@ -290,11 +257,13 @@ async def _rabbit_scan(channel: AbstractChannel, queue: str, *, limit: int) -> l
     return letters
 
 
-async def _rabbit_take(url: str, queue: str, wanted: set[str] | None, *, replay: bool) -> int:
+async def _rabbit_take(
+    settings: Settings, queue: str, wanted: set[str] | None, *, replay: bool
+) -> int:
     """Remove matching dead letters, first republishing them to ``queue`` if ``replay``."""
     dlq_name = QUEUES[queue]
     taken = 0
-    async with _rabbit_channel(url) as channel:
+    async with _rabbit_channel(settings) as channel:
         dlq_queue = await channel.declare_queue(dlq_name, passive=True)
         for _ in range(MAX_SCAN):
             message = await dlq_queue.get(no_ack=False, fail=False, timeout=10)

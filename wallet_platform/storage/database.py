@@ -131,7 +131,7 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: commits when the block ends, rolls back on error."""
-        async with _translate_connection_errors(), self.engine.begin() as connection:
+        async with translate_connection_errors(), self.engine.begin() as connection:
             yield connection
 
     @asynccontextmanager
@@ -146,7 +146,7 @@ class Database:
         options: dict[str, Any] = {READONLY: True}
         if self.is_postgres:
             options["isolation_level"] = "AUTOCOMMIT"
-        async with _translate_connection_errors(), self.engine.connect() as connection:
+        async with translate_connection_errors(), self.engine.connect() as connection:
             connection = await connection.execution_options(**options)
             async with connection.begin():
                 yield connection
@@ -159,7 +159,7 @@ class Database:
         skipping BEGIN/COMMIT saves two round trips. Not for several statements that must
         commit together: use :meth:`transaction` for those.
         """
-        async with _translate_connection_errors(), self.engine.connect() as connection:
+        async with translate_connection_errors(), self.engine.connect() as connection:
             yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
@@ -172,35 +172,16 @@ class Database:
         read, so BEGIN and the first statement whose rows are read share one round
         trip, and the statements after the last read share the final one with COMMIT:
         two round trips for a read-then-write transaction instead of one per statement
-        plus BEGIN and COMMIT. (BEGIN and COMMIT are sent as plain statements on an
-        autocommit connection: psycopg's own transaction handling syncs the pipeline
-        for each.) Statements take psycopg's ``%(name)s`` parameters and bypass
-        SQLAlchemy and its engine events: a caller that queues outbox rows calls
-        :meth:`outbox_committed` after the block.
+        plus BEGIN and COMMIT. Statements take psycopg's ``%(name)s`` parameters and
+        bypass SQLAlchemy and its engine events: a caller that queues outbox rows calls
+        :meth:`outbox_committed` after the block. (The block form of
+        :class:`~wallet_platform.storage.unit_of_work.PipelineUnitOfWork`.)
         """
-        async with self.autocommit() as connection:
-            raw = await connection.get_raw_connection()
-            driver: Any = raw.driver_connection
-            try:
-                async with driver.pipeline():
-                    await driver.execute("BEGIN")
-                    yield driver
-                    await driver.execute("COMMIT")
-            except Exception as error:
-                if driver.broken or driver.closed:
-                    await connection.invalidate()
-                    raise UnavailableError(
-                        f"database unavailable: {type(error).__name__}"
-                    ) from error
-                raise
-            finally:
-                if not (driver.broken or driver.closed) and driver.info.transaction_status:
-                    # The block failed (or was cancelled) after BEGIN: end it here, or
-                    # drop the connection rather than pool it mid-transaction.
-                    try:
-                        await driver.rollback()
-                    except Exception:
-                        await connection.invalidate()
+        from wallet_platform.storage.unit_of_work import PipelineUnitOfWork
+
+        async with PipelineUnitOfWork(self) as uow:
+            yield uow.conn
+            await uow.commit()
 
     def outbox_committed(self) -> None:
         """Tell the listeners (the outbox relay) that committed outbox rows wait."""
@@ -225,7 +206,7 @@ def is_connection_error(error: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def _translate_connection_errors() -> AsyncIterator[None]:
+async def translate_connection_errors() -> AsyncIterator[None]:
     try:
         yield
     except (DBAPIError, OSError) as error:
