@@ -59,6 +59,8 @@ _STATS_COLUMNS = (*COUNTER_FIELDS, "last_activity_at")
 class StatsUnitOfWork(Protocol):
     """The analytics consumer's transaction (see ``AnalyticsStore.unit_of_work``)."""
 
+    deadline: float | None
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: Any) -> None: ...

@@ -66,6 +66,8 @@ class Neighbourhood:
 class FraudUnitOfWork(Protocol):
     """The fraud consumer's transaction (see ``FraudStore.unit_of_work``)."""
 
+    deadline: float | None
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: Any) -> None: ...

@@ -22,11 +22,20 @@ adds its statements as methods; the service layer only calls those methods.
 
 A connection lost on the way raises :class:`~wallet_platform.errors.UnavailableError`
 (callers treat it as transient) and the broken connection is not pooled again.
+
+``deadline`` (seconds, optional): a unit of work not finished by then has a stalled
+connection (a database or a network that stopped answering without closing): its
+socket is shut down, which fails the operation in progress at once, and the unit of
+work raises ``TimeoutError``. (Cancelling the task instead would leave psycopg
+sending a cancel request and waiting for the stalled server, seconds more.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import socket
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -42,15 +51,29 @@ if TYPE_CHECKING:
 class UnitOfWork:
     """Base: ``async with uow: ...; await uow.commit()``; otherwise rolled back.
 
-    Subclasses implement :meth:`_begin`, :meth:`_commit` and :meth:`_end` (roll back
-    unless committed, then release the connection). One use per instance.
+    Subclasses implement :meth:`_begin`, :meth:`_commit`, :meth:`_end` (roll back
+    unless committed, then release the connection) and, for ``deadline``,
+    :meth:`_drop_connection`. One use per instance.
     """
 
     committed = False
+    deadline: float | None = None  # seconds from entering the block
+    expired = False
+    _timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> Self:
-        self.committed = False
-        await self._begin()
+        self.committed = self.expired = False
+        if self.deadline is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.deadline, self._expire)
+        try:
+            await self._begin()
+        except Exception as error:
+            self._stop_timer()
+            self._raise_if_expired(error)
+            raise
+        except BaseException:
+            self._stop_timer()
+            raise
         return self
 
     async def __aexit__(
@@ -59,7 +82,10 @@ class UnitOfWork:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._stop_timer()
         await self._end(error)
+        if isinstance(error, Exception):  # never turn a cancellation into something else
+            self._raise_if_expired(error)
         if isinstance(error, Exception) and self._lost_connection(error):
             raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
 
@@ -77,9 +103,42 @@ class UnitOfWork:
     async def _end(self, error: BaseException | None) -> None:
         raise NotImplementedError
 
+    def _drop_connection(self) -> None:
+        """Make the database operation in progress fail at once (the deadline passed)."""
+
     def _lost_connection(self, error: Exception) -> bool:
         """Whether ``error`` means the database could not be reached."""
         return is_connection_error(error)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.expired = True
+        self._drop_connection()
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _raise_if_expired(self, error: Exception) -> None:
+        if self.expired:
+            raise TimeoutError(
+                f"unit of work not done within {self.deadline}s; its connection was dropped"
+            ) from error
+
+
+def _shut_down(driver: Any) -> None:
+    """Shut down the socket of a psycopg connection (no-op for other drivers): the
+    operation waiting on it fails with a lost connection instead of waiting on."""
+    pgconn = getattr(driver, "pgconn", None)
+    if pgconn is None:
+        return
+    with contextlib.suppress(Exception):  # already closed: nothing to interrupt
+        sock = socket.socket(fileno=os.dup(pgconn.socket))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
 
 
 class CoreUnitOfWork(UnitOfWork):
@@ -90,15 +149,21 @@ class CoreUnitOfWork(UnitOfWork):
     def __init__(self, db: Database) -> None:
         self.db = db
         self._transaction: AsyncTransaction | None = None
+        self._driver: Any = None
 
     async def _begin(self) -> None:
         async with translate_connection_errors():
             self.conn = await self.db.engine.connect()
             try:
+                if self.deadline is not None:
+                    self._driver = (await self.conn.get_raw_connection()).driver_connection
                 self._transaction = await self.conn.begin()
             except BaseException:
                 await self.conn.close()
                 raise
+
+    def _drop_connection(self) -> None:
+        _shut_down(self._driver)
 
     async def _commit(self) -> None:
         assert self._transaction is not None
@@ -171,6 +236,9 @@ class PipelineUnitOfWork(UnitOfWork):
             driver = getattr(self, "conn", None)
             if driver is None or driver.broken or driver.closed:
                 await sa_conn.invalidate()
+                # Its pooled siblings likely went the same way (SQLAlchemy does this
+                # itself for errors it sees; psycopg's own ones bypass it).
+                await self.db.engine.dispose(close=False)
             elif driver.info.transaction_status:
                 # Not committed (or the commit failed): end the transaction here, or
                 # drop the connection rather than pool it mid-transaction.
@@ -180,6 +248,9 @@ class PipelineUnitOfWork(UnitOfWork):
                     await sa_conn.invalidate()
         finally:
             await connection.__aexit__(None, None, None)
+
+    def _drop_connection(self) -> None:
+        _shut_down(getattr(self, "conn", None))
 
     def _lost_connection(self, error: Exception) -> bool:
         driver = getattr(self, "conn", None)

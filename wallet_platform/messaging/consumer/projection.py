@@ -43,6 +43,8 @@ class InboxUnitOfWork(Protocol):
     UnitOfWork`): its own statements plus the inbox (``CoreInboxUnitOfWork`` or
     ``PipelineInboxUnitOfWork`` give it)."""
 
+    deadline: float | None  # seconds; the runner sets it (see UnitOfWork)
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: Any) -> None: ...

@@ -23,9 +23,9 @@ rolled back and its events are applied one per unit of work, so a bad event fail
 alone. Database trouble is not the message's fault and never uses up its attempts:
 while the database is unreachable the batch is retried (it keeps its deliveries, the
 bus keeps them unacked) until it is back; lock and statement timeouts and deadlocks
-are retried a bounded number of times. Every unit of work is bounded in time, so a
-stalled database connection is given up within seconds instead of holding the
-consumer forever.
+are retried a bounded number of times. Every unit of work has a deadline
+(:data:`UNIT_OF_WORK_DEADLINE_SECONDS`), so a stalled database connection is dropped
+within seconds instead of holding the consumer forever.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 BATCH_LINGER_SECONDS = 0.005
 
 # A unit of work that takes longer has a stalled connection (statements are bounded
-# by the server's statement_timeout, 5 s by default): give it up and retry.
-UNIT_OF_WORK_TIMEOUT_SECONDS = 10.0
+# by the server's statement_timeout, 5 s by default): its connection is dropped and
+# the work retried on another. The task itself is cancelled only after the backstop.
+UNIT_OF_WORK_DEADLINE_SECONDS = 8.0
+UNIT_OF_WORK_BACKSTOP_SECONDS = 30.0
 
 # Lock waits, deadlocks, statement timeouts, SQLite busy: retried this often, then the
 # delivery fails (and the bus retries or dead-letters it).
@@ -200,23 +202,29 @@ class ConsumerRunner:
         unique: dict[str, _Pending] = {}
         for item in batch:
             unique.setdefault(item.delivery.message_id, item)
-        new = await self._with_retries(list(unique.values()), ())
+        # A batch that times out may be too big for a slow database rather than stalled:
+        # it falls back to one event per unit of work, which waits out a stall.
+        new = await self._with_retries(list(unique.values()), (), patient=False)
         results: list[bool] = []
         for item in batch:
             first = unique.pop(item.delivery.message_id, None)  # later repeats: duplicates
             results.append(first is item and item.delivery.message_id in new)
         return results
 
-    async def _with_retries(self, items: list[_Pending], contention: tuple[float, ...]) -> set[str]:
-        """:meth:`_commit`; an unreachable database is waited for (unless stopping),
-        contention retried after each of the ``contention`` delays."""
+    async def _with_retries(
+        self, items: list[_Pending], contention: tuple[float, ...], *, patient: bool = True
+    ) -> set[str]:
+        """:meth:`_commit`; an unreachable database is waited for (unless stopping; a
+        unit of work that timed out only if ``patient``), contention retried after
+        each of the ``contention`` delays."""
         unreachable = 0
         tries = iter(contention)
         while True:
             try:
                 return await self._commit(items)
             except Exception as error:
-                if is_unreachable(error) and not self._stopping:
+                waits = patient or not isinstance(error, TimeoutError)
+                if is_unreachable(error) and waits and not self._stopping:
                     delay = UNREACHABLE_RETRY_DELAYS[
                         min(unreachable, len(UNREACHABLE_RETRY_DELAYS) - 1)
                     ]
@@ -248,9 +256,11 @@ class ConsumerRunner:
         ids = [item.delivery.message_id for item in items]
         work = [item.translated.work for item in items]
         trace = items[0].translated.trace if len(items) == 1 else {}
+        unit = projection.unit_of_work()
+        unit.deadline = UNIT_OF_WORK_DEADLINE_SECONDS
         with log_context(**trace):
-            async with asyncio.timeout(UNIT_OF_WORK_TIMEOUT_SECONDS):
-                async with projection.unit_of_work() as uow:
+            async with asyncio.timeout(UNIT_OF_WORK_BACKSTOP_SECONDS):
+                async with unit as uow:
                     recorded = await projection.record_and_apply(
                         uow, projection.consumer_name, ids, work
                     )

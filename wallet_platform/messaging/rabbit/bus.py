@@ -57,7 +57,7 @@ SETUP_TIMEOUT_SECONDS = 10.0  # confirm channel + topology on a new connection
 WATCHDOG_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 5.0
 RECONNECT_MIN_SECONDS = 1.0
-RECONNECT_MAX_SECONDS = 10.0
+RECONNECT_MAX_SECONDS = 5.0
 
 
 class RabbitBus:
@@ -141,7 +141,9 @@ class RabbitBus:
                 await asyncio.sleep(RECONNECT_MAX_SECONDS)
                 continue
             except Exception as error:
-                log.warning("RabbitMQ connect failed (%s); retrying in %.1fs", error, delay)
+                log.warning(
+                    "RabbitMQ connect failed (%s); retrying in %.1fs", error_text(error), delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                 continue

@@ -27,11 +27,12 @@ import asyncio
 import contextlib
 import socket
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, ConnectionParameter
+from aio_pika.connection import make_url
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
-from yarl import URL
 
 HEARTBEAT_SECONDS = 5
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -66,7 +67,7 @@ class _KeepaliveTransport(TransportFactory):
     def __init__(self, inner: TransportFactory) -> None:
         self.inner = inner
 
-    async def create(self, url: URL, **kwargs: Any) -> tuple[Any, Any]:
+    async def create(self, url: Any, **kwargs: Any) -> tuple[Any, Any]:
         reader, writer = await self.inner.create(url, **kwargs)
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -83,20 +84,21 @@ class _Connection(aio_pika.Connection):
     )
 
 
-def connection_url(url: str) -> URL:
+def connection_url(url: str) -> str:
     """``url`` with :data:`HEARTBEAT_SECONDS` unless it asks for its own heartbeat."""
-    parsed = URL(url)
-    if "heartbeat" in parsed.query:
-        return parsed
-    return parsed.update_query(heartbeat=HEARTBEAT_SECONDS)
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "heartbeat" for name, _ in query):
+        return url
+    query.append(("heartbeat", str(HEARTBEAT_SECONDS)))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 async def open_connection(url: str, name: str) -> AbstractConnection:
     """A new connection (raises if it is not up within the connect timeout)."""
-    parsed = connection_url(url)
-    inner = TLSTransportFactory() if parsed.scheme == "amqps" else TCPTransportFactory()
+    inner = TLSTransportFactory() if url.startswith("amqps:") else TCPTransportFactory()
     connection = _Connection(
-        parsed,
+        make_url(connection_url(url)),
         client_properties={"connection_name": name},
         transport_factory=_KeepaliveTransport(inner),
     )

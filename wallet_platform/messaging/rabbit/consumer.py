@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
@@ -56,7 +57,11 @@ from wallet_platform.messaging.topology import DEAD_LETTER_EXCHANGE, QUEUES
 log = logging.getLogger(__name__)
 
 CHANNEL_TIMEOUT_SECONDS = 5.0  # any single channel operation we wait for
+CLOSE_TIMEOUT_SECONDS = 2.0  # closing a channel we are giving up anyway
 STOP_TIMEOUT_SECONDS = 10.0  # in-flight handlers to finish when consuming stops
+
+# A channel (or its queue) that is gone, as opposed to a broker that does not answer.
+_CHANNEL_GONE = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError)
 
 # Publishes a message to an exchange ("" = default) with a routing key, confirmed.
 PublishOne = Callable[[str, str, aio_pika.Message], Awaitable[None]]
@@ -121,22 +126,24 @@ class QueueConsumer:
 
         The broker is asked too (a passive declare on the consumer's own channel, as a
         failed one closes the channel): client-side bookkeeping alone can say
-        "consuming" for a consumer the broker no longer has.
+        "consuming" for a consumer the broker no longer has. A broker that does not
+        answer within :data:`CHANNEL_TIMEOUT_SECONDS` raises ``TimeoutError``: then
+        the connection, not the consumer, is what failed.
         """
         channel, tag = self.channel, self.tag
         if channel is None or tag is None or channel.is_closed:
             return False
-        try:
-            underlay = await asyncio.wait_for(
-                channel.get_underlay_channel(), CHANNEL_TIMEOUT_SECONDS
-            )
+        async with asyncio.timeout(CHANNEL_TIMEOUT_SECONDS):
+            try:
+                underlay = await channel.get_underlay_channel()
+            except _CHANNEL_GONE:
+                return False
             if tag not in getattr(underlay, "consumers", {}):
                 return False
-            declared = await asyncio.wait_for(
-                underlay.queue_declare(self.queue, passive=True), CHANNEL_TIMEOUT_SECONDS
-            )
-        except Exception:
-            return False
+            try:
+                declared = await underlay.queue_declare(self.queue, passive=True)
+            except _CHANNEL_GONE:
+                return False  # e.g. the queue is gone (the channel is closed with it)
         return bool(declared.consumer_count)
 
     async def drop_channel(self) -> None:
@@ -144,7 +151,7 @@ class QueueConsumer:
         channel, self.channel, self.tag, self.window = self.channel, None, None, None
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), CHANNEL_TIMEOUT_SECONDS)
+                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_SECONDS)
 
     async def stop(self) -> None:
         """Cancel the consumer, let in-flight handlers settle, send the last acks."""
