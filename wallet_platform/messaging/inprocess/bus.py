@@ -38,7 +38,13 @@ from wallet_platform.messaging.bus import (
     error_text,
     routed_queues,
 )
-from wallet_platform.messaging.inprocess import store
+from wallet_platform.messaging.inprocess.store import (
+    claim_rows,
+    enqueue,
+    has_ready,
+    now_ms,
+    settle_rows,
+)
 from wallet_platform.storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -96,7 +102,7 @@ class InProcessBus:
             routed.extend((queue, message) for queue in queues)
         try:
             async with self.db.transaction() as conn:
-                await store.enqueue(conn, routed)
+                await enqueue(conn, routed)
         except Exception as error:
             raise PublishError(f"in-process publish failed: {error_text(error)}") from error
         for queue in {queue for queue, _ in routed}:
@@ -221,12 +227,12 @@ class InProcessBus:
         return len(claimed)
 
     async def _claim(self, queue: str, limit: int) -> list[Any]:
-        now = store.now_ms()
+        now = now_ms()
         async with self.db.read() as conn:
-            if not await store.has_ready(conn, queue, now):
+            if not await has_ready(conn, queue, now):
                 return []
         async with self.db.transaction() as conn:
-            return await store.claim(conn, queue, limit, LEASE_MS)
+            return await claim_rows(conn, queue, limit, LEASE_MS)
 
     async def _settle(
         self, acked: list[int], retried: list[tuple[int, int, str]], dead: list[tuple[int, str]]
@@ -234,4 +240,4 @@ class InProcessBus:
         if not (acked or retried or dead):
             return
         async with self.db.transaction() as conn:
-            await store.settle(conn, acked, retried, dead)
+            await settle_rows(conn, acked, retried, dead)

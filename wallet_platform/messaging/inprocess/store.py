@@ -71,7 +71,7 @@ async def has_ready(conn: AsyncConnection, queue: str, now: int) -> bool:
     return found.first() is not None
 
 
-async def claim(conn: AsyncConnection, queue: str, limit: int, lease_ms: int) -> list[Any]:
+async def claim_rows(conn: AsyncConnection, queue: str, limit: int, lease_ms: int) -> list[Any]:
     """Lease up to ``limit`` ready rows (``attempt`` + 1), oldest first."""
     now = now_ms()
     candidates = (
@@ -99,7 +99,7 @@ async def claim(conn: AsyncConnection, queue: str, limit: int, lease_ms: int) ->
     return rows
 
 
-async def settle(
+async def settle_rows(
     conn: AsyncConnection,
     acked: list[int],
     retried: list[tuple[int, int, str]],
