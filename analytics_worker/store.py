@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, Self
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -54,32 +54,6 @@ from wallet_platform.storage.schema import inbox, wallet_events, wallet_stats
 CONSUMER_NAME = "analytics"
 
 _STATS_COLUMNS = (*COUNTER_FIELDS, "last_activity_at")
-
-
-class StatsUnitOfWork(Protocol):
-    """The analytics consumer's transaction (see ``AnalyticsStore.unit_of_work``)."""
-
-    deadline: float | None
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(self, *exc_info: Any) -> None: ...
-
-    async def commit(self) -> None: ...
-
-    async def record_inbox(self, consumer: str, message_ids: Sequence[str]) -> Recorded: ...
-
-    async def record_and_add(
-        self,
-        consumer: str,
-        message_ids: Sequence[str],
-        deltas: Sequence[StatsDelta | None],
-        now: datetime,
-    ) -> Recorded:
-        """Inbox rows for the distinct ``message_ids`` and, for the new ones among
-        them, ``deltas[i]`` added to its wallet's row (None: a message that changes
-        no stats). ``now`` is the rows' ``updated_at``."""
-        ...
 
 
 # --- PostgreSQL: the consumer's hot path (psycopg, pipeline mode) -----------------------
@@ -113,7 +87,9 @@ def _pg_add_new_deltas() -> str:
 _PG_RECORD_AND_ADD = pg_record_inbox_then(_pg_add_new_deltas())
 
 
-class _PgStatsUnitOfWork(PipelineInboxUnitOfWork):
+class PipelineStatsUnitOfWork(PipelineInboxUnitOfWork):
+    """The analytics consumer's transaction on PostgreSQL."""
+
     async def record_and_add(
         self,
         consumer: str,
@@ -121,8 +97,11 @@ class _PgStatsUnitOfWork(PipelineInboxUnitOfWork):
         deltas: Sequence[StatsDelta | None],
         now: datetime,
     ) -> Recorded:
-        """One statement; its answer travels with the commit. A repeated message id
-        would be counted twice: the runner passes distinct ids."""
+        """Inbox rows for the distinct ``message_ids`` and, for the new ones among
+        them, ``deltas[i]`` added to its wallet's row (None: a message that changes no
+        stats); ``now`` is the rows' ``updated_at``. One statement, whose answer
+        travels with the commit. (A repeated id would count twice: the runner passes
+        distinct ids.)"""
         pairs = [(mid, d) for mid, d in zip(message_ids, deltas, strict=True) if d is not None]
         parameters: dict[str, Any] = {
             **pg_inbox_parameters(consumer, message_ids),
@@ -163,7 +142,10 @@ def _upsert(dialect: str) -> Any:
     return statement
 
 
-class _CoreStatsUnitOfWork(CoreInboxUnitOfWork):
+class CoreStatsUnitOfWork(CoreInboxUnitOfWork):
+    """The analytics consumer's transaction on SQLite (the same statements, one by
+    one)."""
+
     async def record_and_add(
         self,
         consumer: str,
@@ -186,6 +168,9 @@ class _CoreStatsUnitOfWork(CoreInboxUnitOfWork):
         if rows:
             await self.conn.execute(_upsert(self.conn.dialect.name), rows)
         return recorded
+
+
+StatsUnitOfWork = PipelineStatsUnitOfWork | CoreStatsUnitOfWork
 
 
 def _stats_from_row(row: Any) -> WalletStats:
@@ -239,8 +224,8 @@ class AnalyticsStore:
     def unit_of_work(self) -> StatsUnitOfWork:
         """The consumer's transaction: psycopg pipeline on PostgreSQL, Core on SQLite."""
         if self.db.is_postgres:
-            return _PgStatsUnitOfWork(self.db)
-        return _CoreStatsUnitOfWork(self.db)
+            return PipelineStatsUnitOfWork(self.db)
+        return CoreStatsUnitOfWork(self.db)
 
     async def get_stats(self, wallet_id: str) -> WalletStats | None:
         columns = [wallet_stats.c.wallet_id, *(wallet_stats.c[name] for name in _STATS_COLUMNS)]

@@ -23,7 +23,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, Self
+from typing import Any
 
 import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
@@ -34,7 +34,6 @@ from wallet_platform.clock import ensure_utc
 from wallet_platform.messaging.consumer.inbox import (
     CoreInboxUnitOfWork,
     PipelineInboxUnitOfWork,
-    Recorded,
 )
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import fraud_alerts, fraud_withdrawals, outbox
@@ -61,36 +60,6 @@ class Neighbourhood:
     new: bool  # False: it was judged before (nothing else is read then)
     withdrawals: list[Withdrawal]
     bursts: list[Burst]
-
-
-class FraudUnitOfWork(Protocol):
-    """The fraud consumer's transaction (see ``FraudStore.unit_of_work``)."""
-
-    deadline: float | None
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(self, *exc_info: Any) -> None: ...
-
-    async def commit(self) -> None: ...
-
-    async def record_inbox(self, consumer: str, message_ids: Sequence[str]) -> Recorded: ...
-
-    async def lock_wallets(self, wallet_ids: Sequence[str]) -> None:
-        """Serialise fraud evaluation of these wallets (sorted by the caller) until the
-        transaction ends."""
-        ...
-
-    async def remember(self, withdrawal: Withdrawal, around: Lookaround) -> Neighbourhood:
-        """Store the withdrawal; if it is new, also read the wallet's withdrawals and
-        RAPID bursts in the ranges the rules asked for (without the new one)."""
-        ...
-
-    async def add_alert(
-        self, draft: AlertDraft, created_at: datetime, outbox_row: dict[str, Any]
-    ) -> None:
-        """Store the alert and, if it is new, its outbox row."""
-        ...
 
 
 def _alert_values(draft: AlertDraft, created_at: datetime) -> dict[str, Any]:
@@ -170,15 +139,21 @@ _PG_ADD_ALERT = (
 )
 
 
-class _PgFraudUnitOfWork(PipelineInboxUnitOfWork):
+class PipelineFraudUnitOfWork(PipelineInboxUnitOfWork):
+    """The fraud consumer's transaction on PostgreSQL."""
+
     alerts_queued = False
 
     async def lock_wallets(self, wallet_ids: Sequence[str]) -> None:
+        """Serialise fraud evaluation of these wallets (sorted by the caller) until the
+        transaction ends."""
         if wallet_ids:
             keys = [ADVISORY_LOCK_PREFIX + wallet_id for wallet_id in wallet_ids]
             await self.conn.execute(_PG_LOCK_WALLETS, {"keys": keys})
 
     async def remember(self, withdrawal: Withdrawal, around: Lookaround) -> Neighbourhood:
+        """Store the withdrawal; if it is new, also read the wallet's withdrawals and
+        RAPID bursts in the ranges the rules asked for (without the new one)."""
         cursor = self.conn.cursor(row_factory=namedtuple_row)
         await cursor.execute(
             _PG_REMEMBER,
@@ -197,6 +172,7 @@ class _PgFraudUnitOfWork(PipelineInboxUnitOfWork):
     async def add_alert(
         self, draft: AlertDraft, created_at: datetime, outbox_row: dict[str, Any]
     ) -> None:
+        """Store the alert and, if it is new, its outbox row (one statement)."""
         row = dict(outbox_row)
         parameters = {
             **_alert_values(draft, created_at),
@@ -244,7 +220,9 @@ def _insert(dialect: str) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
-class _CoreFraudUnitOfWork(CoreInboxUnitOfWork):
+class CoreFraudUnitOfWork(CoreInboxUnitOfWork):
+    """The fraud consumer's transaction on SQLite (the same steps, in Core)."""
+
     async def lock_wallets(self, wallet_ids: Sequence[str]) -> None:
         """SQLite serialises every writer already (the portable path takes no lock)."""
 
@@ -286,6 +264,9 @@ class _CoreFraudUnitOfWork(CoreInboxUnitOfWork):
         )
 
 
+FraudUnitOfWork = PipelineFraudUnitOfWork | CoreFraudUnitOfWork
+
+
 def _alert_from_row(row: Any) -> StoredAlert:
     return StoredAlert(
         alert_id=row.alert_id,
@@ -308,8 +289,8 @@ class FraudStore:
     def unit_of_work(self) -> FraudUnitOfWork:
         """The consumer's transaction: psycopg pipeline on PostgreSQL, Core on SQLite."""
         if self.db.is_postgres:
-            return _PgFraudUnitOfWork(self.db)
-        return _CoreFraudUnitOfWork(self.db)
+            return PipelineFraudUnitOfWork(self.db)
+        return CoreFraudUnitOfWork(self.db)
 
     async def list_alerts(
         self, *, wallet_id: str | None, limit: int, after: tuple[datetime, str] | None

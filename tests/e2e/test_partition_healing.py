@@ -307,37 +307,43 @@ async def recovered(platform: Platform, healed: float) -> None:
         assert proc.poll() is None  # healed in place, not by a restart
 
 
-async def test_workers_consume_again_within_30s_of_a_healed_partition(
-    pg_database_url_fresh: str, amqp_url: str, rabbit_vhost: str, proxies, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def platform(
+    pg_database_url_fresh: str,
+    amqp_url: str,
+    rabbit_vhost: str,
+    proxies: dict[str, TcpProxy],
+    tmp_path: Path,
+) -> AsyncIterator[Platform]:
     async with platform_under_load(
         pg_database_url_fresh, amqp_url, rabbit_vhost, proxies, tmp_path
-    ) as platform:
-        for action, seconds in SCHEDULE:
-            for proxy in proxies.values():
-                if action == "stall":
-                    proxy.stall()
-                else:
-                    await proxy.cut()
-            platform.note(f"{action} {seconds:.0f}s")
-            await asyncio.sleep(seconds)
-        for proxy in proxies.values():
-            await proxy.heal()
-        platform.note(f"healed; requests {platform.sent}")
-        await recovered(platform, time.monotonic())
+    ) as running:
+        yield running
+
+
+async def test_workers_consume_again_within_30s_of_a_healed_partition(platform: Platform) -> None:
+    for action, seconds in SCHEDULE:
+        for proxy in platform.proxies.values():
+            if action == "stall":
+                proxy.stall()
+            else:
+                await proxy.cut()
+        platform.note(f"{action} {seconds:.0f}s")
+        await asyncio.sleep(seconds)
+    for proxy in platform.proxies.values():
+        await proxy.heal()
+    platform.note(f"healed; requests {platform.sent}")
+    await recovered(platform, time.monotonic())
 
 
 async def test_connections_left_silent_by_a_partition_are_replaced_within_seconds(
-    pg_database_url_fresh: str, amqp_url: str, rabbit_vhost: str, proxies, tmp_path: Path
+    platform: Platform,
 ) -> None:
-    async with platform_under_load(
-        pg_database_url_fresh, amqp_url, rabbit_vhost, proxies, tmp_path
-    ) as platform:
-        for proxy in proxies.values():
-            proxy.stall()
-        platform.note("stall 3s")
-        await asyncio.sleep(3)
-        for proxy in proxies.values():
-            proxy.forget()
-        platform.note(f"healed for new connections only; requests {platform.sent}")
-        await recovered(platform, time.monotonic())
+    for proxy in platform.proxies.values():
+        proxy.stall()
+    platform.note("stall 3s")
+    await asyncio.sleep(3)
+    for proxy in platform.proxies.values():
+        proxy.forget()
+    platform.note(f"healed for new connections only; requests {platform.sent}")
+    await recovered(platform, time.monotonic())

@@ -263,47 +263,59 @@ class QueueConsumer:
         if self.queue_type == QUORUM:
             await settle_otherwise(window, tag, requeue=True)  # the broker counts it
             return
-        headers = dict(message.header.properties.headers or {})
-        headers.update(
-            {
-                HEADER_ATTEMPT: delivery.attempt + 1,
-                HEADER_ERROR: reason,
-                HEADER_ROUTING_KEY: delivery.routing_key,
-            }
+        copy = _copy(
+            message, delivery, {HEADER_ATTEMPT: delivery.attempt + 1, HEADER_ERROR: reason}
         )
-        copy = amqp_message(delivery.message_id, delivery.message_type, delivery.body, headers)
-        try:
-            await self.publish_one("", self.queue, copy)
-        except Exception as error:
-            # Not republished: let the broker redeliver the original (same attempt).
-            log.warning("retry republish of %s failed: %s", delivery.message_id, error)
-            await settle_otherwise(window, tag, requeue=True)
-            return
-        ack_later(window, tag, 1, self.tasks)  # rare: at once
+        await self._send_or(window, tag, "", self.queue, copy, requeue=True)
 
     async def _dead_letter(
         self, window: AckWindow, message: DeliveredMessage, delivery: Delivery, reason: str
     ) -> None:
         log.warning("dead-lettering %s from %s: %s", delivery.message_id, self.queue, reason)
-        headers = dict(message.header.properties.headers or {})
-        headers.update(
-            {
-                HEADER_ATTEMPT: delivery.attempt,
-                HEADER_ERROR: reason,
-                HEADER_QUEUE: self.queue,
-                HEADER_ROUTING_KEY: delivery.routing_key,
-            }
-        )
-        copy = amqp_message(delivery.message_id, delivery.message_type, delivery.body, headers)
+        headers = {HEADER_ATTEMPT: delivery.attempt, HEADER_ERROR: reason, HEADER_QUEUE: self.queue}
+        copy = _copy(message, delivery, headers)
         tag = message.delivery_tag or 0
+        # If the DLX publish fails, the rejected original reaches the same DLQ through the
+        # queue's own dead-lettering (without our reason).
+        await self._send_or(
+            window, tag, DEAD_LETTER_EXCHANGE, QUEUES[self.queue], copy, requeue=False
+        )
+
+    async def _send_or(
+        self,
+        window: AckWindow,
+        tag: int,
+        exchange: str,
+        routing_key: str,
+        copy: aio_pika.Message,
+        *,
+        requeue: bool,
+    ) -> None:
+        """Publish ``copy`` and ack the original; if the publish fails, requeue the
+        original (same attempt) or reject it instead."""
         try:
-            await self.publish_one(DEAD_LETTER_EXCHANGE, QUEUES[self.queue], copy)
+            await self.publish_one(exchange, routing_key, copy)
         except Exception as error:
-            # The queue's own dead-lettering takes it to the same DLQ (without our reason).
-            log.warning("DLX publish of %s failed (%s); rejecting", delivery.message_id, error)
-            await settle_otherwise(window, tag, requeue=False)
+            log.warning(
+                "publishing %s to %r failed (%s); %s the original",
+                copy.message_id,
+                exchange or routing_key,
+                error,
+                "requeueing" if requeue else "rejecting",
+            )
+            await settle_otherwise(window, tag, requeue=requeue)
             return
         ack_later(window, tag, 1, self.tasks)  # rare: at once
+
+
+def _copy(
+    message: DeliveredMessage, delivery: Delivery, headers: dict[str, Any]
+) -> aio_pika.Message:
+    """The delivery as a new message: its headers, the original routing key, ``headers``."""
+    merged: dict[str, Any] = dict(message.header.properties.headers or {})
+    merged.update(headers)
+    merged[HEADER_ROUTING_KEY] = delivery.routing_key
+    return amqp_message(delivery.message_id, delivery.message_type, delivery.body, merged)
 
 
 async def _run_handler(
