@@ -4,30 +4,66 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/wallet/v1/*.proto)
-GEN    := wallet/v1/wallet_pb2.py
+CLIENT := clients/python
+GEN    := $(CLIENT)/src/wallet/v1/__init__.py
 
-.PHONY: install proto run test test-fast lint fmt bench clean
+.PHONY: install proto stubs lock lock-upgrade lock-check export-lock run test test-fast lint fmt bench clean
 
 install: $(STAMP) $(GEN)
 
-$(STAMP): pyproject.toml
+# uv, from its hashed pin, into the venv: the tool that installs everything else.
+$(UV): requirements/uv.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/uv.txt
+	touch $(UV)
+
+# Exactly the locked dev set (sync also removes what the lock does not list), then the
+# two packages of this repository without dependencies, editable: the client (home of
+# the generated wallet.v1 code) and the server. A generated wallet/ at the root would
+# shadow the client's, so it goes.
+$(STAMP): $(UV) requirements/dev.txt pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
+	rm -rf wallet
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements/dev.txt
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation \
+		--config-settings editable_mode=compat -e ./$(CLIENT) -e .
 	touch $(STAMP)
 
-# Generated code lives in wallet/ (git-ignored) and is never edited by hand.
-$(GEN): $(PROTOS) $(STAMP)
-	rm -rf wallet
-	$(BIN)/python -m grpc_tools.protoc -Iprotos \
-		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	touch wallet/__init__.py wallet/v1/__init__.py
+# Generated code lives in clients/python/src/wallet/ (git-ignored) and is never edited.
+$(GEN): $(PROTOS) $(CLIENT)/generate_protos.py $(STAMP)
+	$(BIN)/python $(CLIENT)/generate_protos.py
 
 proto: $(STAMP)
 	rm -f $(GEN)
 	$(MAKE) $(GEN)
+
+# Messages for other languages from protos/ into gen/ (buf.gen.yaml, offline). gRPC
+# stubs for other languages: buf generate --template buf.gen.remote.yaml (needs buf.build).
+stubs: install
+	$(BIN)/buf generate
+
+# Refresh the lock after changing dependencies in either pyproject.toml (keeps every
+# other pin), or move every pin to the newest allowed version (lock-upgrade); both
+# re-export requirements/*.txt. lock-check (part of lint) fails while pyproject.toml, the
+# lock, its exports, this environment and the code's imports disagree.
+lock: $(UV)
+	$(UV) lock
+	$(MAKE) --no-print-directory export-lock
+
+lock-upgrade: $(UV)
+	$(UV) lock --upgrade
+	$(MAKE) --no-print-directory export-lock
+
+export-lock:
+	$(UV) export --quiet --frozen --no-emit-workspace --no-default-groups -o requirements/runtime.txt
+	$(UV) export --quiet --frozen --no-emit-workspace --only-group build -o requirements/build.txt
+	$(UV) export --quiet --frozen --no-emit-workspace --group dev -o requirements/dev.txt
+	$(UV) export --quiet --frozen --no-emit-workspace --only-group uv -o requirements/uv.txt
+
+lock-check: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_lock.py
 
 run: install
 	$(BIN)/wallet-stack
@@ -35,7 +71,7 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: lock-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -43,6 +79,11 @@ lint: install
 	@if git rev-parse --verify -q HEAD >/dev/null && git cat-file -e HEAD:protos 2>/dev/null; then \
 		$(BIN)/buf breaking --against '.git#ref=HEAD'; \
 	else echo "buf breaking: no committed protos to compare against"; fi
+	@# The alert rules (deploy/prometheus): promtool comes with Debian's prometheus package.
+	@if command -v promtool >/dev/null 2>&1; then \
+		promtool check rules deploy/prometheus/alerts.yml && \
+		promtool test rules deploy/prometheus/alerts_test.yml; \
+	else echo "promtool not found: alert rules not checked (apt-get install prometheus)"; fi
 
 fmt: install
 	$(BIN)/ruff check --fix .
@@ -53,4 +94,4 @@ bench: install
 	$(BIN)/wallet-bench suite $(BENCH_ARGS)
 
 clean:
-	rm -rf wallet var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf wallet $(CLIENT)/src/wallet $(CLIENT)/build var .pytest_cache .mypy_cache .ruff_cache

@@ -110,6 +110,14 @@ FINAL_REASONS = frozenset(
         "WALLET_NOT_FOUND",
         "CURRENCY_MISMATCH",
         "BALANCE_OVERFLOW",
+        # The ledger's transfer holds: the step does not match the money the debit
+        # held, or the hold was already settled. The ledger changed nothing and the
+        # same call will never be accepted.
+        "HOLD_NOT_FOUND",
+        "HOLD_MISMATCH",
+        "HOLD_ALREADY_POSTED",
+        "HOLD_ALREADY_VOIDED",
+        "HOLD_ALREADY_EXISTS",
     }
 )
 # Status codes that are final even without a recognised reason: the request itself is
@@ -138,7 +146,10 @@ def is_final(error: StepError, step: StepName) -> bool:
     Transient: UNAVAILABLE, DEADLINE_EXCEEDED, connection loss, and every code not
     listed as final (INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, ABORTED...): the outcome
     is unknown, so the only safe move is asking again with the same request_id.
-    A refund is never final: compensation must eventually succeed.
+    A refund is never final: compensation must eventually succeed. A refund the
+    ledger's hold refuses would mean the ledger and the saga disagree about the
+    transfer; it keeps being retried, visible in the saga's last error and in
+    ``walletctl reconcile``, rather than marking money returned that was not.
     """
     if step is StepName.REFUND:
         return False

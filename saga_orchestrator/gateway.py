@@ -18,7 +18,8 @@ from saga_orchestrator.domain import StepError, StepName
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.server.builder import error_reason
 
-# Each saga step and the WalletService RPC that performs it (all share one request shape).
+# Each saga step and the WalletService RPC that performs it (one request shape, plus the
+# debit's destination).
 _STEP_RPCS: dict[StepName, tuple[str, type[Any]]] = {
     StepName.DEBIT: ("DebitForTransfer", wallet_pb2.DebitForTransferRequest),
     StepName.CREDIT: ("CreditForTransfer", wallet_pb2.CreditForTransferRequest),
@@ -44,6 +45,7 @@ class StepCall:
     transfer_id: str
     request_id: str
     currency: str
+    to_wallet_id: str = ""  # the debit's destination (the hold's); empty on other steps
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class GrpcWalletGateway:
             request_id=call.request_id,
             currency=call.currency,
         )
+        if call.step is StepName.DEBIT:
+            request.to_wallet_id = call.to_wallet_id
         try:
             response = await method(request, timeout=deadline, metadata=self._call_metadata())
         except grpc.aio.AioRpcError as error:

@@ -102,6 +102,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return databases.fresh()
 
 
+@pytest.fixture(params=_backend_params())
+def empty_database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A database without any schema: a SQLite file not created yet, or an empty
+    PostgreSQL database (dropped at the end of the run). For migration tests."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name = f"wallet_test_{RUN_ID}_empty_{uuid.uuid4().hex[:10]}"
+    databases._admin(f'CREATE DATABASE "{name}"')
+    databases.created.append(name)
+    return pg_database_url(name)
+
+
 @pytest.fixture
 def pg_database_url_fresh(postgres_databases: PostgresDatabases) -> str:
     """A freshly migrated PostgreSQL database (for PostgreSQL-only tests)."""

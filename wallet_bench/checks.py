@@ -5,7 +5,9 @@ Two independent witnesses are compared with the platform's state:
 - the client ledger (:class:`wallet_bench.load.Ledger`): every acknowledged write and
   every terminal transfer, hence each wallet's exact expected balance and statistics;
 - the event log in the database (when a database URL is given): each balance must equal
-  the signed sum of its wallet's events, sagas must be terminal with the right steps,
+  the signed sum of its wallet's events, balances + open transfer holds must equal
+  deposits - withdrawals, each hold must match its events and its saga
+  (:mod:`wallet_bench.hold_checks`), sagas must be terminal with the right steps,
   every request must have been applied at most once, every event must have its outbox
   row, and the analytics projection must equal SQL aggregates over the log.
 
@@ -29,12 +31,19 @@ from sqlalchemy.pool import NullPool
 
 from wallet.v1 import analytics_pb2, wallet_pb2
 from wallet_bench.client import Clients
+from wallet_bench.hold_checks import (
+    HoldRow,
+    conservation_problems,
+    hold_event_problems,
+    hold_transfer_problems,
+)
 from wallet_bench.load import Ledger, LoadConfig
 from wallet_bench.stats import percentile
 from wallet_platform.storage.database import sync_url
 from wallet_platform.storage.schema import (
     inbox,
     outbox,
+    transfer_holds,
     transfers,
     wallet_events,
     wallet_stats,
@@ -91,6 +100,7 @@ class LogSnapshot:
     outbox_ids: set[str]
     outbox_pending: int
     stats: dict[str, dict[str, int]]
+    holds: list[HoldRow] = field(default_factory=list)  # of transfers from the run's wallets
 
 
 class LogReader:
@@ -170,7 +180,13 @@ class LogReader:
                     select(wallet_stats).where(self._mine(wallet_stats.c.wallet_id))
                 )
             }
-        return LogSnapshot(balances, events, transfer_rows, outbox_ids, pending, stats)
+            holds = [
+                HoldRow(r.transfer_id, r.from_wallet_id, r.to_wallet_id, int(r.amount), r.state)
+                for r in conn.execute(
+                    select(transfer_holds).where(self._mine(transfer_holds.c.from_wallet_id))
+                )
+            ]
+        return LogSnapshot(balances, events, transfer_rows, outbox_ids, pending, stats, holds)
 
     def drain_state(self) -> tuple[int, int]:
         """(outbox rows of the run not yet published, wallets whose stats lag the log)."""
@@ -290,15 +306,12 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
 
     # 1/2. Conservation: each balance is the signed sum of its events, versions follow.
     problems = []
-    total_balance = total_signed = 0
     for wallet_id, (balance, version) in sorted(snapshot.balances.items()):
         events = sorted(by_wallet.get(wallet_id, []), key=lambda e: e["sequence"])
         signed = sum(
             e["amount"] if e["type"] in CREDITS else -e["amount"] if e["type"] in DEBITS else 0
             for e in events
         )
-        total_balance += balance
-        total_signed += signed
         if balance != signed:
             problems.append(f"{wallet_id}: balance {balance} != sum of events {signed}")
         sequences = [e["sequence"] for e in events]
@@ -306,11 +319,24 @@ def check_log(snapshot: LogSnapshot, ledger: Ledger, config: LoadConfig) -> list
             problems.append(f"{wallet_id}: event sequences are not 1..{len(sequences)}")
         elif events and (version != sequences[-1] or events[-1]["balance_after"] != balance):
             problems.append(f"{wallet_id}: version/balance_after disagree with the last event")
+    held_problems, held_summary = conservation_problems(
+        {w: b for w, (b, _) in snapshot.balances.items()}, snapshot.events, snapshot.holds
+    )
     checks.append(
         verdict(
             "conservation",
+            problems + held_problems,
+            f"{len(snapshot.balances)} wallets: {held_summary}",
+        )
+    )
+    problems = hold_event_problems(snapshot.events, snapshot.holds)
+    problems += hold_transfer_problems(snapshot.transfers, snapshot.holds)
+    hold_states = Counter(h.state for h in snapshot.holds)
+    checks.append(
+        verdict(
+            "holds_match",
             problems,
-            f"{len(snapshot.balances)} wallets, total {total_balance} = deposits - withdrawals",
+            ", ".join(f"{s} {n}" for s, n in sorted(hold_states.items())) or "no holds",
         )
     )
 

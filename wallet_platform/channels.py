@@ -11,10 +11,15 @@ token and audit-id propagation are configured once:
 - the current audit id (``observability.logs.audit_id_var``) -> ``x-audit-id`` request
   metadata, so the saga's step calls stamp their ledger events with the audit id of the
   ``CreateTransfer`` that started the saga.
+- calls spread round-robin over every address the target resolves to
+  (:data:`ROUND_ROBIN`): with ``dns:///`` and a headless Kubernetes Service, the
+  orchestrator uses every WalletService replica instead of the first one gRPC's default
+  ``pick_first`` policy connects to. A target with one address behaves as before.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,9 @@ from wallet_platform.observability.logs import audit_id_var
 
 AUDIT_ID_HEADER = "x-audit-id"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# The default service config of every channel: the round_robin load-balancing policy.
+ROUND_ROBIN = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+_BALANCING_OPTIONS = ("grpc.service_config", "grpc.lb_policy_name")
 
 
 def _read(path: str) -> bytes:
@@ -116,16 +124,19 @@ def make_channel(
 ) -> grpc.aio.Channel:
     """A ``grpc.aio`` channel to ``target`` with TLS/mTLS and the bearer token applied.
 
-    Plaintext when no TLS setting is given. Must be called inside a running event loop
-    (grpc.aio binds channels to the loop that creates them). ``metadata_interceptor=False``
-    leaves the token and audit id to the caller (pass ``metadata=CallMetadata(settings)()``
-    on every call, see :class:`CallMetadata`).
+    Plaintext when no TLS setting is given; load-balanced with :data:`ROUND_ROBIN` unless
+    ``options`` set a service config or policy of their own. Must be called inside a
+    running event loop (grpc.aio binds channels to the loop that creates them).
+    ``metadata_interceptor=False`` leaves the token and audit id to the caller (pass
+    ``metadata=CallMetadata(settings)()`` on every call, see :class:`CallMetadata`).
     """
     all_options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         *options,
     ]
+    if not any(name in _BALANCING_OPTIONS for name, _ in options):
+        all_options.append(ROUND_ROBIN)
     all_interceptors: list[grpc.aio.ClientInterceptor] = [*interceptors]
     if metadata_interceptor:
         all_interceptors.insert(0, _MetadataInterceptor(CallMetadata(settings)))

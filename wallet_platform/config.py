@@ -67,6 +67,7 @@ class Settings:
     tls_client_key: str = ""
     auth_tokens: str = ""
     auth_token: str = ""
+    currencies: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:
@@ -154,6 +155,11 @@ OPTIONS: tuple[Option, ...] = (
         "auth_tokens", "WALLET_AUTH_TOKENS", "server tokens: token=role[+role];...; empty = off"
     ),
     Option("auth_token", "WALLET_AUTH_TOKEN", "bearer token that clients send"),
+    Option(
+        "currencies",
+        "WALLET_CURRENCIES",
+        "ISO 4217 codes new wallets may hold, e.g. USD,EUR,JPY; empty = every active code",
+    ),
 )
 
 

@@ -58,6 +58,15 @@ class TransferNotFoundError(NotFoundError):
         super().__init__(f"transfer {transfer_id!r} not found", field="transfer_id")
 
 
+class HoldNotFoundError(NotFoundError):
+    """No debit ever held money for this transfer id, so nothing can be credited or refunded."""
+
+    reason = "HOLD_NOT_FOUND"
+
+    def __init__(self, transfer_id: str) -> None:
+        super().__init__(f"transfer {transfer_id!r} has no hold", field="transfer_id")
+
+
 class FailedPreconditionError(WalletPlatformError):
     reason = "FAILED_PRECONDITION"
 
@@ -74,6 +83,24 @@ class CurrencyMismatchError(FailedPreconditionError):
     reason = "CURRENCY_MISMATCH"
 
 
+class HoldMismatchError(FailedPreconditionError):
+    """A transfer step that does not describe its transfer's hold (wallet, amount, currency)."""
+
+    reason = "HOLD_MISMATCH"
+
+
+class HoldAlreadyPostedError(FailedPreconditionError):
+    """The transfer's hold was already credited to its destination."""
+
+    reason = "HOLD_ALREADY_POSTED"
+
+
+class HoldAlreadyVoidedError(FailedPreconditionError):
+    """The transfer's hold was already refunded to its source."""
+
+    reason = "HOLD_ALREADY_VOIDED"
+
+
 class AlreadyExistsError(WalletPlatformError):
     reason = "ALREADY_EXISTS"
 
@@ -84,6 +111,12 @@ class IdempotencyKeyReusedError(AlreadyExistsError):
 
 class WalletAlreadyExistsError(AlreadyExistsError):
     reason = "WALLET_ALREADY_EXISTS"
+
+
+class HoldAlreadyExistsError(AlreadyExistsError):
+    """A debit for a transfer id whose hold exists: one hold, and one debit, per transfer."""
+
+    reason = "HOLD_ALREADY_EXISTS"
 
 
 class OutOfRangeError(WalletPlatformError):

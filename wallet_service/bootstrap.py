@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from wallet_platform.currency_policy import CurrencyPolicy
 from wallet_platform.messaging.outbox.relay import relay_component
 from wallet_platform.runtime import Runtime
 from wallet_platform.server.builder import Component
@@ -42,7 +43,13 @@ def build_components(runtime: Runtime) -> list[Component]:
     # Group commit (wallet_service.group_commit) is on unless WALLET_GROUP_COMMIT=0: the
     # switch exists for benchmarks (docs/benchmarks.md), not as a tuning knob.
     group_commit = os.environ.get("WALLET_GROUP_COMMIT", "1") != "0"
+    try:
+        currencies = CurrencyPolicy.from_setting(runtime.settings.currencies)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     return [
-        WalletComponent(WalletService(runtime.db, group_commit=group_commit)),
+        WalletComponent(
+            WalletService(runtime.db, group_commit=group_commit, currencies=currencies)
+        ),
         relay_component(runtime),
     ]

@@ -92,6 +92,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         return await self._step(Movement.TRANSFER_REFUND, request)
 
     async def _step(self, movement: Movement, request: Any) -> Any:
+        # Only the debit request has a destination (the hold's); the others read it
+        # from the hold.
+        to_wallet_id = getattr(request, "to_wallet_id", "")
         with log_context(request_id=request.request_id, transfer_id=request.transfer_id):
             return await self._service.move(
                 movement,
@@ -100,6 +103,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 request.request_id,
                 transfer_id=request.transfer_id,
                 currency=request.currency,
+                to_wallet_id=to_wallet_id,
             )
 
 

@@ -9,9 +9,14 @@ Concurrency rests on two database guarantees, never on Python-side checks:
 * the primary key of ``idempotency_records``: :func:`claim` inserts the key first
   (``ON CONFLICT DO NOTHING``), so a concurrent duplicate blocks on it until the
   first transaction ends and then reads its stored outcome;
-* the wallet row lock: :func:`lock_wallet` (``SELECT ... FOR UPDATE`` on PostgreSQL;
-  SQLite's ``BEGIN IMMEDIATE`` already serialises writers) or the conditional
-  ``UPDATE`` of the PostgreSQL fast path (:func:`pg_fast_movement`).
+* the wallet row lock: :func:`get_wallet` with ``for_update`` (``SELECT ... FOR
+  UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers) or
+  the conditional ``UPDATE`` of the PostgreSQL fast path
+  (:mod:`wallet_service.pg_fast_path`).
+
+Idempotency keys live in a scope: ``wallet`` for the clients' request_ids, ``step`` for
+the transfer steps' derived keys (:mod:`wallet_service.holds`), so the two can never
+collide.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import and_, bindparam, func, select, text, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,8 +37,18 @@ from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import idempotency_records, outbox, wallet_events, wallets
 from wallet_service import domain
 
-SCOPE = "wallet"
+CLIENT_SCOPE = "wallet"
 PENDING = "PENDING"  # a claimed key whose outcome is written later in the same transaction
+
+
+@dataclass(frozen=True)
+class WriteKey:
+    """What one idempotent write is bound to: its method, key, scope and fingerprint."""
+
+    method: str
+    request_id: str
+    fingerprint: str
+    scope: str = CLIENT_SCOPE
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,13 @@ def event_from_row(row: Any) -> domain.WalletEvent:
 # --- idempotency ---------------------------------------------------------------------
 
 
-async def claim(conn: AsyncConnection, request_id: str, fingerprint: str, now: datetime) -> bool:
+async def claim(
+    conn: AsyncConnection,
+    request_id: str,
+    fingerprint: str,
+    now: datetime,
+    scope: str = CLIENT_SCOPE,
+) -> bool:
     """Insert the idempotency key; False when it already exists (a replay or a reuse).
 
     On PostgreSQL a concurrent transaction holding the same key makes this wait until
@@ -91,7 +112,7 @@ async def claim(conn: AsyncConnection, request_id: str, fingerprint: str, now: d
     statement = (
         _insert(conn, idempotency_records)
         .values(
-            scope=SCOPE,
+            scope=scope,
             request_id=request_id,
             fingerprint=fingerprint,
             status_code=PENDING,
@@ -104,7 +125,9 @@ async def claim(conn: AsyncConnection, request_id: str, fingerprint: str, now: d
     return (await conn.execute(statement)).first() is not None
 
 
-async def get_record(conn: AsyncConnection, request_id: str) -> IdempotencyRecord | None:
+async def get_record(
+    conn: AsyncConnection, request_id: str, scope: str = CLIENT_SCOPE
+) -> IdempotencyRecord | None:
     row = (
         await conn.execute(
             select(
@@ -114,7 +137,7 @@ async def get_record(conn: AsyncConnection, request_id: str) -> IdempotencyRecor
                 idempotency_records.c.error_message,
                 idempotency_records.c.response,
             ).where(
-                idempotency_records.c.scope == SCOPE,
+                idempotency_records.c.scope == scope,
                 idempotency_records.c.request_id == request_id,
             )
         )
@@ -130,6 +153,7 @@ async def finish_record(
     conn: AsyncConnection,
     request_id: str,
     *,
+    scope: str = CLIENT_SCOPE,
     response: bytes | None = None,
     error: tuple[str, str, str] | None = None,
 ) -> None:
@@ -143,7 +167,7 @@ async def finish_record(
     await conn.execute(
         update(idempotency_records)
         .where(
-            idempotency_records.c.scope == SCOPE,
+            idempotency_records.c.scope == scope,
             idempotency_records.c.request_id == request_id,
         )
         .values(**values)
@@ -322,118 +346,3 @@ async def wallet_exists(conn: AsyncConnection, wallet_id: str) -> bool:
         select(func.count()).select_from(wallets).where(and_(wallets.c.wallet_id == wallet_id))
     )
     return bool(found.scalar())
-
-
-# --- PostgreSQL fast path ------------------------------------------------------------
-
-# One round trip claims the idempotency key, conditionally moves the balance (the
-# WHERE clause is domain.balance_bounds plus the status and currency rules; PostgreSQL
-# re-checks it on the latest row version after waiting for a lock, so there is no lost
-# update) and appends the event with sequence = the new version. It always returns one
-# row: `claimed` says whether the key was ours, the wallet columns are NULL when the
-# update did not apply (the caller then locks the row and asks the domain why).
-# Event times come from clock_timestamp() taken after the row lock, never earlier than
-# the previous change, so a wallet's events are ordered in time as in sequence.
-_PG_MOVE = text(
-    """
-WITH claim AS (
-    INSERT INTO idempotency_records (scope, request_id, fingerprint, status_code, created_at)
-    VALUES (:scope, :request_id, :fingerprint, :pending, :now)
-    ON CONFLICT DO NOTHING
-    RETURNING 1 AS claimed
-), moved AS (
-    UPDATE wallets AS w
-    SET balance = w.balance + CAST(:delta AS bigint),
-        version = w.version + 1,
-        updated_at = GREATEST(w.updated_at, clock_timestamp())
-    WHERE w.wallet_id = :wallet_id
-      AND EXISTS (SELECT 1 FROM claim)
-      AND (w.status = 'ACTIVE' OR CAST(:allow_frozen AS boolean))
-      AND w.balance BETWEEN CAST(:low AS bigint) AND CAST(:high AS bigint)
-      AND (CAST(:currency AS varchar) = '' OR w.currency = CAST(:currency AS varchar))
-    RETURNING w.wallet_id, w.currency, w.balance, w.status, w.version, w.created_at,
-              w.updated_at
-), logged AS (
-    INSERT INTO wallet_events (event_id, wallet_id, sequence, type, amount, balance_after,
-                               currency, transfer_id, request_id, audit_id, occurred_at)
-    SELECT CAST(:event_id AS varchar), m.wallet_id, m.version, CAST(:event_type AS varchar),
-           CAST(:amount AS bigint), m.balance, m.currency, CAST(:transfer_id AS varchar),
-           CAST(:request_id AS varchar), CAST(:audit_id AS varchar), m.updated_at
-    FROM moved AS m
-    RETURNING event_id
-)
-SELECT (SELECT count(*) FROM claim) AS claimed, m.*
-FROM (SELECT 1) AS one LEFT JOIN moved AS m ON true
-"""
-)
-
-_PG_FINISH = text(
-    """
-WITH queued AS (
-    INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,
-                        created_at)
-    VALUES (:message_id, :routing_key, :message_type, :payload, :status, :attempts,
-            :created_at)
-)
-UPDATE idempotency_records SET status_code = 'OK', response = :response
-WHERE scope = :scope AND request_id = :request_id
-"""
-)
-
-
-@dataclass(frozen=True)
-class FastMove:
-    claimed: bool
-    wallet: domain.Wallet | None  # set when the balance moved
-
-
-async def pg_fast_movement(
-    conn: AsyncConnection,
-    *,
-    wallet_id: str,
-    movement: domain.Movement,
-    amount: int,
-    currency: str,
-    transfer_id: str | None,
-    request_id: str,
-    audit_id: str | None,
-    fingerprint: str,
-    event_id: str,
-    now: datetime,
-) -> FastMove:
-    low, high = domain.balance_bounds(movement, amount)
-    row = (
-        await conn.execute(
-            _PG_MOVE,
-            {
-                "scope": SCOPE,
-                "request_id": request_id,
-                "fingerprint": fingerprint,
-                "pending": PENDING,
-                "now": now,
-                "delta": movement.sign * amount,
-                "allow_frozen": movement.allowed_when_frozen,
-                "low": low,
-                "high": high,
-                "currency": currency,
-                "wallet_id": wallet_id,
-                "event_id": event_id,
-                "event_type": movement.event_type,
-                "amount": amount,
-                "transfer_id": transfer_id,
-                "audit_id": audit_id,
-            },
-        )
-    ).one()
-    wallet = None if row.wallet_id is None else wallet_from_row(row)
-    return FastMove(claimed=bool(row.claimed), wallet=wallet)
-
-
-async def pg_finish(
-    conn: AsyncConnection, request_id: str, response: bytes, outbox_row: dict[str, Any]
-) -> None:
-    """Queue the outbox row and store the response, in one round trip."""
-    await conn.execute(
-        _PG_FINISH,
-        {**outbox_row, "response": response, "scope": SCOPE, "request_id": request_id},
-    )

@@ -2,22 +2,32 @@
 
 Each write follows the same shape inside ONE transaction:
 
-1. claim the idempotency key (``scope='wallet'``, ``request_id``, fingerprint of the
-   method and its parameters). A key that exists already is a replay (same
-   fingerprint: return the stored outcome with ``replayed = true``, or raise the stored
-   error) or a reuse (other fingerprint: ``IdempotencyKeyReusedError``);
-2. lock the wallet and let :mod:`wallet_service.domain` decide the change or the error;
-3. write the wallet row, append the event (sequence = new version), queue its outbox
-   row, and store the outcome (response bytes or error) under the key;
+1. claim the idempotency key (scope ``wallet`` and the client's ``request_id``; for a
+   transfer step scope ``step`` and the key the server derives, see
+   :mod:`wallet_service.moves`), with the fingerprint of the method and its
+   parameters. A key that exists already is a replay (same fingerprint: return the
+   stored outcome with ``replayed = true``, or raise the stored error) or a conflict
+   (other fingerprint: ``IdempotencyKeyReusedError``, or for a step the hold's more
+   precise refusal);
+2. lock the transfer's hold (transfer steps) and the wallet, and let
+   :mod:`wallet_service.holds` and :mod:`wallet_service.domain` decide the change or
+   the error;
+3. write the wallet row, append the event (sequence = new version), open or settle
+   the hold, queue the outbox row, and store the outcome under the key;
 4. commit; after a balance change hit the ``wallet.after_commit`` failpoint; reply.
 
 Business rejections (not found, frozen, insufficient funds, currency mismatch,
 overflow, wallet id taken) are stored too, so a retry gets the very same error even if
 the wallet changed meanwhile. Malformed input (INVALID_ARGUMENT) is rejected before
-any database work and is not stored: the key was never valid.
+any database work and is not stored: the key was never valid. A currency that new
+wallets may not hold (``wallet_platform.currency_policy``) is INVALID_ARGUMENT too,
+but a request_id that already opened its wallet is answered with that wallet first.
+A hold's refusal is not stored either (the transaction rolls back): it is about the
+transfer, not the key.
 
 On PostgreSQL steps 1-3 of a balance change take two statements (see
-``repository.pg_fast_movement``); when the conditional update does not apply, the
+:mod:`wallet_service.pg_fast_path`), or share a batch with concurrent changes
+(:mod:`wallet_service.group_commit`); when the conditional update does not apply, the
 portable path (lock, ask the domain, write) runs in the same transaction.
 
 Write RPCs return their protobuf response message: it is exactly what the
@@ -41,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallet_events.messages import wallet_event_outbox_row
 from wallet_platform import validation
 from wallet_platform.clock import Clock, ensure_utc, utcnow
+from wallet_platform.currency_policy import CurrencyPolicy
 from wallet_platform.errors import (
     IdempotencyKeyReusedError,
     InvalidArgumentError,
@@ -55,24 +66,27 @@ from wallet_platform.errors import (
 from wallet_platform.failpoints import failpoint
 from wallet_platform.observability.logs import audit_id_var
 from wallet_platform.storage.database import Database
-from wallet_service import domain, repository
+from wallet_service import domain, holds, moves, pg_fast_path, repository
 from wallet_service.group_commit import GroupCommitter, MoveRequest
 from wallet_service.messages import RESPONSE_TYPES, event_to_pb, wallet_to_pb
+from wallet_service.repository import WriteKey
 
 Apply = Callable[[AsyncConnection, datetime], Awaitable[Message]]
 FastApply = Callable[[AsyncConnection, datetime], Awaitable["Message | _Replay | None"]]
+# Raises why a taken key conflicts (e.g. the transfer's hold was already posted).
+Explain = Callable[[AsyncConnection], Awaitable[None]]
+
+# Rejections never stored under the key: the transaction rolls back, claim included.
+# UNAVAILABLE has no definite outcome (the retry must really run again); a hold's
+# refusal says nothing about the step's key (see wallet_service.holds).
+UNRECORDED_ERRORS: tuple[type[WalletPlatformError], ...] = (
+    UnavailableError,
+    *holds.UNRECORDED_ERRORS,
+)
 
 # PostgreSQL SQLSTATEs after which the transaction was rolled back and a retry is safe:
 # serialization failure, deadlock, lock timeout, statement timeout / cancel.
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
-
-MOVEMENT_METHODS = {
-    domain.Movement.DEPOSIT: "Deposit",
-    domain.Movement.WITHDRAW: "Withdraw",
-    domain.Movement.TRANSFER_DEBIT: "DebitForTransfer",
-    domain.Movement.TRANSFER_CREDIT: "CreditForTransfer",
-    domain.Movement.TRANSFER_REFUND: "RefundForTransfer",
-}
 
 
 @dataclass
@@ -83,9 +97,17 @@ class _Replay:
 class WalletService:
     """The use cases; the gRPC servicer only translates to and from these calls."""
 
-    def __init__(self, db: Database, clock: Clock = utcnow, *, group_commit: bool = True) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock = utcnow,
+        *,
+        group_commit: bool = True,
+        currencies: CurrencyPolicy | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._currencies = currencies or CurrencyPolicy.from_setting("")
         self._fast_path = db.is_postgres
         self._group = (
             GroupCommitter(db, self._response, clock) if group_commit and db.is_postgres else None
@@ -99,8 +121,19 @@ class WalletService:
             validation.wallet_id(wallet_id)
         validation.currency(currency)
         validation.request_id(request_id)
-        method = "CreateWallet"
-        fingerprint = domain.fingerprint(method, wallet_id, currency)
+        key = WriteKey(
+            "CreateWallet", request_id, domain.fingerprint("CreateWallet", wallet_id, currency)
+        )
+        try:
+            self._currencies.check_new_wallet(currency)
+        except InvalidArgumentError:
+            # The currency policy can change between a request and its retry (a code
+            # leaves WALLET_CURRENCIES): a request that already opened its wallet still
+            # gets that wallet back, as any replay would.
+            earlier = await self._earlier_outcome(key)
+            if earlier is not None:
+                return earlier
+            raise
         new_id = wallet_id or str(uuid.uuid4())
 
         async def apply(conn: AsyncConnection, now: datetime) -> Message:
@@ -113,9 +146,9 @@ class WalletService:
                 wallet, domain.WALLET_CREATED, 0, None, request_id, now, audit_id_var.get()
             )
             await repository.insert_event(conn, event)
-            return await self._finish(conn, method, request_id, wallet, event)
+            return await self._finish(conn, key, wallet, event)
 
-        return await self._write(method, request_id, fingerprint, apply)
+        return await self._write(key, apply)
 
     async def deposit(self, wallet_id: str, amount: int, request_id: str) -> Message:
         return await self.move(domain.Movement.DEPOSIT, wallet_id, amount, request_id)
@@ -132,109 +165,67 @@ class WalletService:
         *,
         transfer_id: str = "",
         currency: str = "",
+        to_wallet_id: str = "",
     ) -> Message:
-        """Any balance change: deposit, withdrawal, or a transfer step."""
-        validation.wallet_id(wallet_id)
-        validation.amount(amount)
-        validation.request_id(request_id)
-        if movement.is_transfer_step:
-            validation.transfer_id(transfer_id)
-        elif transfer_id:
-            raise InvalidArgumentError(
-                "transfer_id is only for transfer steps", field="transfer_id"
-            )
-        if currency:
-            validation.currency(currency)
-        method = MOVEMENT_METHODS[movement]
-        fingerprint = domain.fingerprint(method, wallet_id, amount, transfer_id, currency)
+        """Any balance change: deposit, withdrawal, or a transfer step (see moves)."""
         audit_id = audit_id_var.get()
-        if self._group is not None:  # PostgreSQL group commit (wallet_service.group_commit)
-            grouped = await self._group.submit(
-                MoveRequest(
-                    method,
-                    movement,
-                    wallet_id,
-                    amount,
-                    request_id,
-                    fingerprint,
-                    transfer_id,
-                    currency,
-                    audit_id,
-                    asyncio.get_running_loop().create_future(),
-                )
+        if movement.is_transfer_step:
+            command = moves.transfer_step(
+                movement,
+                wallet_id,
+                amount,
+                transfer_id=transfer_id,
+                currency=currency,
+                request_id=request_id,
+                to_wallet_id=to_wallet_id,
+                audit_id=audit_id,
             )
+        elif transfer_id or currency or to_wallet_id:
+            raise InvalidArgumentError(
+                "transfer_id, currency and to_wallet_id are only for transfer steps",
+                field="transfer_id",
+            )
+        else:
+            command = moves.client_move(movement, wallet_id, amount, request_id, audit_id)
+        if self._group is not None:  # PostgreSQL group commit (wallet_service.group_commit)
+            future = asyncio.get_running_loop().create_future()
+            grouped = await self._group.submit(MoveRequest(command, future))
             if grouped is not None:
                 await failpoint("wallet.after_commit")
                 return grouped
             # Not decided in a batch (replay, rejection, failed batch): the single path.
 
         async def apply(conn: AsyncConnection, now: datetime) -> Message:
-            wallet = await repository.get_wallet(conn, wallet_id, for_update=True)
-            if wallet is None:
-                raise WalletNotFoundError(wallet_id)
-            balance = domain.plan_movement(wallet, movement, amount, currency)
-            at = domain.next_timestamp(now, wallet.updated_at)
-            changed = domain.Wallet(
-                wallet.wallet_id,
-                wallet.currency,
-                balance,
-                wallet.status,
-                wallet.version + 1,
-                wallet.created_at,
-                at,
-            )
-            event = self._event(
-                changed, movement.event_type, amount, transfer_id or None, request_id, at, audit_id
-            )
-            await repository.save_change(conn, changed, event)
-            return await self._finish(conn, method, request_id, changed, event)
+            wallet, event = await moves.apply_portable(conn, command, now)
+            return await self._finish(conn, command.key, wallet, event)
+
+        async def explain(conn: AsyncConnection) -> None:
+            await moves.explain_key_conflict(conn, command)
 
         fast = None
         if self._fast_path:
 
             async def fast(conn: AsyncConnection, now: datetime) -> Message | _Replay | None:
                 event_id = str(uuid.uuid4())
-                result = await repository.pg_fast_movement(
-                    conn,
-                    wallet_id=wallet_id,
-                    movement=movement,
-                    amount=amount,
-                    currency=currency,
-                    transfer_id=transfer_id or None,
-                    request_id=request_id,
-                    audit_id=audit_id,
-                    fingerprint=fingerprint,
-                    event_id=event_id,
-                    now=now,
-                )
+                result = await pg_fast_path.move(conn, command, event_id, now)
                 if not result.claimed:
-                    return await self._replay(conn, method, request_id, fingerprint)
+                    return await self._replay(conn, command.key, explain)
                 if result.wallet is None:
                     return None  # key claimed, rule not met: the portable path says why
-                wallet = result.wallet
-                event = self._event(
-                    wallet,
-                    movement.event_type,
-                    amount,
-                    transfer_id or None,
-                    request_id,
-                    wallet.updated_at,
-                    audit_id,
-                    event_id=event_id,
-                )
-                response, stored, outbox_row = self._response(method, wallet, event)
+                event = command.event(result.wallet, event_id)
+                response, stored, outbox_row = self._response(command.method, result.wallet, event)
                 assert outbox_row is not None
-                await repository.pg_finish(conn, request_id, stored, outbox_row)
+                await pg_fast_path.finish(conn, command, stored, outbox_row)
                 return response
 
-        return await self._write(method, request_id, fingerprint, apply, fast, balance_change=True)
+        return await self._write(command.key, apply, fast, balance_change=True, explain=explain)
 
     async def set_frozen(self, wallet_id: str, request_id: str, *, freeze: bool) -> Message:
         """Freeze or unfreeze; already in that state = success without a new event."""
         validation.wallet_id(wallet_id)
         validation.request_id(request_id)
         method = "FreezeWallet" if freeze else "UnfreezeWallet"
-        fingerprint = domain.fingerprint(method, wallet_id)
+        key = WriteKey(method, request_id, domain.fingerprint(method, wallet_id))
 
         async def apply(conn: AsyncConnection, now: datetime) -> Message:
             wallet = await repository.get_wallet(conn, wallet_id, for_update=True)
@@ -242,7 +233,7 @@ class WalletService:
                 raise WalletNotFoundError(wallet_id)
             event_type = domain.plan_status_change(wallet, freeze)
             if event_type is None:
-                return await self._finish(conn, method, request_id, wallet, None)
+                return await self._finish(conn, key, wallet, None)
             at = domain.next_timestamp(now, wallet.updated_at)
             changed = domain.Wallet(
                 wallet.wallet_id,
@@ -255,9 +246,9 @@ class WalletService:
             )
             event = self._event(changed, event_type, 0, None, request_id, at, audit_id_var.get())
             await repository.save_change(conn, changed, event)
-            return await self._finish(conn, method, request_id, changed, event)
+            return await self._finish(conn, key, changed, event)
 
-        return await self._write(method, request_id, fingerprint, apply)
+        return await self._write(key, apply)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -340,18 +331,17 @@ class WalletService:
 
     async def _write(
         self,
-        method: str,
-        request_id: str,
-        fingerprint: str,
+        key: WriteKey,
         apply: Apply,
         fast: FastApply | None = None,
         *,
         balance_change: bool = False,
+        explain: Explain | None = None,
     ) -> Message:
         """Run one idempotent write in one transaction; see the module docstring."""
         try:
             return await self._write_once(
-                method, request_id, fingerprint, apply, fast, balance_change=balance_change
+                key, apply, fast, balance_change=balance_change, explain=explain
             )
         except DBAPIError as failure:
             if is_transient(failure):
@@ -363,13 +353,12 @@ class WalletService:
 
     async def _write_once(
         self,
-        method: str,
-        request_id: str,
-        fingerprint: str,
+        key: WriteKey,
         apply: Apply,
         fast: FastApply | None,
         *,
         balance_change: bool,
+        explain: Explain | None,
     ) -> Message:
         error: WalletPlatformError | None = None
         async with self._db.transaction() as conn:
@@ -377,17 +366,17 @@ class WalletService:
             outcome: Message | _Replay | None = None
             if fast is not None:
                 outcome = await fast(conn, now)
-            elif not await repository.claim(conn, request_id, fingerprint, now):
-                outcome = await self._replay(conn, method, request_id, fingerprint)
+            elif not await repository.claim(conn, key.request_id, key.fingerprint, now, key.scope):
+                outcome = await self._replay(conn, key, explain)
             if outcome is None:
                 try:
                     outcome = await apply(conn, now)
+                except UNRECORDED_ERRORS:
+                    raise  # no definite outcome for this key: rolled back, claim and all
                 except WalletPlatformError as rejected:
-                    if isinstance(rejected, UnavailableError):
-                        raise  # not a definite outcome: the retry must run again
                     error = rejected
                     await repository.finish_record(
-                        conn, request_id, error=error_to_record(rejected)
+                        conn, key.request_id, scope=key.scope, error=error_to_record(rejected)
                     )
         if isinstance(outcome, _Replay):
             return outcome.response
@@ -398,16 +387,25 @@ class WalletService:
         assert outcome is not None
         return outcome
 
+    async def _earlier_outcome(self, key: WriteKey) -> Message | None:
+        """The stored outcome of ``key`` (replayed), or None when it is new."""
+        async with self._db.read() as conn:
+            if await repository.get_record(conn, key.request_id, key.scope) is None:
+                return None
+            return (await self._replay(conn, key)).response
+
     async def _replay(
-        self, conn: AsyncConnection, method: str, request_id: str, fingerprint: str
+        self, conn: AsyncConnection, key: WriteKey, explain: Explain | None = None
     ) -> _Replay:
-        """The stored outcome of an earlier request with this key (or the reuse error)."""
-        record = await repository.get_record(conn, request_id)
+        """The stored outcome of an earlier request with this key (or why it conflicts)."""
+        record = await repository.get_record(conn, key.request_id, key.scope)
         if record is None:  # pragma: no cover - the claim just saw it
-            raise RuntimeError(f"idempotency record {request_id!r} vanished")
-        if record.fingerprint != fingerprint:
+            raise RuntimeError(f"idempotency record {key.request_id!r} vanished")
+        if record.fingerprint != key.fingerprint:
+            if explain is not None:
+                await explain(conn)  # raises the most precise reason
             raise IdempotencyKeyReusedError(
-                f"request_id {request_id!r} was already used with other parameters "
+                f"request_id {key.request_id!r} was already used with other parameters "
                 "(or another method)",
                 field="request_id",
             )
@@ -415,7 +413,7 @@ class WalletService:
             raise error_from_record(
                 record.status_code, record.error_reason or "", record.error_message or ""
             )
-        response = RESPONSE_TYPES[method].FromString(record.response or b"")
+        response = RESPONSE_TYPES[key.method].FromString(record.response or b"")
         response.replayed = True  # type: ignore[attr-defined]
         return _Replay(response)
 
@@ -462,16 +460,15 @@ class WalletService:
     async def _finish(
         self,
         conn: AsyncConnection,
-        method: str,
-        request_id: str,
+        key: WriteKey,
         wallet: domain.Wallet,
         event: domain.WalletEvent | None,
     ) -> Message:
         """Queue the event's outbox row, store the response, return it."""
-        response, stored, outbox_row = self._response(method, wallet, event)
+        response, stored, outbox_row = self._response(key.method, wallet, event)
         if outbox_row is not None:
             await repository.insert_outbox(conn, outbox_row)
-        await repository.finish_record(conn, request_id, response=stored)
+        await repository.finish_record(conn, key.request_id, scope=key.scope, response=stored)
         return response
 
 

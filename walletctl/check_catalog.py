@@ -14,13 +14,20 @@ CHECK_DESCRIPTIONS: dict[str, str] = {
     "sequences_gap_free": "event sequences run 1, 2, 3... per wallet without gaps",
     "event_chain": "each event's balance_after = the previous one's + its signed amount",
     "no_negative_balance": "no balance is negative",
-    "conservation": "per currency: balances = deposits - withdrawals - money in flight",
+    "conservation": "per currency: balances + open holds = deposits - withdrawals",
     "transfers_net_zero": (
         "finished transfers net to zero (COMPLETED debit+credit, COMPENSATED "
         "debit+refund, FAILED nothing)"
     ),
     "no_step_applied_twice": "no saga step applied twice; never both a credit and a refund",
     "transfer_events_have_transfer": "every transfer event belongs to a known transfer",
+    "holds_match_events": (
+        "each hold has its debit; POSTED = one credit, VOIDED = one refund, OPEN = neither"
+    ),
+    "transfer_events_have_hold": "every transfer debit, credit and refund has its hold",
+    "holds_match_transfers": (
+        "each hold is its saga's; state matches (COMPLETED=POSTED, COMPENSATED=VOIDED, FAILED=none)"
+    ),
     "sagas_finished": "no saga stuck unfinished",
     "outbox_row_per_event": "every event has its outbox row",
     "outbox_drained": "the outbox is drained",

@@ -22,6 +22,7 @@ from walletctl import exitcodes, render
 from walletctl.client import SERVICES, ClientConfig, CredentialsError
 from walletctl.commands import (
     audit,
+    db,
     dlq,
     insights,
     projections,
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         audit,
         projections,
         reconcile_cmd,
+        db,
     ):
         module.register(sub, common)
     return parser

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 
 from walletctl.check_catalog import CHECK_DESCRIPTIONS
 from walletctl.dbutil import as_datetime, masked, snapshot
+from walletctl.hold_checks import HOLD_CHECKS
 
 ERROR = "error"
 WARNING = "warning"
@@ -335,12 +336,13 @@ class _Checker:
         return r
 
     def conservation(self) -> CheckResult:
-        """Per currency: balances = deposits - withdrawals - money in flight.
+        """Per currency: balances + open holds = deposits - withdrawals.
 
-        Money in flight is what unfinished sagas have debited and not yet credited or
-        refunded. Finished sagas contribute nothing (``transfers_net_zero`` proves
-        it), so a finished transfer that does not net out, or a balance edited behind
-        the service's back, shows up here as a difference.
+        Money in flight is the ledger's OPEN transfer holds: debited and not yet
+        credited or refunded (``walletctl.hold_checks`` ties each hold to its events
+        and its saga). A settled transfer contributes nothing, so money minted by a
+        step without a hold, or a balance edited behind the service's back, shows up
+        here as a difference.
         """
         r = self.result("conservation")
         balances = {
@@ -364,21 +366,11 @@ class _Checker:
         in_flight = {
             row["currency"]: int(row["in_flight"] or 0)
             for row in self.rows(
-                """
-                SELECT e.currency,
-                    SUM(CASE e.type
-                        WHEN 'transfer_debited' THEN e.amount
-                        WHEN 'transfer_credited' THEN -e.amount
-                        WHEN 'transfer_refunded' THEN -e.amount
-                        ELSE 0 END) AS in_flight
-                FROM wallet_events e
-                JOIN transfers t ON t.transfer_id = e.transfer_id
-                WHERE t.state IN ('PENDING', 'DEBITED', 'COMPENSATING')
-                GROUP BY e.currency
-                """
+                "SELECT currency, SUM(amount) AS in_flight FROM transfer_holds "
+                "WHERE state = 'OPEN' GROUP BY currency"
             )
         }
-        for currency in sorted(set(balances) | set(flows)):
+        for currency in sorted(set(balances) | set(flows) | set(in_flight)):
             deposits = int((flows.get(currency) or {}).get("deposits") or 0)
             withdrawals = int((flows.get(currency) or {}).get("withdrawals") or 0)
             flight = in_flight.get(currency, 0)
@@ -388,7 +380,7 @@ class _Checker:
                 "balances": balance,
                 "deposits": deposits,
                 "withdrawals": withdrawals,
-                "in_flight": flight,
+                "in_flight": flight,  # the OPEN holds
             }
             if balance != expected:
                 r.add(
@@ -719,7 +711,8 @@ PROJECTION_COLUMNS = (
 
 # name -> (description, method), in the report's order.
 CHECKS: dict[str, tuple[str, Callable[[_Checker], CheckResult]]] = {
-    name: (description, getattr(_Checker, name)) for name, description in CHECK_DESCRIPTIONS.items()
+    name: (description, getattr(_Checker, name, None) or HOLD_CHECKS[name])
+    for name, description in CHECK_DESCRIPTIONS.items()
 }
 
 

@@ -3,7 +3,8 @@
 JSON output uses the proto field names, integers for money (minor units, never
 floats), ISO 8601 UTC strings for times and enum names without their prefix
 (``COMPLETED``, not ``TRANSFER_STATE_COMPLETED``), so scripts can compare them with
-the words the docs use.
+the words the docs use. Text output shows money in major units by the currency's
+ISO 4217 exponent (``100.00 USD``, ``100 JPY``, ``1.000 BHD``): see :func:`money`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from wallet.v1 import analytics_pb2, fraud_pb2, transfer_pb2, wallet_pb2
+from wallet_platform.currencies import format_minor
 
 
 def timestamp(value: Timestamp) -> str | None:
@@ -150,6 +152,24 @@ def alert(a: fraud_pb2.FraudAlert) -> dict[str, Any]:
 
 
 # --- text ------------------------------------------------------------------------
+
+
+def money(amount: int | None, currency: str) -> str | None:
+    """Minor units as people read them: ``10050, "USD"`` -> ``"100.50 USD"``.
+
+    Exact (integer digits, never a float); a code without a known exponent shows the
+    integer with ``(minor units)``. For text output only: JSON keeps the integer.
+    """
+    if amount is None:
+        return None
+    return format_minor(int(amount), currency) if currency else str(amount)
+
+
+def with_money(row: Mapping[str, Any], *keys: str, currency: str | None = None) -> dict[str, Any]:
+    """A copy of ``row`` whose money fields ``keys`` are formatted by :func:`money`
+    in ``currency`` (default: the row's own ``currency`` field)."""
+    code = currency if currency is not None else str(row.get("currency") or "")
+    return {**row, **{key: money(row.get(key), code) for key in keys}}
 
 
 def cell(value: Any) -> str:

@@ -329,6 +329,7 @@ class SagaRunner:
             transfer_id=transfer.transfer_id,
             request_id=step_request_id(transfer.transfer_id, step),
             currency=transfer.currency,
+            to_wallet_id=transfer.to_wallet_id if step is StepName.DEBIT else "",
         )
 
     async def _run_step(

@@ -132,22 +132,40 @@ async def test_stats_equal_log_aggregates_through_the_bus(stack: RunningServer) 
         )
         await wallets.DebitForTransfer(
             wallet_pb2.DebitForTransferRequest(
-                wallet_id="alice", amount=700, transfer_id="t1", request_id="t1:debit"
+                wallet_id="alice",
+                amount=700,
+                transfer_id="t1",
+                request_id="t1:debit",
+                currency="USD",
+                to_wallet_id="bob",
             )
         )
         await wallets.CreditForTransfer(
             wallet_pb2.CreditForTransferRequest(
-                wallet_id="bob", amount=700, transfer_id="t1", request_id="t1:credit"
+                wallet_id="bob",
+                amount=700,
+                transfer_id="t1",
+                request_id="t1:credit",
+                currency="USD",
             )
         )
         await wallets.DebitForTransfer(
             wallet_pb2.DebitForTransferRequest(
-                wallet_id="alice", amount=200, transfer_id="t2", request_id="t2:debit"
+                wallet_id="alice",
+                amount=200,
+                transfer_id="t2",
+                request_id="t2:debit",
+                currency="USD",
+                to_wallet_id="bob",
             )
         )
         await wallets.RefundForTransfer(
             wallet_pb2.RefundForTransferRequest(
-                wallet_id="alice", amount=200, transfer_id="t2", request_id="t2:refund"
+                wallet_id="alice",
+                amount=200,
+                transfer_id="t2",
+                request_id="t2:refund",
+                currency="USD",
             )
         )
         # A replayed request changes nothing, and neither does the event it re-announces.

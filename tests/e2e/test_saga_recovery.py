@@ -44,6 +44,7 @@ from wallet_platform.config import Settings
 from wallet_platform.server.process import RunningServer
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import outbox, transfers, wallet_events, wallets
+from walletctl.reconcile import ReconcileOptions, reconcile
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +125,14 @@ def orchestrator(
         f"127.0.0.1:{port}",
         log,
     )
+
+
+async def assert_reconciled(database_url: str) -> None:
+    """``walletctl reconcile`` finds no drift after the test's traffic (the relay is not
+    running in these tests, so the outbox is not expected to drain)."""
+    options = ReconcileOptions(skip=("outbox_drained",))
+    report = await asyncio.to_thread(reconcile, database_url, options)
+    assert report.ok, report.render_text()
 
 
 @pytest.fixture
@@ -207,6 +216,7 @@ async def test_orchestrator_killed_at_failpoint_and_replaced(
                 )
             ).scalars()
             assert list(milestones) == [f"{stuck.transfer_id}:completed"]
+    await assert_reconciled(pg_database_url_fresh)
 
 
 @requires_postgres
@@ -323,6 +333,7 @@ async def test_two_replicas_200_concurrent_transfers_one_replica_killed(
     # The mix really exercised every path.
     assert by_state.get(COMPLETED, 0) > 0 and by_state.get(COMPENSATED, 0) > 0
     assert by_state.get(FAILED, 0) > 0
+    await assert_reconciled(pg_database_url_fresh)
 
 
 async def test_happy_path_through_wallet_stack_on_sqlite(tmp_path: Path) -> None:

@@ -99,7 +99,12 @@ async def test_a_wallet_lifecycle_through_the_api(stub):
     assert withdrawn.wallet.balance == 750 and withdrawn.event.sequence == 3
     debit = await stub.DebitForTransfer(
         pb.DebitForTransferRequest(
-            wallet_id="carol", amount=50, transfer_id="tx", request_id="tx:debit", currency="USD"
+            wallet_id="carol",
+            amount=50,
+            transfer_id="tx",
+            request_id="tx:debit",
+            currency="USD",
+            to_wallet_id="dave",
         )
     )
     assert debit.event.transfer_id == "tx" and debit.wallet.balance == 700
@@ -107,7 +112,7 @@ async def test_a_wallet_lifecycle_through_the_api(stub):
     assert frozen.wallet.status == pb.WALLET_STATUS_FROZEN
     refund = await stub.RefundForTransfer(
         pb.RefundForTransferRequest(
-            wallet_id="carol", amount=50, transfer_id="tx", request_id="tx:refund"
+            wallet_id="carol", amount=50, transfer_id="tx", request_id="tx:refund", currency="USD"
         )
     )
     assert refund.wallet.balance == 750
@@ -115,9 +120,19 @@ async def test_a_wallet_lifecycle_through_the_api(stub):
         pb.UnfreezeWalletRequest(wallet_id="carol", request_id="u1")
     )
     assert unfrozen.wallet.status == pb.WALLET_STATUS_ACTIVE
+    # Money for carol held by a transfer from dave; the credit settles that hold.
+    await stub.CreateWallet(
+        pb.CreateWalletRequest(wallet_id="dave", currency="USD", request_id="cd")
+    )
+    await stub.Deposit(pb.DepositRequest(wallet_id="dave", amount=5, request_id="dd"))
+    await stub.DebitForTransfer(
+        pb.DebitForTransferRequest(
+            wallet_id="dave", amount=5, transfer_id="ty", currency="USD", to_wallet_id="carol"
+        )
+    )
     credit = await stub.CreditForTransfer(
         pb.CreditForTransferRequest(
-            wallet_id="carol", amount=5, transfer_id="ty", request_id="ty:credit"
+            wallet_id="carol", amount=5, transfer_id="ty", request_id="ty:credit", currency="USD"
         )
     )
     assert credit.event.type == pb.WALLET_EVENT_TYPE_TRANSFER_CREDITED
@@ -144,6 +159,12 @@ async def test_a_wallet_lifecycle_through_the_api(stub):
 
 async def test_every_status_code_of_the_contract(stub):
     funded = await create(stub, 100)
+    sender = await create(stub, 10)
+    await stub.DebitForTransfer(  # money held for `funded`, credited once it is frozen
+        pb.DebitForTransferRequest(
+            wallet_id=sender, amount=1, transfer_id="t", currency="USD", to_wallet_id=funded
+        )
+    )
     # INVALID_ARGUMENT: malformed id, amount <= 0, missing request_id, oversized field
     await expect(
         stub.Deposit(pb.DepositRequest(wallet_id="a b", amount=1, request_id=rid())),
@@ -178,7 +199,7 @@ async def test_every_status_code_of_the_contract(stub):
     await expect(
         stub.DebitForTransfer(
             pb.DebitForTransferRequest(
-                wallet_id=funded, amount=1, transfer_id="t", request_id=rid(), currency="EUR"
+                wallet_id=funded, amount=1, transfer_id="t2", currency="EUR", to_wallet_id=sender
             )
         ),
         Code.FAILED_PRECONDITION,
@@ -192,9 +213,7 @@ async def test_every_status_code_of_the_contract(stub):
     )
     await expect(
         stub.CreditForTransfer(
-            pb.CreditForTransferRequest(
-                wallet_id=funded, amount=1, transfer_id="t", request_id=rid()
-            )
+            pb.CreditForTransferRequest(wallet_id=funded, amount=1, transfer_id="t", currency="USD")
         ),
         Code.FAILED_PRECONDITION,
         "WALLET_FROZEN",
@@ -326,6 +345,35 @@ HUGE = "x" * 10_000
             "RefundForTransfer",
             pb.RefundForTransferRequest(wallet_id="w", amount=0, request_id="r", transfer_id="t"),
             "amount",
+        ),
+        (
+            "RefundForTransfer",
+            pb.RefundForTransferRequest(wallet_id="w", amount=1, transfer_id="t"),
+            "currency",
+        ),
+        (
+            "CreditForTransfer",
+            pb.CreditForTransferRequest(
+                wallet_id="w", amount=1, transfer_id="t", currency="USD", request_id="t:refund"
+            ),
+            "request_id",
+        ),
+        (
+            "DebitForTransfer",
+            pb.DebitForTransferRequest(wallet_id="w", amount=1, transfer_id="t", currency="USD"),
+            "to_wallet_id",
+        ),
+        (
+            "DebitForTransfer",
+            pb.DebitForTransferRequest(
+                wallet_id="w", amount=1, transfer_id="t", currency="USD", to_wallet_id="w"
+            ),
+            "to_wallet_id",
+        ),
+        (
+            "CreditForTransfer",
+            pb.CreditForTransferRequest(wallet_id="w", amount=1, transfer_id="t"),
+            "currency",
         ),
     ],
 )

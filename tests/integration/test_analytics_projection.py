@@ -82,11 +82,16 @@ async def scripted_history(service: WalletService) -> None:
     await service.deposit("bob", 300, "d3")
     await service.withdraw("alice", 400, "w1")
     # t1 completes: alice -700, bob +700.
-    await service.move(Movement.TRANSFER_DEBIT, "alice", 700, "t1:debit", transfer_id="t1")
-    await service.move(Movement.TRANSFER_CREDIT, "bob", 700, "t1:credit", transfer_id="t1")
+    usd = {"currency": "USD"}
+    await service.move(
+        Movement.TRANSFER_DEBIT, "alice", 700, "", transfer_id="t1", to_wallet_id="bob", **usd
+    )
+    await service.move(Movement.TRANSFER_CREDIT, "bob", 700, "", transfer_id="t1", **usd)
     # t2 is compensated: alice -200, then the refund gives it back.
-    await service.move(Movement.TRANSFER_DEBIT, "alice", 200, "t2:debit", transfer_id="t2")
-    await service.move(Movement.TRANSFER_REFUND, "alice", 200, "t2:refund", transfer_id="t2")
+    await service.move(
+        Movement.TRANSFER_DEBIT, "alice", 200, "", transfer_id="t2", to_wallet_id="bob", **usd
+    )
+    await service.move(Movement.TRANSFER_REFUND, "alice", 200, "", transfer_id="t2", **usd)
     await service.set_frozen("bob", "f1", freeze=True)
     await service.set_frozen("bob", "f2", freeze=False)
     await service.withdraw("bob", 100, "w2")

@@ -133,7 +133,12 @@ async def test_step_call_stamps_the_incoming_audit_id(server, database):
         await stub.Deposit(wallet_pb2.DepositRequest(wallet_id="bob", amount=50, request_id="d"))
         call = stub.DebitForTransfer(
             wallet_pb2.DebitForTransferRequest(
-                wallet_id="bob", amount=20, transfer_id="t-1", request_id="t-1:debit"
+                wallet_id="bob",
+                amount=20,
+                transfer_id="t-1",
+                request_id="t-1:debit",
+                currency="USD",
+                to_wallet_id="carol",
             ),
             metadata=((AUDIT_ID_HEADER, parent),),
         )

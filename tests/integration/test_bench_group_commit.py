@@ -17,6 +17,7 @@ from tests.conftest import requires_postgres
 from tests.integration.test_wallet_service import check_invariants
 from wallet_platform.config import Settings
 from wallet_platform.errors import (
+    HoldNotFoundError,
     IdempotencyKeyReusedError,
     InsufficientFundsError,
     WalletFrozenError,
@@ -40,9 +41,13 @@ async def pg_service(pg_database_url_fresh):
 async def test_a_mixed_burst_is_batched_and_every_request_keeps_its_outcome(pg_service):
     service, db = pg_service
     assert service._group is not None
-    for name in ("rich", "frozen", "same", *(f"w{i}" for i in range(40))):
+    for name in ("rich", "frozen", "same", "src", *(f"w{i}" for i in range(40))):
         await service.create_wallet(name, "USD", f"create-{name}")
     await service.deposit("rich", 100, "fund-rich")
+    await service.deposit("src", 4, "fund-src")
+    await service.move(
+        Movement.TRANSFER_DEBIT, "src", 4, "", transfer_id="t1", currency="USD", to_wallet_id="w3"
+    )
     await service.set_frozen("frozen", "freeze", freeze=True)
     await service.deposit("w0", 5, "reused-key")
     batches_before = service._group.batches
@@ -65,13 +70,14 @@ async def test_a_mixed_burst_is_batched_and_every_request_keeps_its_outcome(pg_s
         service.move(
             Movement.TRANSFER_CREDIT, "w3", 4, "t1:credit", transfer_id="t1", currency="USD"
         ),
+        service.move(Movement.TRANSFER_CREDIT, "w4", 9, "", transfer_id="made-up", currency="USD"),
     ]
     outcomes = await asyncio.gather(*(attempt(c) for c in calls))
 
     assert service._group.batches > batches_before
     assert service._group.batched_requests >= 40
     deposits, same, retries = outcomes[:40], outcomes[40:55], outcomes[55:61]
-    too_much, fits, frozen, ghost, reused, credit = outcomes[61:]
+    too_much, fits, frozen, ghost, reused, credit, minted = outcomes[61:]
     for i, response in enumerate(deposits):
         assert not isinstance(response, Exception), response
         assert response.event.amount == 10 + i and not response.replayed
@@ -84,6 +90,7 @@ async def test_a_mixed_burst_is_batched_and_every_request_keeps_its_outcome(pg_s
     assert isinstance(ghost, WalletNotFoundError)
     assert isinstance(reused, IdempotencyKeyReusedError)
     assert credit.event.transfer_id == "t1" and credit.wallet.balance in (4, 4 + 13)
+    assert isinstance(minted, HoldNotFoundError)
 
     # Rejections were recorded exactly like the single path records them.
     again = await attempt(service.withdraw("rich", 500, "too-much"))
@@ -107,7 +114,7 @@ async def test_a_mixed_burst_is_batched_and_every_request_keeps_its_outcome(pg_s
         ).scalar()
     assert pending == 0
     assert retried == 1
-    for name in ("rich", "frozen", "same", *(f"w{i}" for i in range(40))):
+    for name in ("rich", "frozen", "same", "src", *(f"w{i}" for i in range(40))):
         await check_invariants(db, name)
 
 

@@ -44,7 +44,7 @@ def _config(**changes: object) -> LoadConfig:
 
 
 def _plant_violations(database_url: str, config: LoadConfig) -> None:
-    """Money from nowhere in one wallet, and a saga left half done."""
+    """Money from nowhere in one wallet, and a saga left half done (without its hold)."""
     engine = create_engine(sync_url(database_url), poolclass=NullPool)
     now = datetime.now(UTC)
     try:
@@ -94,6 +94,7 @@ async def test_a_bench_run_passes_every_check_and_the_checker_catches_planted_vi
     names = {check.name for check in report.checks}
     assert {
         "conservation",
+        "holds_match",
         "no_negative_balance",
         "sagas_terminal",
         "applied_once",
@@ -122,6 +123,8 @@ async def test_a_bench_run_passes_every_check_and_the_checker_catches_planted_vi
     assert not verdict["balances_match_client"].ok
     assert not verdict["sagas_terminal"].ok
     assert "still DEBITED" in verdict["sagas_terminal"].examples[0]
+    assert not verdict["holds_match"].ok
+    assert "DEBITED with hold none" in verdict["holds_match"].examples[0]
     assert verdict["applied_once"].ok  # untouched invariants still hold
 
 

@@ -175,7 +175,9 @@ async def test_other_messages_are_ignored(database: Database, runner: ConsumerRu
     service = WalletService(database)
     await service.create_wallet("x", "USD", "c")
     await service.deposit("x", 10_000, "d")
-    await service.move(Movement.TRANSFER_DEBIT, "x", 5_000, "t:debit", transfer_id="t")
+    await service.move(
+        Movement.TRANSFER_DEBIT, "x", 5_000, "", transfer_id="t", currency="USD", to_wallet_id="y"
+    )
     async with database.read() as conn:
         rows = (await conn.execute(sa.select(outbox).order_by(outbox.c.id))).all()
     await feed(

@@ -90,7 +90,13 @@ async def test_opposite_transfer_steps_between_two_wallets_never_deadlock(pg_dat
         async def transfer(n: int, source: str, target: str) -> None:
             transfer_id = f"t{n}"
             await service.move(
-                Movement.TRANSFER_DEBIT, source, 10, f"{transfer_id}:debit", transfer_id=transfer_id
+                Movement.TRANSFER_DEBIT,
+                source,
+                10,
+                f"{transfer_id}:debit",
+                transfer_id=transfer_id,
+                currency="USD",
+                to_wallet_id=target,
             )
             await service.move(
                 Movement.TRANSFER_CREDIT,
@@ -98,6 +104,7 @@ async def test_opposite_transfer_steps_between_two_wallets_never_deadlock(pg_dat
                 10,
                 f"{transfer_id}:credit",
                 transfer_id=transfer_id,
+                currency="USD",
             )
 
         await asyncio.wait_for(

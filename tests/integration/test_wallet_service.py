@@ -17,6 +17,7 @@ from wallet.v1 import events_pb2, wallet_pb2
 from wallet_platform.errors import (
     BalanceOverflowError,
     CurrencyMismatchError,
+    HoldNotFoundError,
     IdempotencyKeyReusedError,
     InsufficientFundsError,
     InvalidArgumentError,
@@ -188,6 +189,26 @@ async def test_an_unknown_wallet_is_not_found_and_that_outcome_is_stored(service
 
 async def test_freeze_blocks_debits_and_credits_and_unfreeze_restores(service, database):
     wallet_id = await new_wallet(service, 100)
+    other = await new_wallet(service, 100)
+    # Money in flight both ways before the freeze: t0 from the wallet, t1 to it.
+    await service.move(
+        Movement.TRANSFER_DEBIT,
+        wallet_id,
+        30,
+        "",
+        transfer_id="t0",
+        currency="USD",
+        to_wallet_id=other,
+    )
+    await service.move(
+        Movement.TRANSFER_DEBIT,
+        other,
+        1,
+        "",
+        transfer_id="t1",
+        currency="USD",
+        to_wallet_id=wallet_id,
+    )
     frozen = await service.set_frozen(wallet_id, "r-freeze", freeze=True)
     assert frozen.wallet.status == wallet_pb2.WALLET_STATUS_FROZEN
     again = await service.set_frozen(wallet_id, rid(), freeze=True)  # already frozen
@@ -196,19 +217,27 @@ async def test_freeze_blocks_debits_and_credits_and_unfreeze_restores(service, d
     for call in (
         service.deposit(wallet_id, 1, rid()),
         service.withdraw(wallet_id, 1, rid()),
-        service.move(Movement.TRANSFER_DEBIT, wallet_id, 1, rid(), transfer_id="t1"),
-        service.move(Movement.TRANSFER_CREDIT, wallet_id, 1, rid(), transfer_id="t1"),
+        service.move(
+            Movement.TRANSFER_DEBIT,
+            wallet_id,
+            1,
+            "",
+            transfer_id="t2",
+            currency="USD",
+            to_wallet_id=other,
+        ),
+        service.move(Movement.TRANSFER_CREDIT, wallet_id, 1, "", transfer_id="t1", currency="USD"),
     ):
         with pytest.raises(WalletFrozenError):
             await call
     refunded = await service.move(
-        Movement.TRANSFER_REFUND, wallet_id, 30, rid(), transfer_id="t0", currency="USD"
+        Movement.TRANSFER_REFUND, wallet_id, 30, "", transfer_id="t0", currency="USD"
     )
-    assert refunded.wallet.balance == 130
+    assert refunded.wallet.balance == 100
     assert refunded.wallet.status == wallet_pb2.WALLET_STATUS_FROZEN
     active = await service.set_frozen(wallet_id, rid(), freeze=False)
     assert active.wallet.status == wallet_pb2.WALLET_STATUS_ACTIVE
-    assert (await service.withdraw(wallet_id, 130, rid())).wallet.balance == 0
+    assert (await service.withdraw(wallet_id, 100, rid())).wallet.balance == 0
     events, _ = await service.list_events(wallet_id)
     assert [e.type for e in events[:4]] == [
         domain.FUNDS_WITHDRAWN,
@@ -223,10 +252,17 @@ async def test_transfer_steps_carry_the_transfer_and_check_currency(service, dat
     sender = await new_wallet(service, 1_000)
     receiver = await new_wallet(service, 0, currency="EUR")
     debit = await service.move(
-        Movement.TRANSFER_DEBIT, sender, 400, "t9:debit", transfer_id="t9", currency="USD"
+        Movement.TRANSFER_DEBIT,
+        sender,
+        400,
+        "t9:debit",
+        transfer_id="t9",
+        currency="USD",
+        to_wallet_id=receiver,
     )
     assert debit.event.type == wallet_pb2.WALLET_EVENT_TYPE_TRANSFER_DEBITED
     assert debit.event.transfer_id == "t9" and debit.wallet.balance == 600
+    assert debit.event.request_id == "t9:debit"
     with pytest.raises(CurrencyMismatchError):
         await service.move(
             Movement.TRANSFER_CREDIT, receiver, 400, "t9:credit", transfer_id="t9", currency="USD"
@@ -239,13 +275,29 @@ async def test_transfer_steps_carry_the_transfer_and_check_currency(service, dat
     # The orchestrator retries the same step after a crash: replayed, applied once.
     assert (
         await service.move(
-            Movement.TRANSFER_DEBIT, sender, 400, "t9:debit", transfer_id="t9", currency="USD"
+            Movement.TRANSFER_DEBIT,
+            sender,
+            400,
+            "t9:debit",
+            transfer_id="t9",
+            currency="USD",
+            to_wallet_id=receiver,
         )
     ).replayed
     with pytest.raises(InsufficientFundsError):
-        await service.move(Movement.TRANSFER_DEBIT, sender, 5_000, rid(), transfer_id="t10")
-    credit = await service.move(Movement.TRANSFER_CREDIT, receiver, 5, rid(), transfer_id="t11")
-    assert credit.event.type == wallet_pb2.WALLET_EVENT_TYPE_TRANSFER_CREDITED
+        await service.move(
+            Movement.TRANSFER_DEBIT,
+            sender,
+            5_000,
+            "",
+            transfer_id="t10",
+            currency="USD",
+            to_wallet_id=receiver,
+        )
+    with pytest.raises(HoldNotFoundError):
+        await service.move(
+            Movement.TRANSFER_CREDIT, receiver, 5, "", transfer_id="t11", currency="EUR"
+        )
     await check_invariants(database, sender)
     await check_invariants(database, receiver)
 
@@ -256,8 +308,20 @@ async def test_balance_overflow_is_out_of_range_and_changes_nothing(service, dat
     with pytest.raises(BalanceOverflowError) as raised:
         await service.deposit(wallet_id, 1, rid())
     assert raised.value.code == grpc.StatusCode.OUT_OF_RANGE
+    source = await new_wallet(service, 11)
+    await service.move(
+        Movement.TRANSFER_DEBIT,
+        source,
+        11,
+        "",
+        transfer_id="t",
+        currency="USD",
+        to_wallet_id=wallet_id,
+    )
     with pytest.raises(BalanceOverflowError):
-        await service.move(Movement.TRANSFER_CREDIT, wallet_id, INT64_MAX, rid(), transfer_id="t")
+        await service.move(
+            Movement.TRANSFER_CREDIT, wallet_id, 11, "", transfer_id="t", currency="USD"
+        )
     assert (await service.get_wallet(wallet_id)).balance == INT64_MAX
     await check_invariants(database, wallet_id)
 

@@ -1,9 +1,10 @@
 """``walletctl reconcile``: clean after real traffic, and each planted drift is caught.
 
 Drift is planted the way it happens in real life: SQL run behind the service's back
-(a balance edited, an outbox row lost, an outbox row stuck) and a rogue saga step (a
-refund sent for a transfer that already completed, so it has both a credit and a
-refund). Each must turn the exit code to 1 and be named in the report.
+(a balance edited, an outbox row lost, an outbox row stuck, a settled hold reopened).
+A rogue saga step (a refund sent for a transfer that already completed) is refused by
+the ledger's hold and leaves nothing to find. Each drift must turn the exit code to 1
+and be named in the report.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from sqlalchemy import create_engine, text
 
 from tests.integration.walletctl_harness import Ctl, running_stack, walletctl
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_platform.server.builder import error_reason
 from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 from walletctl.reconcile import ReconcileOptions, reconcile
@@ -135,30 +138,49 @@ async def test_reconcile_clean_then_catches_planted_drift(database_url: str) -> 
         skipped = await ctl("reconcile", "--skip", "outbox_row_per_event")
         assert skipped.code == exitcodes.OK
 
-        # 3. a rogue refund of a COMPLETED transfer: credit AND refund
+        # 3. a rogue refund of a COMPLETED transfer is refused by its POSTED hold ...
         transfer_id = completed["transfer"]["transfer_id"]
         async with grpc.aio.insecure_channel(running.target) as channel:
-            await wallet_pb2_grpc.WalletServiceStub(channel).RefundForTransfer(
-                wallet_pb2.RefundForTransferRequest(
-                    wallet_id="r-a",
-                    amount=250,
-                    transfer_id=transfer_id,
-                    request_id=f"{transfer_id}:refund",
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await wallet_pb2_grpc.WalletServiceStub(channel).RefundForTransfer(
+                    wallet_pb2.RefundForTransferRequest(
+                        wallet_id="r-a",
+                        amount=250,
+                        transfer_id=transfer_id,
+                        request_id=f"{transfer_id}:refund",
+                        currency="USD",
+                    )
                 )
-            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(refused.value) == "HOLD_ALREADY_POSTED"
         options = ReconcileOptions(skip=("outbox_row_per_event", "outbox_drained"))
+        assert (await asyncio.to_thread(reconcile, database_url, options)).ok
+        # ... and a hold reopened behind the ledger's back is money counted twice
+        reopened = f"UPDATE transfer_holds SET state = '{{}}' WHERE transfer_id = '{transfer_id}'"
+        assert await execute(database_url, reopened.format("OPEN")) == 1
         report_obj = await asyncio.to_thread(reconcile, database_url, options)
-        assert not report_obj.ok
         assert {r.name for r in report_obj.errors} == {
-            "transfers_net_zero",
-            "no_step_applied_twice",
             "conservation",
+            "holds_match_events",
+            "holds_match_transfers",
         }
-        twice = report_obj.result("no_step_applied_twice").examples
-        assert twice == [{"transfer_id": transfer_id, "type": "credit and refund", "times": 2}]
-        net = report_obj.result("transfers_net_zero").examples[0]
-        assert net["transfer_id"] == transfer_id and net["credits"] == net["refunds"] == 1
+        assert report_obj.result("conservation").examples[0]["difference"] == 250
+        held = report_obj.result("holds_match_events").examples
+        assert held == [
+            {
+                "transfer_id": transfer_id,
+                "state": "OPEN",
+                "amount": 250,
+                "debits": 1,
+                "credits": 1,
+                "refunds": 0,
+            }
+        ]
+        saga = report_obj.result("holds_match_transfers").examples[0]
+        assert (saga["transfer_state"], saga["hold_state"]) == ("COMPLETED", "OPEN")
         assert "DRIFT FOUND in 3 check(s)" in report_obj.render_text()
+        await execute(database_url, reopened.format("POSTED"))
+        assert (await asyncio.to_thread(reconcile, database_url, options)).ok
 
     # 4. with the stack (and its relay) stopped: an outbox row left unpublished too long
     await execute(

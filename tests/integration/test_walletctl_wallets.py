@@ -51,7 +51,7 @@ async def test_wallet_lifecycle_through_the_cli(database_url: str) -> None:
 
         # show and history (newest first, paged)
         shown = await ctl("wallets", "show", "alice")
-        assert shown.code == 0 and "balance" in shown.out and "700" in shown.out
+        assert shown.code == 0 and "balance" in shown.out and "7.00 USD" in shown.out
         history = await ctl.ok("wallets", "history", "alice", "--limit", "2")
         assert [e["sequence"] for e in history["events"]] == [3, 2] and history["more"]
         full = await ctl.ok("wallets", "history", "alice", "--all")

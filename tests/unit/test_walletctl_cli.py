@@ -42,6 +42,7 @@ def test_every_command_has_help() -> None:
         "transfers create", "transfers show", "transfers list", "transfers summary",
         "sagas watch", "stats", "alerts", "dlq list", "dlq show", "dlq replay", "dlq purge",
         "audit", "projections rebuild", "projections check", "reconcile",
+        "db upgrade", "db current", "db history",
     }  # fmt: skip
     assert expected <= {" ".join(p) for p in paths}
     code, out, _ = run("--version")

@@ -93,29 +93,48 @@ async def show_dead_letter(settings: Settings, queue: str, message_id: str) -> D
 
 
 async def replay_dead_letters(
-    settings: Settings, queue: str, message_ids: Sequence[str] | None = None
+    settings: Settings,
+    queue: str,
+    message_ids: Sequence[str] | None = None,
+    *,
+    moved: list[str] | None = None,
 ) -> int:
     """Send dead letters (all, or those in ``message_ids``) back to their queue.
 
     Returns how many were replayed. Each one is removed from the DLQ only after the
     broker confirmed the copy (RabbitMQ) / in the same transaction (in-process).
+    ``moved``, when given, receives each message id as soon as it has left the DLQ,
+    so a caller knows what moved even when a later message fails (the audit record).
     """
     name = resolve_queue(queue)
     wanted = set(message_ids) if message_ids is not None else None
+    taken = moved if moved is not None else []
     if settings.amqp_url:
-        return await _rabbit_take(settings, name, wanted, replay=True)
-    return await _db_replay(settings, name, wanted)
+        await _rabbit_take(settings, name, wanted, taken, replay=True)
+    else:
+        await _db_take(settings, name, wanted, taken, replay=True)
+    return len(taken)
 
 
 async def purge_dead_letters(
-    settings: Settings, queue: str, message_ids: Sequence[str] | None = None
+    settings: Settings,
+    queue: str,
+    message_ids: Sequence[str] | None = None,
+    *,
+    moved: list[str] | None = None,
 ) -> int:
-    """Delete dead letters (all, or those in ``message_ids``); returns how many."""
+    """Delete dead letters (all, or those in ``message_ids``); returns how many.
+
+    ``moved`` receives the ids deleted, as for :func:`replay_dead_letters`.
+    """
     name = resolve_queue(queue)
     wanted = set(message_ids) if message_ids is not None else None
+    taken = moved if moved is not None else []
     if settings.amqp_url:
-        return await _rabbit_take(settings, name, wanted, replay=False)
-    return await _db_purge(settings, name, wanted)
+        await _rabbit_take(settings, name, wanted, taken, replay=False)
+    else:
+        await _db_take(settings, name, wanted, taken, replay=False)
+    return len(taken)
 
 
 async def count_dead_letters(settings: Settings) -> dict[str, int]:
@@ -169,14 +188,15 @@ async def _db_list(
     ]
 
 
-async def _db_replay(settings: Settings, queue: str, wanted: set[str] | None) -> int:
-    async with _database(settings) as db, db.transaction() as conn:
-        return await bus_store.revive_dead(conn, queue, wanted)
-
-
-async def _db_purge(settings: Settings, queue: str, wanted: set[str] | None) -> int:
-    async with _database(settings) as db, db.transaction() as conn:
-        return await bus_store.delete_dead(conn, queue, wanted)
+async def _db_take(
+    settings: Settings, queue: str, wanted: set[str] | None, taken: list[str], *, replay: bool
+) -> None:
+    """Make matching dead rows ready again (replay) or delete them, in one transaction;
+    their ids go into ``taken`` once it committed."""
+    async with _database(settings) as db:
+        async with db.transaction() as conn:
+            ids = await bus_store.take_dead(conn, queue, wanted, replay=replay)
+        taken.extend(ids)
 
 
 # --- RabbitMQ ------------------------------------------------------------------------------
@@ -258,11 +278,11 @@ async def _rabbit_scan(channel: AbstractChannel, queue: str, *, limit: int) -> l
 
 
 async def _rabbit_take(
-    settings: Settings, queue: str, wanted: set[str] | None, *, replay: bool
-) -> int:
-    """Remove matching dead letters, first republishing them to ``queue`` if ``replay``."""
+    settings: Settings, queue: str, wanted: set[str] | None, taken: list[str], *, replay: bool
+) -> None:
+    """Remove matching dead letters, first republishing them to ``queue`` if ``replay``;
+    each id goes into ``taken`` right after its message was acked off the DLQ."""
     dlq_name = QUEUES[queue]
-    taken = 0
     async with _rabbit_channel(settings) as channel:
         dlq_queue = await channel.declare_queue(dlq_name, passive=True)
         for _ in range(MAX_SCAN):
@@ -280,8 +300,7 @@ async def _rabbit_take(
                     timeout=10,
                 )
             await message.ack()
-            taken += 1
-    return taken
+            taken.append(message.message_id or "")
 
 
 def _replay_copy(message: AbstractIncomingMessage, letter: DeadLetter) -> aio_pika.Message:

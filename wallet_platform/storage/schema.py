@@ -1,10 +1,11 @@
 """Table definitions (SQLAlchemy Core) for every service, one MetaData.
 
 All services share one database (``WALLET_DATABASE_URL``) but each owns its tables:
-WalletService the ledger (wallets, wallet_events, idempotency_records, outbox), the
-orchestrator transfers and transfer_steps, the consumers their projections and inbox,
-the audit interceptor audit_log. Migrations under ``migrations/versions`` create them;
-this module is what code queries against. Times are timezone-aware UTC.
+WalletService the ledger (wallets, wallet_events, idempotency_records, transfer_holds,
+outbox), the orchestrator transfers and transfer_steps, the consumers their
+projections and inbox, the audit interceptor audit_log. Migrations under
+``migrations/versions`` create them; this module is what code queries against. Times
+are timezone-aware UTC.
 """
 
 from __future__ import annotations
@@ -82,6 +83,25 @@ idempotency_records = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("scope", "request_id", name="pk_idempotency_records"),
 )
+
+# Money in flight: one row per transfer, written by the debit step in the same
+# transaction as the debit, settled once by the credit (POSTED) or the refund (VOIDED).
+# Sum of balances + sum of OPEN holds = deposits - withdrawals (wallet_service.holds).
+transfer_holds = Table(
+    "transfer_holds",
+    metadata,
+    Column("transfer_id", String(64), primary_key=True),
+    Column("from_wallet_id", String(64), nullable=False),
+    Column("to_wallet_id", String(64), nullable=False),  # '' = unknown (see migration 0005)
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("state", String(8), nullable=False),  # OPEN | POSTED | VOIDED
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("amount > 0", name="ck_transfer_holds_amount_positive"),
+    CheckConstraint("state IN ('OPEN', 'POSTED', 'VOIDED')", name="ck_transfer_holds_state"),
+)
+Index("ix_transfer_holds_state", transfer_holds.c.state)
 
 # Transactional outbox: written with each event, relayed to RabbitMQ later.
 outbox = Table(

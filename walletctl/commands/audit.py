@@ -125,7 +125,7 @@ def _detail(ctx: Context, conn: Any, record: dict[str, Any]) -> int:
         dict(r._mapping)
         for r in conn.execute(
             text(
-                "SELECT event_id, wallet_id, sequence, type, amount, balance_after, "
+                "SELECT event_id, wallet_id, sequence, type, amount, balance_after, currency, "
                 "transfer_id, occurred_at FROM wallet_events WHERE audit_id = :a "
                 "ORDER BY occurred_at, wallet_id, sequence"
             ),
@@ -138,7 +138,7 @@ def _detail(ctx: Context, conn: Any, record: dict[str, Any]) -> int:
         dict(r._mapping)
         for r in conn.execute(
             text(
-                "SELECT transfer_id, state, from_wallet_id, to_wallet_id, amount, "
+                "SELECT transfer_id, state, from_wallet_id, to_wallet_id, amount, currency, "
                 "failure_code FROM transfers WHERE audit_id = :a ORDER BY created_at"
             ),
             {"a": audit_id},
@@ -163,7 +163,7 @@ def _detail(ctx: Context, conn: Any, record: dict[str, Any]) -> int:
         lines.append("ledger events stamped with this audit id:")
         lines.append(
             render.table(
-                events,
+                [render.with_money(e, "amount", "balance_after") for e in events],
                 ("wallet_id", "sequence", "type", "amount", "balance_after", "transfer_id"),
                 right=("sequence", "amount", "balance_after"),
             )
@@ -172,7 +172,7 @@ def _detail(ctx: Context, conn: Any, record: dict[str, Any]) -> int:
         lines.append("transfers started by this call:")
         lines.append(
             render.table(
-                transfers,
+                [render.with_money(t, "amount") for t in transfers],
                 ("transfer_id", "state", "from_wallet_id", "to_wallet_id", "amount"),
                 right=("amount",),
             )

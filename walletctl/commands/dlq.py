@@ -7,6 +7,11 @@ or ``analytics.wallet-events.dlq`` (same for ``fraud``). Listing removes nothing
 Replay sends a dead letter back to the queue it died in (the consumer's inbox makes
 a replay of an already applied event harmless); purge deletes for good and asks for
 ``--yes``.
+
+Replay and purge are recorded in the audit trail (``audit_log`` through
+``--database-url``, see ``walletctl.action_audit``): an intent row before the
+action, its outcome and the message ids that moved after it. When that record
+cannot be written the action does not run (exit 3).
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import argparse
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wallet_platform.config import Settings
 from walletctl import exitcodes, render
 from walletctl.commands import group, leaf, positive_int
 from walletctl.context import Context, UnavailableError, UsageError
+
+if TYPE_CHECKING:
+    from walletctl.action_audit import ActionAudit
 
 T = TypeVar("T")
 
@@ -172,23 +180,100 @@ def _selection(args: argparse.Namespace) -> list[str] | None:
 
 def replay(ctx: Context, args: argparse.Namespace) -> int:
     wanted = _selection(args)
-    count = _run(ctx, lambda s: _lib().replay_dead_letters(s, args.queue, wanted))
-    return _done(ctx, "replayed", count, wanted)
+    return _audited(ctx, args.queue, "replay", wanted, _lib().replay_dead_letters)
 
 
 def purge(ctx: Context, args: argparse.Namespace) -> int:
     wanted = _selection(args)
     if not args.yes:
         raise UsageError("purge deletes dead letters for good; add --yes to confirm")
-    count = _run(ctx, lambda s: _lib().purge_dead_letters(s, args.queue, wanted))
-    return _done(ctx, "purged", count, wanted)
+    return _audited(ctx, args.queue, "purge", wanted, _lib().purge_dead_letters)
 
 
-def _done(ctx: Context, verb: str, count: int, wanted: list[str] | None) -> int:
-    missing = (len(wanted) - count) if wanted is not None else 0
-    ctx.emit(
-        {verb: count, "not_found": max(missing, 0)},
-        f"{verb} {count} dead letter(s)"
-        + (f"; {missing} of the given ids were not found" if missing > 0 else ""),
+# Per action: the past tense of the output and the audit method
+# (``walletctl audit --method dlq`` finds both).
+ACTIONS = {
+    "replay": ("replayed", "walletctl/DlqReplay"),
+    "purge": ("purged", "walletctl/DlqPurge"),
+}
+MAX_RECORDED_IDS = 500
+
+
+def _ids(ids: list[str]) -> dict[str, Any]:
+    """Message ids for the audit record: all of them up to a bound, and the count."""
+    return {
+        "count": len(ids),
+        "ids": ids[:MAX_RECORDED_IDS],
+        "truncated": len(ids) > MAX_RECORDED_IDS,
+    }
+
+
+def _status_of(error: BaseException) -> str:
+    if isinstance(error, UnavailableError):
+        return "UNAVAILABLE"
+    if isinstance(error, UsageError):
+        return "INVALID_ARGUMENT"
+    if isinstance(error, KeyboardInterrupt):
+        return "CANCELLED"
+    return "UNKNOWN"
+
+
+def _audited(
+    ctx: Context,
+    queue_arg: str,
+    command: str,
+    wanted: list[str] | None,
+    action: Callable[..., Coroutine[Any, Any, int]],
+) -> int:
+    """Run replay or purge between its audit intent row and its outcome."""
+    from wallet_platform.messaging.bus import resolve_queue
+    from walletctl.action_audit import ActionAudit, Operator
+
+    try:
+        queue = resolve_queue(queue_arg)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    verb, method = ACTIONS[command]
+    record = ActionAudit(ctx.database_url, method, Operator.current(ctx.config.auth_token))
+    record.begin(
+        {
+            "command": f"dlq {command}",
+            "bus": "rabbitmq" if ctx.amqp_url else "in-process",
+            "queue": queue,
+            "selection": "all" if wanted is None else _ids(wanted),
+        },
+        refusal=f"nothing was {verb}",
     )
-    return exitcodes.FAILED if missing > 0 else exitcodes.OK
+    moved: list[str] = []
+    try:
+        _run(ctx, lambda settings: action(settings, queue, wanted, moved=moved))
+    except BaseException as error:
+        message = str(error) or type(error).__name__
+        _finish(ctx, record, _status_of(error), message, {verb: _ids(moved)})
+        raise
+    missing = sorted(set(wanted) - set(moved)) if wanted is not None else []
+    _finish(
+        ctx,
+        record,
+        "NOT_FOUND" if missing else "OK",
+        f"{len(missing)} of the given ids were not in the DLQ" if missing else None,
+        {verb: _ids(moved), "not_found": _ids(missing)},
+    )
+    ctx.emit(
+        {verb: len(moved), "not_found": len(missing), "audit_id": record.audit_id},
+        f"{verb} {len(moved)} dead letter(s)"
+        + (f"; {len(missing)} of the given ids were not found" if missing else "")
+        + f"\n(audit id {record.audit_id})",
+    )
+    return exitcodes.FAILED if missing else exitcodes.OK
+
+
+def _finish(
+    ctx: Context, record: ActionAudit, status: str, message: str | None, outcome: dict[str, Any]
+) -> None:
+    if not record.finish(status, message, outcome):
+        ctx.note(
+            f"warning: the outcome ({status}) could not be added to audit record "
+            f"{record.audit_id}, which stays 'no outcome recorded'; this output is the "
+            "only record of what happened"
+        )

@@ -2,6 +2,10 @@
 
 Both read projections that the workers build from the event stream, so they lag the
 ledger by the pipeline's delay; ``walletctl reconcile`` compares them with the log.
+
+The analytics projection holds no currency, so the text output of ``stats`` asks
+WalletService for the wallet's currency to show the totals in major units (``--json``
+keeps minor units and makes no extra call).
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from wallet.v1 import analytics_pb2, fraud_pb2
+import grpc
+
+from wallet.v1 import analytics_pb2, fraud_pb2, wallet_pb2
 from walletctl import render
 from walletctl.commands import MORE_HINT, fetch_pages, leaf, positive_int
 from walletctl.context import Context
@@ -54,8 +60,27 @@ def stats(ctx: Context, args: argparse.Namespace) -> int:
         analytics_pb2.GetWalletStatsRequest(wallet_id=args.wallet_id),
     )
     data = render.stats(response.stats)
-    ctx.emit({"stats": data}, lambda: render.record(data, STATS_KEYS))
+    ctx.emit({"stats": data}, lambda: _stats_text(ctx, data))
     return 0
+
+
+MONEY_KEYS = (
+    "total_deposited",
+    "total_withdrawn",
+    "total_transferred_in",
+    "total_transferred_out",
+)
+
+
+def _stats_text(ctx: Context, data: dict[str, Any]) -> str:
+    try:
+        currency = ctx.call(
+            "wallet", "GetWallet", wallet_pb2.GetWalletRequest(wallet_id=data["wallet_id"])
+        ).wallet.currency
+    except grpc.RpcError as error:
+        note = f"(amounts in minor units: the wallet's currency is unknown, {error.code().name})"
+        return render.record(data, STATS_KEYS) + "\n" + note
+    return render.record(render.with_money(data, *MONEY_KEYS, currency=currency), STATS_KEYS)
 
 
 def alerts(ctx: Context, args: argparse.Namespace) -> int:

@@ -135,7 +135,8 @@ def _change_line(data: dict[str, Any]) -> str:
     stamp = (data.get("updated_at") or "")[11:19]
     return (
         f"{stamp}  {data['state']:<12} {data['transfer_id']}  "
-        f"{data['from_wallet_id']} -> {data['to_wallet_id']}  {data['amount']} {data['currency']}"
+        f"{data['from_wallet_id']} -> {data['to_wallet_id']}  "
+        f"{render.money(data['amount'], data['currency'])}"
         + (f"  ({data['failure_code']})" if data.get("failure_code") else "")
     )
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from wallet.v1 import transfer_pb2
 from walletctl import exitcodes, render
-from walletctl.commands import MORE_HINT, amount, fetch_pages, group, leaf, positive_int
+from walletctl.amount_input import add_amount_arguments, minor_units
+from walletctl.commands import MORE_HINT, fetch_pages, group, leaf, positive_int
 from walletctl.context import Context
 
 TERMINAL = {
@@ -64,7 +65,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("from_wallet_id", metavar="FROM")
     p.add_argument("to_wallet_id", metavar="TO")
-    p.add_argument("amount", type=amount, help="minor units (cents), a positive integer")
+    add_amount_arguments(p, "the sender's")
     p.add_argument(
         "--request-id",
         help="idempotency key; generated and printed when omitted; repeat it to retry safely",
@@ -96,7 +97,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _transfer_text(data: dict[str, Any]) -> str:
-    lines = [render.record(data, TRANSFER_KEYS)]
+    lines = [render.record(render.with_money(data, "amount"), TRANSFER_KEYS)]
     if data["steps"]:
         lines.append("")
         lines.append(render.table(data["steps"], STEP_COLUMNS, right=("attempts",)))
@@ -113,6 +114,7 @@ def _exit_for(transfer: transfer_pb2.Transfer) -> int:
 
 
 def create(ctx: Context, args: argparse.Namespace) -> int:
+    minor = minor_units(ctx, args, args.from_wallet_id)
     request_id = ctx.request_id_for(args.request_id)
     response = ctx.call(
         "transfer",
@@ -121,7 +123,7 @@ def create(ctx: Context, args: argparse.Namespace) -> int:
             request_id=request_id,
             from_wallet_id=args.from_wallet_id,
             to_wallet_id=args.to_wallet_id,
-            amount=args.amount,
+            amount=minor,
         ),
     )
     transfer = response.transfer
@@ -186,7 +188,7 @@ def list_transfers(ctx: Context, args: argparse.Namespace) -> int:
         {"transfers": found, "more": more},
         lambda: (
             render.table(
-                found,
+                [render.with_money(t, "amount") for t in found],
                 LIST_COLUMNS,
                 ("transfer", "state", "from", "to", "amount", "created at"),
                 right=("amount",),

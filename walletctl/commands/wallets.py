@@ -14,7 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from wallet.v1 import wallet_pb2
 from walletctl import render
-from walletctl.commands import MORE_HINT, amount, fetch_pages, group, leaf, positive_int, timestamp
+from walletctl.amount_input import add_amount_arguments, minor_units
+from walletctl.commands import MORE_HINT, fetch_pages, group, leaf, positive_int, timestamp
 from walletctl.context import Context
 
 WALLET_KEYS = ("wallet_id", "currency", "balance", "status", "version", "created_at", "updated_at")
@@ -22,7 +23,7 @@ EVENT_COLUMNS = ("sequence", "type", "amount", "balance_after", "transfer_id", "
 
 
 def _wallet_text(data: dict[str, Any]) -> str:
-    return render.record(data, WALLET_KEYS)
+    return render.record(render.with_money(data, "balance"), WALLET_KEYS)
 
 
 def _add_request_id(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +87,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     ):
         p = leaf(cmds, name, common, handler, text)
         p.add_argument("wallet_id")
-        p.add_argument("amount", type=amount, help="minor units (cents), a positive integer")
+        add_amount_arguments(p, "the wallet's")
         _add_request_id(p)
 
 
@@ -147,7 +148,7 @@ def history(ctx: Context, args: argparse.Namespace) -> int:
         {"wallet_id": args.wallet_id, "events": events, "more": more},
         lambda: (
             render.table(
-                events,
+                [render.with_money(e, "amount", "balance_after") for e in events],
                 EVENT_COLUMNS,
                 ("seq", "type", "amount", "balance after", "transfer", "occurred at"),
                 right=("sequence", "amount", "balance_after"),
@@ -197,11 +198,12 @@ def unfreeze(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _money(ctx: Context, args: argparse.Namespace, method: str, request_cls: Any) -> int:
+    minor = minor_units(ctx, args, args.wallet_id)
     request_id = ctx.request_id_for(args.request_id)
     response = ctx.call(
         "wallet",
         method,
-        request_cls(wallet_id=args.wallet_id, amount=args.amount, request_id=request_id),
+        request_cls(wallet_id=args.wallet_id, amount=minor, request_id=request_id),
     )
     wallet = render.wallet(response.wallet)
     event = render.event(response.event)
@@ -216,9 +218,9 @@ def _money(ctx: Context, args: argparse.Namespace, method: str, request_cls: Any
     def text() -> str:
         verb = "deposited" if method == "Deposit" else "withdrew"
         line = (
-            f"{verb} {args.amount} {wallet['currency']} "
+            f"{verb} {render.money(event['amount'], wallet['currency'])} "
             f"(event #{event['sequence']} {event['event_id']}); "
-            f"balance now {wallet['balance']}"
+            f"balance now {render.money(wallet['balance'], wallet['currency'])}"
         )
         if response.replayed:
             line += "\n(replayed: this request id was already applied; nothing changed)"

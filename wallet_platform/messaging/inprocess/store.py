@@ -156,27 +156,29 @@ def _dead_filter(queue: str, wanted: set[str] | None) -> list[Any]:
     return conditions
 
 
-async def revive_dead(conn: AsyncConnection, queue: str, wanted: set[str] | None) -> int:
-    """Put dead rows of ``queue`` back as first attempts; returns how many."""
-    result = await conn.execute(
-        update(bm)
-        .where(*_dead_filter(queue, wanted))
-        .values(
-            state=READY,
-            attempt=0,
-            available_at_ms=now_ms(),
-            locked_until_ms=None,
-            last_error=None,
-            dead_at=None,
+async def take_dead(
+    conn: AsyncConnection, queue: str, wanted: set[str] | None, *, replay: bool
+) -> list[str]:
+    """Dead rows of ``queue`` (all, or the ``wanted`` message ids): put back as first
+    attempts (``replay``) or deleted; returns their message ids."""
+    statement: Any
+    if replay:
+        statement = (
+            update(bm)
+            .where(*_dead_filter(queue, wanted))
+            .values(
+                state=READY,
+                attempt=0,
+                available_at_ms=now_ms(),
+                locked_until_ms=None,
+                last_error=None,
+                dead_at=None,
+            )
         )
-    )
-    return int(result.rowcount)
-
-
-async def delete_dead(conn: AsyncConnection, queue: str, wanted: set[str] | None) -> int:
-    """Delete dead rows of ``queue``; returns how many."""
-    result = await conn.execute(delete(bm).where(*_dead_filter(queue, wanted)))
-    return int(result.rowcount)
+    else:
+        statement = delete(bm).where(*_dead_filter(queue, wanted))
+    result = await conn.execute(statement.returning(bm.c.message_id))
+    return [str(message_id) for message_id in result.scalars()]
 
 
 async def count_dead(conn: AsyncConnection) -> dict[str, int]:

@@ -1,0 +1,205 @@
+"""Typed exceptions for failed calls, from the ``google.rpc.ErrorInfo`` the server attaches.
+
+The platform answers a refused call with a gRPC status plus an ``ErrorInfo`` whose
+``reason`` is stable and machine-readable (``INSUFFICIENT_FUNDS``, ``REQUEST_ID_REUSED``,
+...). :data:`REASONS` is the one table from reason to exception class and status code;
+:func:`error_from_rpc` reads a failed call with it. A call without ``ErrorInfo`` (refused
+by authentication, a transport failure, a deadline) is looked up by its status code's
+name, and a reason this client does not know yet falls back to the class of its status
+code, so a newer server never breaks an older client's ``except`` clauses.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "wallet.v1"
+
+
+class WalletError(Exception):
+    """A call that failed. ``reason`` is the server's ErrorInfo reason (or the code name)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode,
+        reason: str,
+        metadata: dict[str, str] | None = None,
+        domain: str = "",
+        request_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.domain = domain
+        #: The idempotency key the call was sent with: retrying later with the same
+        #: request_id is safe (the server replays the first outcome).
+        self.request_id = request_id
+        #: How many times the call was sent (retries included).
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class InvalidArgumentError(WalletError):
+    """Malformed input; ``metadata["field"]`` names the field."""
+
+
+class UnknownCurrencyError(InvalidArgumentError):
+    """CreateWallet: not an active ISO 4217 currency with a minor unit (ZZZ, XAU...)."""
+
+
+class CurrencyNotAllowedError(InvalidArgumentError):
+    """CreateWallet: a valid currency this platform does not open wallets in."""
+
+
+class NotFoundError(WalletError):
+    pass
+
+
+class WalletNotFoundError(NotFoundError):
+    pass
+
+
+class TransferNotFoundError(NotFoundError):
+    pass
+
+
+class WalletStatsNotFoundError(NotFoundError):
+    pass
+
+
+class FailedPreconditionError(WalletError):
+    pass
+
+
+class InsufficientFundsError(FailedPreconditionError):
+    pass
+
+
+class WalletFrozenError(FailedPreconditionError):
+    pass
+
+
+class CurrencyMismatchError(FailedPreconditionError):
+    pass
+
+
+class AlreadyExistsError(WalletError):
+    pass
+
+
+class IdempotencyKeyReusedError(AlreadyExistsError):
+    """The request_id was used before with other parameters; nothing was changed."""
+
+
+class WalletAlreadyExistsError(AlreadyExistsError):
+    pass
+
+
+class OutOfRangeError(WalletError):
+    pass
+
+
+class BalanceOverflowError(OutOfRangeError):
+    pass
+
+
+class UnavailableError(WalletError):
+    """The platform or one of its dependencies is down: retry with the same request_id."""
+
+
+class DeadlineExceededError(WalletError):
+    """No answer in time; a write may or may not have been applied (retry with its key)."""
+
+
+class UnauthenticatedError(WalletError):
+    pass
+
+
+class PermissionDeniedError(WalletError):
+    pass
+
+
+class InternalError(WalletError):
+    pass
+
+
+C = grpc.StatusCode
+
+# The one table: ErrorInfo reason -> (exception class, status code the server sends it
+# with). Rows whose reason is a status code's name also serve calls without ErrorInfo.
+REASONS: MappingProxyType[str, tuple[type[WalletError], grpc.StatusCode]] = MappingProxyType(
+    {
+        "INVALID_ARGUMENT": (InvalidArgumentError, C.INVALID_ARGUMENT),
+        "UNKNOWN_CURRENCY": (UnknownCurrencyError, C.INVALID_ARGUMENT),
+        "CURRENCY_NOT_ALLOWED": (CurrencyNotAllowedError, C.INVALID_ARGUMENT),
+        "NOT_FOUND": (NotFoundError, C.NOT_FOUND),
+        "WALLET_NOT_FOUND": (WalletNotFoundError, C.NOT_FOUND),
+        "TRANSFER_NOT_FOUND": (TransferNotFoundError, C.NOT_FOUND),
+        "WALLET_STATS_NOT_FOUND": (WalletStatsNotFoundError, C.NOT_FOUND),
+        "FAILED_PRECONDITION": (FailedPreconditionError, C.FAILED_PRECONDITION),
+        "INSUFFICIENT_FUNDS": (InsufficientFundsError, C.FAILED_PRECONDITION),
+        "WALLET_FROZEN": (WalletFrozenError, C.FAILED_PRECONDITION),
+        "CURRENCY_MISMATCH": (CurrencyMismatchError, C.FAILED_PRECONDITION),
+        "ALREADY_EXISTS": (AlreadyExistsError, C.ALREADY_EXISTS),
+        "REQUEST_ID_REUSED": (IdempotencyKeyReusedError, C.ALREADY_EXISTS),
+        "WALLET_ALREADY_EXISTS": (WalletAlreadyExistsError, C.ALREADY_EXISTS),
+        "OUT_OF_RANGE": (OutOfRangeError, C.OUT_OF_RANGE),
+        "BALANCE_OVERFLOW": (BalanceOverflowError, C.OUT_OF_RANGE),
+        "UNAVAILABLE": (UnavailableError, C.UNAVAILABLE),
+        "DEADLINE_EXCEEDED": (DeadlineExceededError, C.DEADLINE_EXCEEDED),
+        "UNAUTHENTICATED": (UnauthenticatedError, C.UNAUTHENTICATED),
+        "PERMISSION_DENIED": (PermissionDeniedError, C.PERMISSION_DENIED),
+        "INTERNAL": (InternalError, C.INTERNAL),
+    }
+)
+
+
+def exception_class(reason: str, code: grpc.StatusCode) -> type[WalletError]:
+    """The class for ``reason``; an unknown reason gets its status code's class."""
+    known = REASONS.get(reason) or REASONS.get(code.name)
+    return known[0] if known else WalletError
+
+
+def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that contradict the call's own status: ignore them
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def error_from_rpc(
+    error: grpc.RpcError, *, request_id: str | None = None, attempts: int = 1
+) -> WalletError:
+    """The typed exception for a failed call (a ``grpc.RpcError`` that is a ``grpc.Call``)."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or code.name
+    info = _error_info(error)
+    reason = info.reason if info and info.reason else code.name
+    return exception_class(reason, code)(
+        message,
+        code=code,
+        reason=reason,
+        metadata=dict(info.metadata) if info else None,
+        domain=info.domain if info else "",
+        request_id=request_id,
+        attempts=attempts,
+    )
