@@ -174,6 +174,7 @@ def service_env(settings, **extra: str) -> dict[str, str]:
     env.update(
         WALLET_DATABASE_URL=settings.database_url,
         WALLET_AMQP_URL=settings.amqp_url,
+        WALLET_AMQP_QUEUE_TYPE=settings.amqp_queue_type,
         WALLET_LISTEN="127.0.0.1:0",
         WALLET_LOG_FORMAT="console",
         WALLET_LOG_LEVEL="WARNING",
