@@ -1,8 +1,9 @@
 """What each wallet log entry does to a wallet's statistics (pure, no I/O).
 
-One table, :data:`EFFECTS`, is the whole definition. The live projection turns each
-event into a :class:`StatsDelta` with it, and the rebuild turns the same table into
-SQL ``CASE`` expressions over ``wallet_events``, so the two cannot disagree.
+The published language's effects table (:data:`wallet_events.effects.EFFECTS`) is the
+whole definition. The live projection turns each event into a :class:`StatsDelta`
+with it, and the rebuild turns the same table into SQL ``CASE`` expressions over
+``wallet_events``, so the two cannot disagree.
 
 Semantics (also in ``docs/analytics-and-fraud.md``):
 
@@ -25,38 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
-TOTAL_FIELDS: tuple[str, ...] = (
-    "total_deposited",
-    "total_withdrawn",
-    "total_transferred_in",
-    "total_transferred_out",
-)
-COUNT_FIELDS: tuple[str, ...] = (
-    "deposit_count",
-    "withdrawal_count",
-    "transfer_in_count",
-    "transfer_out_count",
-)
-COUNTER_FIELDS: tuple[str, ...] = (*TOTAL_FIELDS, *COUNT_FIELDS, "events_applied")
+from wallet_events.effects import COUNT_COUNTERS, COUNTERS, EFFECTS, TOTAL_COUNTERS
 
-
-@dataclass(frozen=True)
-class Effect:
-    """What one event type adds: ``sign * amount`` to ``total`` and ``sign`` to ``count``."""
-
-    total: str
-    count: str
-    sign: int
-
-
-# wallet_events.type -> effect. Types not listed only count in events_applied.
-EFFECTS: dict[str, Effect] = {
-    "funds_deposited": Effect("total_deposited", "deposit_count", +1),
-    "funds_withdrawn": Effect("total_withdrawn", "withdrawal_count", +1),
-    "transfer_credited": Effect("total_transferred_in", "transfer_in_count", +1),
-    "transfer_debited": Effect("total_transferred_out", "transfer_out_count", +1),
-    "transfer_refunded": Effect("total_transferred_out", "transfer_out_count", -1),
-}
+# The counters of a wallet's row, as the effects table names them.
+TOTAL_FIELDS = TOTAL_COUNTERS
+COUNT_FIELDS = COUNT_COUNTERS
+COUNTER_FIELDS = COUNTERS
 
 
 @dataclass(frozen=True)
@@ -90,9 +65,9 @@ def delta_for(wallet_id: str, event_type: str, amount: int, occurred_at: datetim
     """The change a wallet log entry of ``event_type`` makes to its wallet's stats."""
     effect = EFFECTS.get(event_type)
     changes: dict[str, int] = {"events_applied": 1}
-    if effect is not None:
-        changes[effect.total] = effect.sign * amount
-        changes[effect.count] = effect.sign
+    if effect is not None and effect.total is not None and effect.count is not None:
+        changes[effect.total] = effect.stats_sign * amount
+        changes[effect.count] = effect.stats_sign
     return StatsDelta(wallet_id=wallet_id, last_activity_at=occurred_at, **changes)
 
 

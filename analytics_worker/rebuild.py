@@ -14,20 +14,18 @@ Public entry points for ``walletctl`` (and tests):
 
 from __future__ import annotations
 
-from analytics_worker import repository
 from analytics_worker.domain import StatsDrift
+from analytics_worker.store import AnalyticsStore
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.storage.database import Database
 
 
 async def rebuild_wallet_stats(db: Database, clock: Clock = utcnow) -> int:
-    async with db.transaction() as conn:
-        return await repository.rebuild(conn, clock())
+    return await AnalyticsStore(db).rebuild(clock())
 
 
 async def compare_with_log(db: Database) -> list[StatsDrift]:
-    async with db.read() as conn:
-        projected, expected = await repository.projected_and_expected(conn)
+    projected, expected = await AnalyticsStore(db).projected_and_expected()
     drifts: list[StatsDrift] = []
     for wallet_id in sorted(projected.keys() | expected.keys()):
         left, right = projected.get(wallet_id), expected.get(wallet_id)
@@ -37,5 +35,4 @@ async def compare_with_log(db: Database) -> list[StatsDrift]:
 
 
 async def count_unapplied(db: Database) -> int:
-    async with db.read() as conn:
-        return await repository.count_unapplied_events(conn)
+    return await AnalyticsStore(db).count_unapplied()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from analytics_worker import repository
 from analytics_worker.domain import WalletStats
+from analytics_worker.store import AnalyticsStore
 from wallet_platform import validation
 from wallet_platform.errors import NotFoundError
-from wallet_platform.storage.database import Database
 
 
 class WalletStatsNotFoundError(NotFoundError):
@@ -23,8 +22,8 @@ class WalletStatsNotFoundError(NotFoundError):
 
 
 class AnalyticsService:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, store: AnalyticsStore) -> None:
+        self._store = store
 
     async def get_wallet_stats(self, wallet_id: str) -> WalletStats:
         """The projected stats; NOT_FOUND until the first event of the wallet is applied.
@@ -33,8 +32,7 @@ class AnalyticsService:
         comes from this projection only, as the proto documents.
         """
         validation.wallet_id(wallet_id)
-        async with self._db.read() as conn:
-            stats = await repository.get_stats(conn, wallet_id)
+        stats = await self._store.get_stats(wallet_id)
         if stats is None:
             raise WalletStatsNotFoundError(wallet_id)
         return stats

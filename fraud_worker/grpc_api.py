@@ -8,8 +8,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fraud_worker.projection import alert_message
-from fraud_worker.repository import StoredAlert
 from fraud_worker.service import FraudService
+from fraud_worker.store import StoredAlert
 from wallet.v1 import fraud_pb2, fraud_pb2_grpc
 
 SERVICE_NAME = "wallet.v1.FraudService"

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import grpc
-import sqlalchemy as sa
 
 from fraud_worker.rules import FraudRules
+from fraud_worker.store import FraudStore
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.storage.database import Database
-from wallet_platform.storage.schema import fraud_withdrawals
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +37,7 @@ def retention(rules: FraudRules) -> timedelta:
 async def prune_withdrawals(db: Database, before: datetime, batch: int = PRUNE_BATCH) -> int:
     """Delete withdrawals with an event time before ``before``, in small transactions
     (never a long lock); returns how many went."""
-    total = 0
-    while True:
-        async with db.transaction() as conn:
-            victims = (
-                sa.select(fraud_withdrawals.c.event_id)
-                .where(fraud_withdrawals.c.occurred_at < before)
-                .limit(batch)
-                .scalar_subquery()
-            )
-            deleted = (
-                await conn.execute(
-                    sa.delete(fraud_withdrawals)
-                    .where(fraud_withdrawals.c.event_id.in_(victims))
-                    .returning(fraud_withdrawals.c.event_id)
-                )
-            ).all()
-        total += len(deleted)
-        if len(deleted) < batch:
-            return total
+    return await FraudStore(db).prune_withdrawals(before, batch)
 
 
 class WithdrawalPruner:

@@ -1,8 +1,10 @@
-"""The fraud consumer: ``funds_withdrawn`` entries -> rules -> alerts (+ events).
+"""The fraud consumer's edge: ``funds_withdrawn`` entries -> rules -> alerts (+ events).
 
-Runs inside the consumer runner's transaction (the one that writes the inbox row), so
-a withdrawal is remembered, judged, and its alerts stored and queued for publication
-(outbox row, same transaction) exactly once. Every other message is ignored.
+Translates each delivery into the rules' :class:`Withdrawal` (every other message
+changes nothing but its inbox row), then, inside the unit of work the consumer runner
+owns (the one that writes the inbox rows), remembers each new withdrawal, judges it
+and stores its alerts with their outbox rows: a withdrawal is judged and its alerts
+published exactly once.
 """
 
 from __future__ import annotations
@@ -10,19 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC
 
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fraud_worker import repository
 from fraud_worker.rules import AlertDraft, FraudRules, Withdrawal
+from fraud_worker.store import FraudStore, FraudUnitOfWork
 from wallet.v1 import events_pb2, fraud_pb2
+from wallet_events import types
+from wallet_events.messages import decode_delivery, routing_key, trace_ids, wallet_event_of
 from wallet_platform.clock import Clock, utcnow
-from wallet_platform.messaging import events
-from wallet_platform.messaging.bus import Delivery, PoisonMessageError
+from wallet_platform.messaging.bus import Delivery
+from wallet_platform.messaging.consumer import Recorded, Translated, record_then_apply
+from wallet_platform.messaging.outbox.rows import outbox_row
+from wallet_platform.messaging.topology import FRAUD_QUEUE
 
 CONSUMER_NAME = "fraud"
-ALERT_ROUTING_KEY = "wallet.fraud_alert_raised"
+ALERT_ROUTING_KEY = routing_key(types.FRAUD_ALERT_RAISED)
 RULE_ENUMS = {
     "RAPID_WITHDRAWALS": fraud_pb2.FRAUD_RULE_RAPID_WITHDRAWALS,
     "LARGE_WITHDRAWAL": fraud_pb2.FRAUD_RULE_LARGE_WITHDRAWAL,
@@ -30,22 +34,21 @@ RULE_ENUMS = {
 RULE_NAMES = {value: name for name, value in RULE_ENUMS.items()}
 
 
-def withdrawal_of(message: Message) -> Withdrawal | None:
-    """The withdrawal a message announces; None for every other message."""
-    if not isinstance(message, events_pb2.FundsWithdrawn):
-        return None
-    event = message.event
-    if not event.event_id or not event.wallet_id or not event.HasField("occurred_at"):
-        raise PoisonMessageError("withdrawal without event_id, wallet_id or occurred_at")
-    if event.amount < 0:
-        raise PoisonMessageError(f"withdrawal with negative amount {event.amount}")
-    return Withdrawal(
+def withdrawal_of(delivery: Delivery) -> Translated[Withdrawal]:
+    """The withdrawal a delivery announces (None for every other message)."""
+    message = decode_delivery(delivery)
+    entry = wallet_event_of(message)
+    if entry is None or entry[0] != types.FUNDS_WITHDRAWN:
+        return Translated(None)
+    _, event = entry
+    withdrawal = Withdrawal(
         occurred_at=event.occurred_at.ToDatetime(tzinfo=UTC),
         event_id=event.event_id,
         wallet_id=event.wallet_id,
         amount=event.amount,
         currency=event.currency,
     )
+    return Translated(withdrawal, trace_ids(message))
 
 
 def alert_message(
@@ -70,52 +73,46 @@ class FraudProjection:
     """``wallet_platform.messaging.consumer.Projection`` for the fraud queue."""
 
     consumer_name = CONSUMER_NAME
-    queue = events.FRAUD_QUEUE
+    queue = FRAUD_QUEUE
 
-    def __init__(self, rules: FraudRules, clock: Clock = utcnow) -> None:
+    def __init__(self, store: FraudStore, rules: FraudRules, clock: Clock = utcnow) -> None:
+        self.store = store
         self.rules = rules
         self._clock = clock
 
-    async def apply(self, conn: AsyncConnection, delivery: Delivery, message: Message) -> None:
-        withdrawal = withdrawal_of(message)
-        if withdrawal is not None:
-            await self.judge(conn, withdrawal)
+    def translate(self, delivery: Delivery) -> Translated[Withdrawal]:
+        return withdrawal_of(delivery)
 
-    def prepare(self, message: Message) -> Withdrawal | None:
-        """At delivery: the withdrawal (validated); None for every other message, which
-        then costs a batch nothing but its inbox row (the rules never look at it)."""
-        return withdrawal_of(message)
+    def unit_of_work(self) -> FraudUnitOfWork:
+        return self.store.unit_of_work()
 
-    async def apply_prepared(self, conn: AsyncConnection, work: Sequence[Withdrawal]) -> None:
+    async def record_and_apply(
+        self,
+        uow: FraudUnitOfWork,
+        consumer: str,
+        message_ids: Sequence[str],
+        work: Sequence[Withdrawal | None],
+    ) -> Recorded:
+        return await record_then_apply(uow, consumer, message_ids, work, self.apply)
+
+    async def apply(self, uow: FraudUnitOfWork, withdrawals: Sequence[Withdrawal]) -> None:
         """A batch's new withdrawals, judged one after another in arrival order.
 
         Every wallet of the batch is locked first, in one statement and in wallet order
         (concurrent replicas cannot deadlock on each other's batches); each judgement
         then sees the withdrawals judged before it, as one by one.
         """
-        await repository.lock_wallets(conn, sorted({w.wallet_id for w in work}))
-        for withdrawal in work:
-            await self.judge(conn, withdrawal, locked=True)
+        await uow.lock_wallets(sorted({w.wallet_id for w in withdrawals}))
+        for withdrawal in withdrawals:
+            await self.judge(uow, withdrawal)
 
-    async def apply_many(
-        self, conn: AsyncConnection, items: Sequence[tuple[Delivery, Message]]
-    ) -> None:
-        """Several messages in one transaction (no inbox), judged in order."""
-        withdrawals = [w for w in (withdrawal_of(m) for _, m in items) if w is not None]
-        await self.apply_prepared(conn, withdrawals)
-
-    async def judge(
-        self, conn: AsyncConnection, withdrawal: Withdrawal, *, locked: bool = False
-    ) -> list[AlertDraft]:
-        """Remember the withdrawal, run the rules, store and announce new alerts
-        (``locked``: the caller already holds the wallet's lock)."""
-        if not locked:
-            await repository.lock_wallet(conn, withdrawal.wallet_id)
-        around = self.rules.lookaround(withdrawal.occurred_at)
-        new, nearby, bursts = await repository.add_withdrawal_and_nearby(conn, withdrawal, around)
-        if not new:
+    async def judge(self, uow: FraudUnitOfWork, withdrawal: Withdrawal) -> list[AlertDraft]:
+        """Remember the withdrawal, run the rules, store and announce new alerts (the
+        caller holds the wallet's lock)."""
+        seen = await uow.remember(withdrawal, self.rules.lookaround(withdrawal.occurred_at))
+        if not seen.new:
             return []  # judged before (redelivered without an inbox row): nothing new
-        drafts = self.rules.evaluate(withdrawal, nearby, bursts)
+        drafts = self.rules.evaluate(withdrawal, seen.withdrawals, seen.bursts)
         if not drafts:
             return []
         now = self._clock()
@@ -125,8 +122,8 @@ class FraudProjection:
             alert = alert_message(
                 draft.alert_id, draft.wallet_id, draft.rule, draft.event_ids, draft.detail, stamp
             )
-            row = events.outbox_row(
+            row = outbox_row(
                 draft.alert_id, ALERT_ROUTING_KEY, events_pb2.FraudAlertRaised(alert=alert), now
             )
-            await repository.add_alert(conn, draft, now, row)
+            await uow.add_alert(draft, now, row)
         return drafts

@@ -2,7 +2,7 @@
 
 No I/O and no wall clock: the rules look at EVENT time (``occurred_at`` from the log)
 only, so a consumer that lags, retries or receives a wallet's events out of order
-reaches the same verdicts. The repository hands in the neighbourhood of the new
+reaches the same verdicts. The store hands in the neighbourhood of the new
 withdrawal (:meth:`FraudRules.lookaround`) and stores what comes back.
 
 Definitions (W = ``fraud_rapid_window_seconds``, N = ``fraud_rapid_count``):
@@ -67,7 +67,7 @@ class Burst:
 
 @dataclass(frozen=True)
 class AlertDraft:
-    """An alert the rules decided on (the repository gives it its creation time)."""
+    """An alert the rules decided on (the projection gives it its creation time)."""
 
     rule: str
     wallet_id: str
@@ -213,7 +213,7 @@ class FraudRules:
 
 def replay(rules: FraudRules, arrivals: Iterable[Withdrawal]) -> list[AlertDraft]:
     """All alerts for withdrawals arriving in this order (the in-memory twin of the
-    repository loop; used by tests and to explain the rules)."""
+    projection loop; used by tests and to explain the rules)."""
     seen: list[Withdrawal] = []
     bursts: list[Burst] = []
     alerts: list[AlertDraft] = []

@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from fraud_worker import repository
-from fraud_worker.repository import StoredAlert
+from fraud_worker.store import FraudStore, StoredAlert
 from wallet_platform import validation
 from wallet_platform.clock import ensure_utc
 from wallet_platform.errors import InvalidArgumentError
-from wallet_platform.storage.database import Database
 
 
 @dataclass(frozen=True)
@@ -32,8 +30,8 @@ def _cursor(token: str) -> tuple[datetime, str] | None:
 
 
 class FraudService:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, store: FraudStore) -> None:
+        self._store = store
 
     async def list_alerts(self, wallet_id: str, page_size: int, page_token: str) -> AlertPage:
         """Alerts newest first, optionally of one wallet (an unknown wallet has none).
@@ -45,10 +43,9 @@ class FraudService:
             validation.wallet_id(wallet_id)
         size = validation.page_size(page_size)
         after = _cursor(page_token)
-        async with self._db.read() as conn:
-            rows = await repository.list_alerts(
-                conn, wallet_id=wallet_id or None, limit=size + 1, after=after
-            )
+        rows = await self._store.list_alerts(
+            wallet_id=wallet_id or None, limit=size + 1, after=after
+        )
         token = ""
         if len(rows) > size:
             rows = rows[:size]

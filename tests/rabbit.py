@@ -161,19 +161,29 @@ class BusUnderTest:
 
 @contextlib.asynccontextmanager
 async def _bus_under_test(request, tmp_path, kind: str) -> AsyncIterator[BusUnderTest]:
-    if kind == "inprocess-sqlite" or (kind == "rabbit" and not PG_URL):
+    rabbit = kind.startswith("rabbit")
+    if kind == "inprocess-sqlite" or (rabbit and not PG_URL):
         db_url = f"sqlite:///{tmp_path / 'bus.db'}"
         await asyncio.to_thread(upgrade, db_url)
     else:
         db_url = request.getfixturevalue("pg_database_url_fresh")
     vhost = None
-    if kind == "rabbit":
+    if rabbit:
         vhost = request.getfixturevalue("rabbit_vhost")
-        settings = Settings(database_url=db_url, amqp_url=vhost_url(vhost), listen="127.0.0.1:0")
+        settings = Settings(
+            database_url=db_url,
+            amqp_url=vhost_url(vhost),
+            amqp_queue_type="classic" if kind == "rabbit-classic" else "quorum",
+            listen="127.0.0.1:0",
+        )
     else:
         settings = Settings(database_url=db_url, listen="127.0.0.1:0")
     db = Database.from_settings(settings)
-    bus: EventBus = RabbitBus(settings.amqp_url) if settings.amqp_url else InProcessBus(db)
+    bus: EventBus = (
+        RabbitBus(settings.amqp_url, queue_type=settings.amqp_queue_type)
+        if settings.amqp_url
+        else InProcessBus(db)
+    )
     await bus.start()
     try:
         yield BusUnderTest(kind, bus, db, settings, vhost)
@@ -187,10 +197,12 @@ async def _bus_under_test(request, tmp_path, kind: str) -> AsyncIterator[BusUnde
         pytest.param("inprocess-sqlite", id="inprocess-sqlite"),
         pytest.param("inprocess-postgres", id="inprocess-postgres", marks=requires_postgres),
         pytest.param("rabbit", id="rabbit", marks=requires_rabbitmq),
+        pytest.param("rabbit-classic", id="rabbit-classic", marks=requires_rabbitmq),
     ]
 )
 async def bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
-    """Each bus kind in turn; RabbitMQ runs on its own vhost with PostgreSQL if set."""
+    """Each bus kind in turn; RabbitMQ (quorum queues, and classic ones) runs on its
+    own vhost with PostgreSQL if set."""
     async with _bus_under_test(request, tmp_path, request.param) as but:
         yield but
 

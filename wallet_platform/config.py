@@ -38,6 +38,7 @@ class Settings:
 
     database_url: str = field(default_factory=default_database_url)
     amqp_url: str = ""
+    amqp_queue_type: str = "quorum"
     listen: str = "127.0.0.1:50051"
     wallet_service_target: str = "127.0.0.1:50051"
     target: str = "127.0.0.1:50051"
@@ -80,6 +81,11 @@ class Settings:
 OPTIONS: tuple[Option, ...] = (
     Option("database_url", "WALLET_DATABASE_URL", "SQLAlchemy database URL (SQLite or PostgreSQL)"),
     Option("amqp_url", "WALLET_AMQP_URL", "RabbitMQ URL; empty means the in-process bus"),
+    Option(
+        "amqp_queue_type",
+        "WALLET_AMQP_QUEUE_TYPE",
+        "RabbitMQ type of the consumer queues and DLQs: quorum or classic",
+    ),
     Option("listen", "WALLET_LISTEN", "HOST:PORT this server listens on"),
     Option(
         "wallet_service_target",

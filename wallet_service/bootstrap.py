@@ -1,7 +1,7 @@
 """Composition root of WalletService: one component named ``wallet``.
 
 ``wallet-service`` and ``wallet-stack`` both call :func:`build_components`; the
-outbox relay (``wallet_service.relay``, event pipeline) adds its own component.
+outbox relay (``wallet_platform.messaging.outbox.relay``, event pipeline) adds its own component.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import grpc
 
 from wallet_platform.currency_policy import CurrencyPolicy
+from wallet_platform.messaging.outbox.relay import relay_component
 from wallet_platform.runtime import Runtime
 from wallet_platform.server.builder import Component
 from wallet_service.grpc_api import SERVICE_NAME, WalletServicer, add_to_server
-from wallet_service.relay import relay_component
 from wallet_service.service import WalletService
 
 

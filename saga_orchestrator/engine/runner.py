@@ -58,7 +58,7 @@ from saga_orchestrator.repository import LeaseLostError, TransferRepository
 from wallet.v1 import events_pb2
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.failpoints import failpoint
-from wallet_platform.messaging.events import outbox_row
+from wallet_platform.messaging.outbox.rows import outbox_row
 from wallet_platform.observability.logs import log_context
 
 log = logging.getLogger(__name__)

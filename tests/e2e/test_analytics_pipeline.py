@@ -21,8 +21,8 @@ import sqlalchemy as sa
 import analytics_worker.bootstrap
 import fraud_worker.bootstrap
 import wallet_service.bootstrap
-from analytics_worker import repository as analytics_repository
 from analytics_worker.rebuild import compare_with_log, rebuild_wallet_stats
+from analytics_worker.store import AnalyticsStore
 from tests.conftest import requires_postgres, requires_rabbitmq
 from tests.integration.test_analytics_projection import EXPECTED_SQL, STATS_SQL, rows
 from wallet.v1 import (
@@ -91,8 +91,7 @@ async def stack(pipeline_settings: Settings) -> AsyncIterator[RunningServer]:
 
 
 async def unapplied(db: Database, consumer: str) -> int:
-    async with db.read() as conn:
-        return await analytics_repository.count_unapplied_events(conn, consumer)
+    return await AnalyticsStore(db).count_unapplied(consumer)
 
 
 async def caught_up(db: Database, *, within: float = 30.0) -> None:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from analytics_worker.bootstrap import build_components
 from analytics_worker.projection import AnalyticsProjection
 from analytics_worker.rebuild import compare_with_log, count_unapplied, rebuild_wallet_stats
+from analytics_worker.store import CONSUMER_NAME, AnalyticsStore
 from wallet.v1 import analytics_pb2, analytics_pb2_grpc
 from wallet_platform.config import Settings
 from wallet_platform.messaging.bus import Delivery
@@ -98,7 +99,7 @@ async def scripted_history(service: WalletService) -> None:
 
 async def test_projection_equals_log_aggregates_and_survives_rebuild(database: Database) -> None:
     await scripted_history(WalletService(database))
-    runner = ConsumerRunner(database, AnalyticsProjection())
+    runner = ConsumerRunner(AnalyticsProjection(AnalyticsStore(database)))
     for delivery in await outbox_deliveries(database):
         await runner.handle(delivery)
 
@@ -156,14 +157,14 @@ async def test_projection_equals_log_aggregates_and_survives_rebuild(database: D
 async def stats_of(db: Database, wallet_id: str):
     from analytics_worker.service import AnalyticsService
 
-    return await AnalyticsService(db).get_wallet_stats(wallet_id)
+    return await AnalyticsService(AnalyticsStore(db)).get_wallet_stats(wallet_id)
 
 
 async def test_duplicate_delivery_applies_once(database: Database) -> None:
     service = WalletService(database)
     await service.create_wallet("w", "EUR", "c")
     await service.deposit("w", 50, "d")
-    runner = ConsumerRunner(database, AnalyticsProjection())
+    runner = ConsumerRunner(AnalyticsProjection(AnalyticsStore(database)))
     deliveries = await outbox_deliveries(database)
     for delivery in [*deliveries, *deliveries, deliveries[-1]]:
         await runner.handle(delivery)
@@ -173,7 +174,7 @@ async def test_duplicate_delivery_applies_once(database: Database) -> None:
 
 async def test_events_applied_out_of_order_give_the_same_stats(database: Database) -> None:
     await scripted_history(WalletService(database))
-    runner = ConsumerRunner(database, AnalyticsProjection())
+    runner = ConsumerRunner(AnalyticsProjection(AnalyticsStore(database)))
     for delivery in reversed(await outbox_deliveries(database)):
         await runner.handle(delivery)
     assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
@@ -184,7 +185,7 @@ async def test_unapplied_events_are_lag_not_drift(database: Database) -> None:
     """Half the log consumed: no drift, the rest shows as unapplied; a rebuild in the
     middle must not count the unconsumed half twice."""
     await scripted_history(WalletService(database))
-    runner = ConsumerRunner(database, AnalyticsProjection())
+    runner = ConsumerRunner(AnalyticsProjection(AnalyticsStore(database)))
     deliveries = [
         d for d in await outbox_deliveries(database) if d.routing_key != "wallet.transfer_completed"
     ]
@@ -206,7 +207,7 @@ async def test_get_wallet_stats_over_grpc(settings: Settings) -> None:
         service = WalletService(db)
         await service.create_wallet("carol", "USD", "c")
         await service.deposit("carol", 123, "d")
-        runner = ConsumerRunner(db, AnalyticsProjection())
+        runner = ConsumerRunner(AnalyticsProjection(AnalyticsStore(db)))
         for delivery in await outbox_deliveries(db):
             await runner.handle(delivery)
         async with grpc.aio.insecure_channel(running.target) as channel:
@@ -233,43 +234,55 @@ async def test_get_wallet_stats_over_grpc(settings: Settings) -> None:
         await running.stop()
 
 
-async def test_batched_apply_equals_one_by_one(database: Database) -> None:
-    """``apply_many`` (for a batching runner): one transaction, one upsert per wallet."""
-    from wallet_platform.messaging import events
-
+async def whole_history_in_one_unit_of_work(database: Database, *, commit: bool) -> list[str]:
+    """The scripted history's messages through the batch path (inbox rows and one
+    upsert per wallet) in ONE unit of work, committed or not; returns the ids it
+    reported new."""
     await scripted_history(WalletService(database))
     deliveries = await outbox_deliveries(database)
-    items = [(d, events.decode(d.message_type, d.body)) for d in deliveries]
-    async with database.transaction() as conn:
-        await AnalyticsProjection().apply_many(conn, items)
-    expected = await rows(database, EXPECTED_SQL)
-    assert await rows(database, STATS_SQL) == expected
+    store = AnalyticsStore(database)
+    projection = AnalyticsProjection(store)
+    ids = [d.message_id for d in deliveries]
+    work = [projection.translate(d).work for d in deliveries]
+    async with store.unit_of_work() as uow:
+        recorded = await projection.record_and_apply(uow, CONSUMER_NAME, ids, work)
+        if commit:
+            await uow.commit()
+    return sorted(await recorded.new_ids()) if commit else []
+
+
+async def test_one_unit_of_work_for_the_whole_history_equals_the_log(database: Database) -> None:
+    new = await whole_history_in_one_unit_of_work(database, commit=True)
+    assert new == sorted(d.message_id for d in await outbox_deliveries(database))
+    assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
+
+
+async def test_an_uncommitted_unit_of_work_leaves_nothing(database: Database) -> None:
+    """Leaving the block without commit rolls back: no inbox row, no stats."""
+    await whole_history_in_one_unit_of_work(database, commit=False)
+    assert await rows(database, STATS_SQL) == []
+    wallet_events = [
+        d for d in await outbox_deliveries(database) if d.routing_key != "wallet.transfer_completed"
+    ]
+    assert await count_unapplied(database) == len(wallet_events)
 
 
 class CountingProjection(AnalyticsProjection):
-    """Counts which path applied events: one by one (``apply``) or the batch path."""
+    """Records each unit of work's size and how many new wallet events it applied."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.single = 0
-        self.batched = 0
+    def __init__(self, store: AnalyticsStore) -> None:
+        super().__init__(store)
+        self.batches: list[int] = []  # distinct message ids per unit of work
+        self.applied = 0  # wallet events applied (new, with a stats change)
 
-    async def apply(self, conn, delivery, message) -> None:  # type: ignore[no-untyped-def]
-        self.single += 1
-        await super().apply(conn, delivery, message)
-
-    async def apply_prepared(self, conn, work) -> None:  # type: ignore[no-untyped-def]
-        self.batched += len(work)
-        await super().apply_prepared(conn, work)
-
-    async def record_and_apply(self, conn, consumer, message_ids, work):  # type: ignore[no-untyped-def]
-        new = await super().record_and_apply(conn, consumer, message_ids, work)
-        self.batched += sum(
-            1
-            for mid, event in zip(message_ids, work, strict=True)
-            if event is not None and mid in new
+    async def record_and_apply(self, uow, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+        recorded = await super().record_and_apply(uow, consumer, message_ids, work)
+        new = await recorded.new_ids()
+        self.batches.append(len(message_ids))
+        self.applied += sum(
+            1 for mid, delta in zip(message_ids, work, strict=True) if delta and mid in new
         )
-        return new
+        return recorded
 
 
 async def test_a_batch_with_repeats_and_redeliveries_equals_one_by_one(
@@ -280,8 +293,8 @@ async def test_a_batch_with_repeats_and_redeliveries_equals_one_by_one(
     batch (redelivered), each count once; non-wallet messages change nothing."""
     await scripted_history(WalletService(database))
     deliveries = await outbox_deliveries(database)
-    projection = CountingProjection()
-    runner = ConsumerRunner(database, projection)
+    projection = CountingProjection(AnalyticsStore(database))
+    runner = ConsumerRunner(projection)
     # Applied before (each alone): the burst sees their inbox rows and must skip them.
     await runner.handle(deliveries[0])
     await runner.handle(deliveries[3])
@@ -289,9 +302,10 @@ async def test_a_batch_with_repeats_and_redeliveries_equals_one_by_one(
     repeated = [deliveries[5], deliveries[5], deliveries[-1]]
     burst = [*deliveries[1:], *redelivered, *repeated]
     await asyncio.gather(*(runner.handle(d) for d in burst))
-    assert projection.single == 0, "the burst fell back to one-by-one"
+    # One unit of work for the burst, its repeats dropped (no fallback to one by one).
+    assert projection.batches == [1, 1, len({d.message_id for d in burst})]
     wallet_events = sum(1 for d in deliveries if d.routing_key != "wallet.transfer_completed")
-    assert projection.batched == wallet_events  # each wallet event exactly once
+    assert projection.applied == wallet_events  # each wallet event exactly once
     assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
     assert await compare_with_log(database) == []
     assert await count_unapplied(database) == 0
@@ -315,17 +329,18 @@ async def test_a_failing_batch_falls_back_to_one_by_one(database: Database) -> N
     """A batch whose statement fails is applied event by event, with the same result."""
 
     class FailingBatch(CountingProjection):
-        async def apply_prepared(self, conn, work) -> None:  # type: ignore[no-untyped-def]
-            raise RuntimeError("batch statement failed")
-
-        async def record_and_apply(self, conn, consumer, message_ids, work):  # type: ignore[no-untyped-def]
-            raise RuntimeError("batch statement failed")
+        async def record_and_apply(self, uow, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+            if len(message_ids) > 1:
+                raise RuntimeError("batch statement failed")
+            return await super().record_and_apply(uow, consumer, message_ids, work)
 
     await scripted_history(WalletService(database))
     deliveries = await outbox_deliveries(database)
-    projection = FailingBatch()
-    runner = ConsumerRunner(database, projection)
+    projection = FailingBatch(AnalyticsStore(database))
+    runner = ConsumerRunner(projection)
     await asyncio.gather(*(runner.handle(d) for d in [*deliveries, deliveries[2]]))
-    assert projection.single == len(deliveries)  # the repeat was skipped by the inbox
+    assert projection.batches == [1] * (len(deliveries) + 1)  # each alone, the repeat too
+    wallet_events = sum(1 for d in deliveries if d.routing_key != "wallet.transfer_completed")
+    assert projection.applied == wallet_events  # the repeat was skipped by the inbox
     assert await rows(database, STATS_SQL) == await rows(database, EXPECTED_SQL)
     assert await count_unapplied(database) == 0

@@ -13,7 +13,7 @@ import asyncio
 import uuid
 
 from tests.rabbit import BusUnderTest, poll_until, queue_consumers, rabbitmqctl
-from wallet_platform.messaging import events
+from wallet_platform.messaging import topology
 from wallet_platform.messaging.bus import Delivery, OutgoingMessage
 
 
@@ -34,15 +34,15 @@ async def test_lost_consumer_is_registered_again(rabbit_bus_under_test: BusUnder
     async def handler(delivery: Delivery) -> None:
         seen.append(delivery.message_id)
 
-    await bus.consume(events.ANALYTICS_QUEUE, handler)
+    await bus.consume(topology.ANALYTICS_QUEUE, handler)
 
     async def consuming() -> bool:
-        return await consumers_on(vhost, events.ANALYTICS_QUEUE) == 1
+        return await consumers_on(vhost, topology.ANALYTICS_QUEUE) == 1
 
     await poll_until(consuming, "one consumer")
 
     # 1. The consumer disappears while the channel stays open (the robust trap).
-    consumer = bus._consumers[events.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
+    consumer = bus._consumers[topology.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
     old_tag = consumer.tag
     underlay = await consumer.channel.get_underlay_channel()
     await underlay.basic_cancel(old_tag)
@@ -99,19 +99,20 @@ async def test_committed_batches_are_acked_together_around_a_retry(
 
         flaky: set[str] = set()
 
-        async def apply(self, conn, delivery, message) -> None:
-            if delivery.message_id in self.flaky and delivery.attempt == 1:
-                raise RuntimeError("not yet")
-            await super().apply(conn, delivery, message)
+        async def apply(self, uow, deliveries) -> None:
+            for delivery in deliveries:
+                if delivery.message_id in self.flaky and delivery.attempt == 1:
+                    raise RuntimeError("not yet")
+            await super().apply(uow, deliveries)
 
     runtime = Runtime(settings=but.settings, db=but.db)
     runtime.extras["bus"] = but.bus
-    projection = FailsFirstDelivery()
+    projection = FailsFirstDelivery(but.db)
     component = ConsumerComponent(runtime, projection, "test-consumer", max_attempts=3)
     await component.start()
     acks: list[tuple[int, bool]] = []
     try:
-        consumer = but.bus._consumers[events.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
+        consumer = but.bus._consumers[topology.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
         channel = consumer.window.channel
         real_ack = channel.basic_ack
 
@@ -145,4 +146,4 @@ async def test_committed_batches_are_acked_together_around_a_retry(
     assert any(multiple for _, multiple in clean_acks)
     assert len(clean_acks) <= len(clean) / 4, clean_acks
     depths = await asyncio.to_thread(queue_depths, but.vhost)
-    assert depths[events.ANALYTICS_QUEUE] == 0
+    assert depths[topology.ANALYTICS_QUEUE] == 0

@@ -14,7 +14,7 @@ import pytest
 
 from tests.rabbit import BusUnderTest, poll_until
 from wallet_platform.config import Settings
-from wallet_platform.messaging import dlq, events
+from wallet_platform.messaging import dlq, topology
 from wallet_platform.messaging.bus import (
     Delivery,
     OutgoingMessage,
@@ -73,8 +73,8 @@ async def wait_for_dead_letters(settings: Settings, queue: str, count: int) -> l
 async def test_publish_reaches_both_queues(bus_under_test: BusUnderTest) -> None:
     bus = bus_under_test.bus
     analytics, fraud = Recorder(), Recorder()
-    await bus.consume(events.ANALYTICS_QUEUE, analytics)
-    await bus.consume(events.FRAUD_QUEUE, fraud)
+    await bus.consume(topology.ANALYTICS_QUEUE, analytics)
+    await bus.consume(topology.FRAUD_QUEUE, fraud)
     sent = [message() for _ in range(20)]
     await bus.publish(sent)
     want = {m.message_id for m in sent}
@@ -96,17 +96,17 @@ async def test_retry_then_dead_letter_and_flow_continues(bus_under_test: BusUnde
     bus = bus_under_test.bus
     bad, good = message(), message()
     recorder = Recorder(fail={bad.message_id})
-    await bus.consume(events.ANALYTICS_QUEUE, recorder, max_attempts=3)
+    await bus.consume(topology.ANALYTICS_QUEUE, recorder, max_attempts=3)
     await bus.publish([bad, good])
     await recorder.wait_for(lambda r: good.message_id in r.ids())
-    letters = await wait_for_dead_letters(bus_under_test.settings, events.ANALYTICS_QUEUE, 1)
+    letters = await wait_for_dead_letters(bus_under_test.settings, topology.ANALYTICS_QUEUE, 1)
     attempts = [d.attempt for d in recorder.deliveries if d.message_id == bad.message_id]
     assert attempts == [1, 2, 3]
     assert [letter.message_id for letter in letters] == [bad.message_id]
     assert "boom on attempt 3" in letters[0].reason
     assert letters[0].attempts == 3
     # The fraud queue got its own copy and has no dead letters.
-    assert await dlq.list_dead_letters(bus_under_test.settings, events.FRAUD_QUEUE) == []
+    assert await dlq.list_dead_letters(bus_under_test.settings, topology.FRAUD_QUEUE) == []
 
 
 async def test_poison_is_dead_lettered_at_once_then_replayed(
@@ -115,10 +115,10 @@ async def test_poison_is_dead_lettered_at_once_then_replayed(
     bus = bus_under_test.bus
     poison, after = message(body=b"\xff garbage"), message()
     recorder = Recorder(poison={poison.message_id})
-    await bus.consume(events.FRAUD_QUEUE, recorder)
+    await bus.consume(topology.FRAUD_QUEUE, recorder)
     await bus.publish([poison, after])
     await recorder.wait_for(lambda r: after.message_id in r.ids())
-    letters = await wait_for_dead_letters(bus_under_test.settings, events.FRAUD_QUEUE, 1)
+    letters = await wait_for_dead_letters(bus_under_test.settings, topology.FRAUD_QUEUE, 1)
     assert [d.attempt for d in recorder.deliveries if d.message_id == poison.message_id] == [1]
     letter = letters[0]
     assert letter.message_id == poison.message_id
@@ -135,23 +135,23 @@ async def test_poison_is_dead_lettered_at_once_then_replayed(
     await recorder.wait_for(
         lambda r: [d.message_id for d in r.deliveries].count(poison.message_id) == 2
     )
-    assert await dlq.list_dead_letters(bus_under_test.settings, events.FRAUD_QUEUE) == []
+    assert await dlq.list_dead_letters(bus_under_test.settings, topology.FRAUD_QUEUE) == []
 
 
 async def test_purge_dead_letters(bus_under_test: BusUnderTest) -> None:
     bus = bus_under_test.bus
     poisons = [message() for _ in range(3)]
     recorder = Recorder(poison={m.message_id for m in poisons})
-    await bus.consume(events.ANALYTICS_QUEUE, recorder)
+    await bus.consume(topology.ANALYTICS_QUEUE, recorder)
     await bus.publish(poisons)
-    await wait_for_dead_letters(bus_under_test.settings, events.ANALYTICS_QUEUE, 3)
+    await wait_for_dead_letters(bus_under_test.settings, topology.ANALYTICS_QUEUE, 3)
     counts = await dlq.count_dead_letters(bus_under_test.settings)
-    assert counts == {events.ANALYTICS_QUEUE: 3, events.FRAUD_QUEUE: 0}
+    assert counts == {topology.ANALYTICS_QUEUE: 3, topology.FRAUD_QUEUE: 0}
     purged = await dlq.purge_dead_letters(
         bus_under_test.settings, "analytics", [poisons[0].message_id]
     )
     assert purged == 1
-    left = await dlq.list_dead_letters(bus_under_test.settings, events.ANALYTICS_QUEUE)
+    left = await dlq.list_dead_letters(bus_under_test.settings, topology.ANALYTICS_QUEUE)
     assert sorted(letter.message_id for letter in left) == sorted(m.message_id for m in poisons[1:])
     assert await dlq.purge_dead_letters(bus_under_test.settings, "analytics") == 2
-    assert await dlq.list_dead_letters(bus_under_test.settings, events.ANALYTICS_QUEUE) == []
+    assert await dlq.list_dead_letters(bus_under_test.settings, topology.ANALYTICS_QUEUE) == []

@@ -12,32 +12,58 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.rabbit import BusUnderTest, poll_until
 from wallet.v1 import wallet_pb2
+from wallet_events import messages
 from wallet_platform import failpoints
-from wallet_platform.messaging import dlq, events
+from wallet_platform.messaging import dlq, topology
 from wallet_platform.messaging.bus import Delivery, OutgoingMessage, PoisonMessageError
-from wallet_platform.messaging.consumer import ConsumerComponent, ConsumerRunner
+from wallet_platform.messaging.consumer import (
+    ConsumerComponent,
+    ConsumerRunner,
+    CoreInboxUnitOfWork,
+    PipelineInboxUnitOfWork,
+    Recorded,
+    Translated,
+    record_then_apply,
+)
 from wallet_platform.runtime import Runtime
+from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import inbox
 
 
 class RecordingProjection:
-    """Applies nothing but remembers what it was asked to apply (and can fail)."""
+    """Changes nothing but its inbox rows; remembers which deliveries it applied (in
+    the unit of work, so also ones rolled back) and can fail chosen ones."""
 
-    def __init__(self, queue: str = events.ANALYTICS_QUEUE, name: str = "test") -> None:
+    def __init__(
+        self, db: Database, queue: str = topology.ANALYTICS_QUEUE, name: str = "test"
+    ) -> None:
+        self.db = db
         self.queue = queue
         self.consumer_name = name
         self.applied: list[str] = []
         self.failing: set[str] = set()
 
-    async def apply(self, conn: AsyncConnection, delivery: Delivery, message) -> None:
-        assert isinstance(message, events.KIND_BY_NAME["funds_deposited"].message)
-        if delivery.message_id in self.failing:
-            raise RuntimeError("projection cannot apply this yet")
-        self.applied.append(delivery.message_id)
+    def translate(self, delivery: Delivery) -> Translated[Delivery]:
+        message = messages.decode_delivery(delivery)
+        assert isinstance(message, messages.KIND_BY_NAME["funds_deposited"].message)
+        return Translated(delivery, messages.trace_ids(message))
+
+    def unit_of_work(self) -> CoreInboxUnitOfWork | PipelineInboxUnitOfWork:
+        if self.db.is_postgres:
+            return PipelineInboxUnitOfWork(self.db)
+        return CoreInboxUnitOfWork(self.db)
+
+    async def record_and_apply(self, uow, consumer, message_ids, work) -> Recorded:
+        return await record_then_apply(uow, consumer, message_ids, work, self.apply)
+
+    async def apply(self, uow, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            if delivery.message_id in self.failing:
+                raise RuntimeError("projection cannot apply this yet")
+            self.applied.append(delivery.message_id)
 
 
 def deposit(wallet_id: str = "w1", amount: int = 5) -> OutgoingMessage:
@@ -51,7 +77,7 @@ def deposit(wallet_id: str = "w1", amount: int = 5) -> OutgoingMessage:
         request_id=uuid.uuid4().hex,
     )
     event.occurred_at.FromDatetime(datetime.now(UTC))
-    row = events.wallet_event_outbox_row(event, datetime.now(UTC))
+    row = messages.wallet_event_outbox_row(event, datetime.now(UTC))
     return OutgoingMessage(
         row["message_id"], row["routing_key"], row["message_type"], row["payload"]
     )
@@ -72,7 +98,7 @@ async def started(bus_under_test: BusUnderTest):
     """A consumer component on the bus under test, with a recording projection."""
     runtime = Runtime(settings=bus_under_test.settings, db=bus_under_test.db)
     runtime.extras["bus"] = bus_under_test.bus
-    projection = RecordingProjection()
+    projection = RecordingProjection(bus_under_test.db)
     component = ConsumerComponent(runtime, projection, "test-consumer", max_attempts=3)
     await component.start()
     try:
@@ -129,10 +155,10 @@ async def test_failing_projection_retries_then_dead_letters_then_replays(started
     await but.bus.publish([stuck, fine])
 
     async def dead() -> bool:
-        return len(await dlq.list_dead_letters(but.settings, events.ANALYTICS_QUEUE)) == 1
+        return len(await dlq.list_dead_letters(but.settings, topology.ANALYTICS_QUEUE)) == 1
 
     await eventually(dead, "the failing event dead-lettered")
-    [letter] = await dlq.list_dead_letters(but.settings, events.ANALYTICS_QUEUE)
+    [letter] = await dlq.list_dead_letters(but.settings, topology.ANALYTICS_QUEUE)
     assert letter.message_id == stuck.message_id
     assert "projection cannot apply this yet" in letter.reason
     assert "after 3 attempts" in letter.reason
@@ -179,7 +205,7 @@ async def test_a_delivery_without_message_id_is_poison(database) -> None:
     (aio-pika invents an id for a message published without one, so this can only
     reach the runner from other publishers: checked on the runner directly.)
     """
-    runner = ConsumerRunner(database, RecordingProjection())
+    runner = ConsumerRunner(RecordingProjection(database))
     message = deposit()
     with pytest.raises(PoisonMessageError, match="no message_id"):
         await runner.handle(Delivery("", message.routing_key, message.message_type, b"", 1))
@@ -192,7 +218,7 @@ async def test_projection_logs_carry_the_events_audit_and_transfer_ids(database)
     seen: list[tuple[str | None, str | None]] = []
 
     class ContextRecordingProjection(RecordingProjection):
-        async def apply(self, conn: AsyncConnection, delivery: Delivery, message) -> None:
+        async def apply(self, uow, deliveries: list[Delivery]) -> None:
             seen.append((audit_id_var.get(), transfer_id_var.get()))
 
     event = wallet_pb2.WalletEvent(
@@ -206,8 +232,8 @@ async def test_projection_logs_carry_the_events_audit_and_transfer_ids(database)
         audit_id="audit-123",
         transfer_id="tr-9",
     )
-    row = events.wallet_event_outbox_row(event, datetime.now(UTC))
-    runner = ConsumerRunner(database, ContextRecordingProjection())
+    row = messages.wallet_event_outbox_row(event, datetime.now(UTC))
+    runner = ConsumerRunner(ContextRecordingProjection(database))
     await runner.handle(
         Delivery(row["message_id"], row["routing_key"], row["message_type"], row["payload"], 1)
     )

@@ -19,9 +19,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from fraud_worker.bootstrap import build_components
 from fraud_worker.projection import FraudProjection
 from fraud_worker.rules import FraudRules
+from fraud_worker.store import FraudStore
 from wallet.v1 import events_pb2, fraud_pb2, fraud_pb2_grpc, wallet_pb2
+from wallet_events import messages
 from wallet_platform.config import Settings
-from wallet_platform.messaging import events
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.consumer import ConsumerRunner
 from wallet_platform.server.process import start_server
@@ -60,7 +61,7 @@ def withdrawal(wallet_id: str, seconds: float, amount: int = 10) -> Delivery:
         currency="USD",
     )
     message = events_pb2.FundsWithdrawn(event=event)
-    kind = events.KIND_BY_NAME["funds_withdrawn"]
+    kind = messages.KIND_BY_NAME["funds_withdrawn"]
     return Delivery(
         event.event_id, kind.routing_key, kind.message_type, message.SerializeToString(), 1
     )
@@ -78,9 +79,22 @@ async def alerts(db: Database, wallet_id: str | None = None) -> list[tuple[str, 
         return [(rule, json.loads(ids)) for rule, ids in await conn.execute(query)]
 
 
+def projection(db: Database) -> FraudProjection:
+    return FraudProjection(FraudStore(db), RULES, FixedClock())
+
+
+async def judge_alone(db: Database, deliveries: list[Delivery]) -> None:
+    """Judge withdrawals in one unit of work without the inbox (as a replayed copy)."""
+    again = projection(db)
+    work = [w for w in (again.translate(d).work for d in deliveries) if w is not None]
+    async with again.unit_of_work() as uow:
+        await again.apply(uow, work)
+        await uow.commit()
+
+
 @pytest.fixture
 def runner(database: Database) -> ConsumerRunner:
-    return ConsumerRunner(database, FraudProjection(RULES, FixedClock()))
+    return ConsumerRunner(projection(database))
 
 
 async def feed(runner: ConsumerRunner, deliveries: list[Delivery]) -> None:
@@ -140,11 +154,7 @@ async def test_duplicate_delivery_raises_no_second_alert(
     burst = [withdrawal("w", s, amount=5_000) for s in (0, 1, 2)]
     await feed(runner, [*burst, *burst])
     # Judged again without the inbox's help (a replayed copy): still nothing new.
-    async with database.transaction() as conn:
-        again = FraudProjection(RULES, FixedClock())
-        for delivery in burst:
-            message = events.decode(delivery.message_type, delivery.body)
-            await again.apply(conn, delivery, message)
+    await judge_alone(database, burst)
     got = await alerts(database)
     assert sorted(rule for rule, _ in got) == ["LARGE_WITHDRAWAL"] * 3 + ["RAPID_WITHDRAWALS"]
     async with database.read() as conn:
@@ -157,7 +167,7 @@ async def test_duplicate_delivery_raises_no_second_alert(
         ).all()
         ids = {row.alert_id for row in await conn.execute(sa.select(fraud_alerts.c.alert_id))}
     assert {row.message_id for row in published} == ids
-    decoded = events.decode("wallet.v1.FraudAlertRaised", bytes(published[0].payload))
+    decoded = messages.decode("wallet.v1.FraudAlertRaised", bytes(published[0].payload))
     assert decoded.alert.alert_id in ids and decoded.alert.wallet_id == "w"
 
 
@@ -191,7 +201,8 @@ async def test_real_withdrawals_and_list_over_grpc(settings: Settings) -> None:
             await service.withdraw("quick", 10, f"wq{n}")
         await service.withdraw("big", 1_000, "wb")
         await service.withdraw("big", 999, "wb2")
-        runner = ConsumerRunner(db, FraudProjection(FraudRules.from_settings(settings)))
+        rules = FraudRules.from_settings(settings)
+        runner = ConsumerRunner(FraudProjection(FraudStore(db), rules))
         async with db.read() as conn:
             rows = (await conn.execute(sa.select(outbox).order_by(outbox.c.id))).all()
         await feed(
@@ -235,11 +246,9 @@ async def test_real_withdrawals_and_list_over_grpc(settings: Settings) -> None:
 
 
 async def test_batched_apply_judges_in_order(database: Database) -> None:
-    """``apply_many`` (for a batching runner) gives the same verdicts as one by one."""
+    """Several withdrawals in one unit of work give the same verdicts as one by one."""
     burst = [withdrawal("w", s) for s in (0, 1, 2, 3)]
-    items = [(d, events.decode(d.message_type, d.body)) for d in burst]
-    async with database.transaction() as conn:
-        await FraudProjection(RULES, FixedClock()).apply_many(conn, items)
+    await judge_alone(database, burst)
     assert await alerts(database) == [("RAPID_WITHDRAWALS", [d.message_id for d in burst[:3]])]
 
 
@@ -248,8 +257,8 @@ async def test_concurrent_workers_raise_one_alert_per_burst(database: Database) 
     wallet's burst at the same time; the per-wallet database lock keeps it to one alert."""
     import asyncio
 
-    first = ConsumerRunner(database, FraudProjection(RULES, FixedClock()))
-    second = ConsumerRunner(database, FraudProjection(RULES, FixedClock()))
+    first = ConsumerRunner(projection(database))
+    second = ConsumerRunner(projection(database))
     burst = [withdrawal("w", s) for s in range(8)]
     await asyncio.gather(
         *(runner.handle(d) for runner, d in zip([first, second] * 4, burst, strict=True))
@@ -301,7 +310,7 @@ def deposit_delivery(wallet_id: str) -> Delivery:
         currency="USD",
     )
     event.occurred_at.FromDatetime(T0)
-    kind = events.KIND_BY_NAME["funds_deposited"]
+    kind = messages.KIND_BY_NAME["funds_deposited"]
     body = events_pb2.FundsDeposited(event=event).SerializeToString()
     return Delivery(event.event_id, kind.routing_key, kind.message_type, body, 1)
 
@@ -317,13 +326,13 @@ async def test_a_batch_judges_like_one_by_one(database: Database) -> None:
     from fraud_worker.rules import replay
 
     class Counting(FraudProjection):
-        single = 0
+        batches: list[int] = []
 
-        async def apply(self, conn, delivery, message) -> None:  # type: ignore[no-untyped-def]
-            Counting.single += 1
-            await super().apply(conn, delivery, message)
+        async def record_and_apply(self, uow, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+            Counting.batches.append(len(message_ids))
+            return await super().record_and_apply(uow, consumer, message_ids, work)
 
-    runner = ConsumerRunner(database, Counting(RULES, FixedClock()))
+    runner = ConsumerRunner(Counting(FraudStore(database), RULES, FixedClock()))
     early = withdrawal("a", 0)
     await runner.handle(early)  # applied before the batch, redelivered inside it
     a_rest = [withdrawal("a", s) for s in (30, 1, 50)]
@@ -345,11 +354,12 @@ async def test_a_batch_judges_like_one_by_one(database: Database) -> None:
         b_all[4],
     ]
     await asyncio.gather(*(runner.handle(d) for d in burst))
-    assert Counting.single == 0, "the burst fell back to one-by-one"
+    # One unit of work for the burst, its repeats dropped (no fallback to one by one).
+    assert Counting.batches == [1, len({d.message_id for d in burst})]
 
     arrivals = []
     for delivery in [early, *burst]:
-        found = withdrawal_of(events.decode(delivery.message_type, delivery.body))
+        found = withdrawal_of(delivery).work
         if found is not None:
             arrivals.append(found)
     expected = sorted(  # replay's bursts are not per wallet: one wallet at a time

@@ -24,7 +24,7 @@ from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.channels import make_channel
 from wallet_platform.clock import utcnow
 from wallet_platform.config import Settings
-from wallet_platform.messaging import events as event_names
+from wallet_platform.messaging import topology
 from wallet_platform.observability.metrics import METRIC_NAMES, MetricsHttpServer, StateCollector
 from wallet_platform.server.plumbing import METRICS_HTTP
 from wallet_platform.server.process import start_server
@@ -152,7 +152,7 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
             # One fraud message becomes a dead letter (the embedded bus keeps it in place).
             first = (
                 await conn.execute(
-                    select(func.min(BUS.c.id)).where(BUS.c.queue == event_names.FRAUD_QUEUE)
+                    select(func.min(BUS.c.id)).where(BUS.c.queue == topology.FRAUD_QUEUE)
                 )
             ).scalar()
             if first is not None:
@@ -167,7 +167,7 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
                 fraud[state] = (
                     await conn.execute(
                         select(func.count()).where(
-                            BUS.c.queue == event_names.FRAUD_QUEUE, BUS.c.state == state
+                            BUS.c.queue == topology.FRAUD_QUEUE, BUS.c.state == state
                         )
                     )
                 ).scalar()
@@ -189,11 +189,9 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
     assert sample("wallet_consumer_unapplied_events", consumer="fraud") == 3
     assert sample("wallet_consumer_oldest_unapplied_age_seconds", consumer="fraud") >= 0
     # The embedded bus (no AMQP URL): depths from its table.
-    queued = sample(
-        "wallet_consumer_queue_messages", consumer="fraud", queue=event_names.FRAUD_QUEUE
-    )
+    queued = sample("wallet_consumer_queue_messages", consumer="fraud", queue=topology.FRAUD_QUEUE)
     assert queued == fraud["ready"]
-    assert sample("wallet_dlq_messages", queue=event_names.FRAUD_DLQ) == fraud["dead"]
+    assert sample("wallet_dlq_messages", queue=topology.FRAUD_DLQ) == fraud["dead"]
 
 
 @pytest.mark.rabbitmq
@@ -201,8 +199,8 @@ async def test_queue_depths_from_rabbitmq(amqp_url: str, tmp_path):
     connection = await aio_pika.connect_robust(amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(event_names.ANALYTICS_QUEUE, durable=True)
-        dlq = await channel.declare_queue(event_names.ANALYTICS_DLQ, durable=True)
+        queue = await channel.declare_queue(topology.ANALYTICS_QUEUE, durable=True)
+        dlq = await channel.declare_queue(topology.ANALYTICS_DLQ, durable=True)
         for _ in range(3):
             await channel.default_exchange.publish(aio_pika.Message(b"x"), queue.name)
         await channel.default_exchange.publish(aio_pika.Message(b"y"), dlq.name)
@@ -219,13 +217,13 @@ async def test_queue_depths_from_rabbitmq(amqp_url: str, tmp_path):
                 ready = sample(
                     "wallet_consumer_queue_messages",
                     consumer="analytics",
-                    queue=event_names.ANALYTICS_QUEUE,
+                    queue=topology.ANALYTICS_QUEUE,
                 )
                 if ready == 3:
                     break
                 await asyncio.sleep(0.1)
             assert ready == 3
-            assert sample("wallet_dlq_messages", queue=event_names.ANALYTICS_DLQ) == 1
+            assert sample("wallet_dlq_messages", queue=topology.ANALYTICS_DLQ) == 1
         finally:
             await collector.stop()
             await db.dispose()

@@ -34,12 +34,20 @@ from tests.rabbit import (
     requires_postgres,
     requires_rabbitmq,
 )
+from wallet.v1 import events_pb2, wallet_pb2_grpc
 from wallet.v1 import wallet_pb2 as pb
-from wallet.v1 import wallet_pb2_grpc
 from wallet_platform.clock import utcnow
-from wallet_platform.messaging import events
+from wallet_platform.messaging import topology
 from wallet_platform.messaging.bus import Delivery, EventBus, PublishError
-from wallet_platform.messaging.consumer import ConsumerComponent
+from wallet_platform.messaging.consumer import (
+    ConsumerComponent,
+    CoreInboxUnitOfWork,
+    PipelineInboxUnitOfWork,
+    Recorded,
+    Translated,
+)
+from wallet_platform.messaging.outbox.relay import relay_batch
+from wallet_platform.messaging.outbox.rows import outbox_row
 from wallet_platform.messaging.rabbit import RabbitBus
 from wallet_platform.runtime import Runtime
 from wallet_platform.server.builder import Component
@@ -47,7 +55,6 @@ from wallet_platform.server.process import start_server
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import inbox, outbox, wallet_events
 from wallet_service import bootstrap as wallet_bootstrap
-from wallet_service.relay import relay_batch
 from wallet_service.service import WalletService
 
 VENV_BIN = Path(sys.executable).parent
@@ -76,7 +83,7 @@ class Collector:
 
 
 def events_queues() -> list[str]:
-    return [events.ANALYTICS_QUEUE, events.FRAUD_QUEUE]
+    return [topology.ANALYTICS_QUEUE, topology.FRAUD_QUEUE]
 
 
 async def event_ids(db: Database) -> set[str]:
@@ -145,8 +152,8 @@ async def test_late_commit_is_not_skipped(pg_bus_under_test: BusUnderTest) -> No
     await collector.start(bus)
 
     def row(message_id: str) -> dict:
-        message = events.events_pb2.TransferCompleted()
-        return events.outbox_row(message_id, "wallet.transfer_completed", message, utcnow())
+        message = events_pb2.TransferCompleted()
+        return outbox_row(message_id, "wallet.transfer_completed", message, utcnow())
 
     late_id, early_id = f"late-{rid()}", f"early-{rid()}"
     async with db.transaction() as late:
@@ -167,6 +174,7 @@ def service_env(settings, **extra: str) -> dict[str, str]:
     env.update(
         WALLET_DATABASE_URL=settings.database_url,
         WALLET_AMQP_URL=settings.amqp_url,
+        WALLET_AMQP_QUEUE_TYPE=settings.amqp_queue_type,
         WALLET_LISTEN="127.0.0.1:0",
         WALLET_LOG_FORMAT="console",
         WALLET_LOG_LEVEL="WARNING",
@@ -229,18 +237,27 @@ async def test_relay_killed_after_publish_republishes_on_restart(
 class InboxOnly:
     """A projection with no tables of its own: the inbox row is the evidence."""
 
-    def __init__(self, queue: str, name: str) -> None:
-        self.queue, self.consumer_name = queue, name
+    def __init__(self, db: Database, queue: str, name: str) -> None:
+        self.db, self.queue, self.consumer_name = db, queue, name
 
-    async def apply(self, conn, delivery: Delivery, message) -> None:
-        return None
+    def translate(self, delivery: Delivery) -> Translated[None]:
+        return Translated(None)
+
+    def unit_of_work(self) -> CoreInboxUnitOfWork | PipelineInboxUnitOfWork:
+        if self.db.is_postgres:
+            return PipelineInboxUnitOfWork(self.db)
+        return CoreInboxUnitOfWork(self.db)
+
+    async def record_and_apply(self, uow, consumer, message_ids, work) -> Recorded:
+        return await uow.record_inbox(consumer, message_ids)
 
 
 def stack_with_consumers(runtime: Runtime) -> Sequence[Component]:
+    db = runtime.db
     return [
         *wallet_bootstrap.build_components(runtime),
-        ConsumerComponent(runtime, InboxOnly(events.ANALYTICS_QUEUE, "outage-a"), "outage-a"),
-        ConsumerComponent(runtime, InboxOnly(events.FRAUD_QUEUE, "outage-f"), "outage-f"),
+        ConsumerComponent(runtime, InboxOnly(db, topology.ANALYTICS_QUEUE, "outage-a"), "outage-a"),
+        ConsumerComponent(runtime, InboxOnly(db, topology.FRAUD_QUEUE, "outage-f"), "outage-f"),
     ]
 
 
@@ -362,7 +379,7 @@ async def test_commits_during_a_round_interval_share_the_next_round(
     """Under load the relay starts at most one round per MIN_ROUND_SECONDS: commits
     that wake it meanwhile are published together in the next round, not one each.
     (A long interval here so that the burst surely fits in it.)"""
-    from wallet_service import relay as relay_module
+    from wallet_platform.messaging.outbox import relay as relay_module
 
     monkeypatch.setattr(relay_module, "MIN_ROUND_SECONDS", 2.0)
     service = WalletService(database)

@@ -20,13 +20,13 @@ import pytest
 from tests.conftest import requires_postgres, requires_rabbitmq
 from tests.integration.test_walletctl_ops import sql
 from tests.integration.walletctl_harness import walletctl
-from wallet_platform.messaging import events
+from wallet_platform.messaging import topology
 from wallet_platform.messaging.rabbit import amqp_message, declare_topology
 from wallet_platform.server.security import token_fingerprint
 from walletctl import exitcodes
 from walletctl.action_audit import IN_PROGRESS, ActionAudit, Operator
 
-ANALYTICS = events.ANALYTICS_QUEUE
+ANALYTICS = topology.ANALYTICS_QUEUE
 OPERATOR = f"os={getpass.getuser()}@{socket.gethostname()}"
 CLOSED_PG = "postgresql+psycopg://root@127.0.0.1:1/none"
 
@@ -55,7 +55,7 @@ async def audit_records(database_url: str, *filters: str) -> list[dict]:
 
 async def test_replay_and_purge_are_audited_on_the_in_process_bus(database_url: str) -> None:
     await plant_rows(database_url, ANALYTICS, "a-1", "a-2", "a-3")
-    await plant_rows(database_url, events.FRAUD_QUEUE, "f-1")
+    await plant_rows(database_url, topology.FRAUD_QUEUE, "f-1")
 
     replayed = await walletctl(
         "dlq", "replay", "analytics", "a-1", "a-9", "--json", database_url=database_url
@@ -158,8 +158,8 @@ async def test_replay_and_purge_are_audited_on_rabbitmq(
 ) -> None:
     database_url = pg_database_url_fresh
     env = {"WALLET_AMQP_URL": amqp_url}
-    await plant_messages(amqp_url, events.ANALYTICS_DLQ, "r-1", "r-2")
-    await plant_messages(amqp_url, events.FRAUD_DLQ, "g-1", "g-2", "g-3")
+    await plant_messages(amqp_url, topology.ANALYTICS_DLQ, "r-1", "r-2")
+    await plant_messages(amqp_url, topology.FRAUD_DLQ, "g-1", "g-2", "g-3")
 
     # The audit database is down: nothing happens on the broker.
     refused = await walletctl("dlq", "replay", "analytics", "r-1", database_url=CLOSED_PG, env=env)
@@ -191,7 +191,8 @@ async def test_replay_and_purge_are_audited_on_rabbitmq(
         ("walletctl/DlqPurge", "UNAVAILABLE"),
     ]
     purge, replay, failed = records
-    assert purge["request"]["bus"] == "rabbitmq" and purge["request"]["queue"] == events.FRAUD_QUEUE
+    assert purge["request"]["bus"] == "rabbitmq"
+    assert purge["request"]["queue"] == topology.FRAUD_QUEUE
     assert sorted(purge["request"]["outcome"]["purged"]["ids"]) == ["g-1", "g-2", "g-3"]
     assert replay["request"]["outcome"]["replayed"]["ids"] == ["r-1"]
     assert failed["request"]["outcome"]["purged"]["count"] == 0

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import requires_rabbitmq
 from tests.integration.walletctl_harness import Ctl, Result, running_stack
-from wallet_platform.messaging import events
+from wallet_platform.messaging import topology
 from wallet_platform.messaging.rabbit import amqp_message
 from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
@@ -67,25 +67,25 @@ async def test_dlq_commands_on_rabbitmq(tmp_path, amqp_url: str) -> None:
         connection = await aio_pika.connect(amqp_url)
         try:
             channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(events.EXCHANGE)
+            exchange = await channel.get_exchange(topology.EXCHANGE)
             await exchange.publish(
                 amqp_message("garbage-1", deposit["message_type"], b"\xff\x00 not protobuf"),
                 routing_key="wallet.funds_deposited",
             )
             await channel.default_exchange.publish(
                 amqp_message(deposit["message_id"], deposit["message_type"], deposit["payload"]),
-                routing_key=events.ANALYTICS_DLQ,
+                routing_key=topology.ANALYTICS_DLQ,
             )
         finally:
             await connection.close()
 
         listed = await eventually(
             lambda: ctl("dlq", "list", "--json", env=env),
-            lambda r: r.code == 0 and r.json["counts"] == {events.ANALYTICS_QUEUE: 2,
-                                                          events.FRAUD_QUEUE: 1},
+            lambda r: r.code == 0 and r.json["counts"] == {topology.ANALYTICS_QUEUE: 2,
+                                                          topology.FRAUD_QUEUE: 1},
         )  # fmt: skip
         assert listed.json["bus"] == "rabbitmq", listed
-        assert listed.json["counts"] == {events.ANALYTICS_QUEUE: 2, events.FRAUD_QUEUE: 1}
+        assert listed.json["counts"] == {topology.ANALYTICS_QUEUE: 2, topology.FRAUD_QUEUE: 1}
         again = await ctl("dlq", "list", "analytics", "--json", env=env)  # looking removes nothing
         assert {d["message_id"] for d in again.json["dead_letters"]} == {
             "garbage-1",

@@ -7,11 +7,11 @@ dead-lettered; those stay unacked while settled tags above them are acked singly
 
 from __future__ import annotations
 
-from wallet_platform.messaging.rabbit import _AckWindow
+from wallet_platform.messaging.rabbit import AckWindow
 
 
-def window(*tags: int) -> _AckWindow:
-    result = _AckWindow(channel=None)  # type: ignore[arg-type]
+def window(*tags: int) -> AckWindow:
+    result = AckWindow(channel=None)  # type: ignore[arg-type]
     for tag in tags:
         result.delivered(tag)
     return result

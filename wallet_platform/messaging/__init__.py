@@ -1,2 +1,4 @@
-"""Events between services: the bus interface, its RabbitMQ and in-process
-implementations, the exactly-once consumer runner and dead-letter administration."""
+"""Messages between services, none of their meaning: the bus interface (``bus``), the
+broker layout (``topology``), the RabbitMQ and in-process buses (``rabbit``,
+``inprocess``), the transactional outbox and its relay (``outbox``), the exactly-once
+consumer runner and its inbox (``consumer``) and dead-letter administration (``dlq``)."""

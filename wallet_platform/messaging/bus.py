@@ -4,7 +4,8 @@ Two implementations keep the same semantics, so the domain code never knows whic
 one runs:
 
 - :class:`~wallet_platform.messaging.rabbit.RabbitBus` (``WALLET_AMQP_URL`` set): RabbitMQ with
-  publisher confirms and ``mandatory`` publishes, the topology of CONTRACT.md.
+  publisher confirms and ``mandatory`` publishes, the layout of
+  :mod:`wallet_platform.messaging.topology`.
 - :class:`~wallet_platform.messaging.inprocess.InProcessBus` (``WALLET_AMQP_URL`` empty, the
   ``make run`` default): queues kept in the platform's own database (table
   ``bus_messages``), so a crash loses nothing and ``walletctl dlq`` can see dead letters
@@ -21,21 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from wallet_platform.messaging import events
-
-if TYPE_CHECKING:
-    pass
-
-# Topology (CONTRACT.md): each consumer queue is bound with BINDING_KEY and dead-letters
-# through the DLX with its own routing key (= its DLQ's name) into its DLQ.
-BINDING_KEY = "wallet.#"
-QUEUES: dict[str, str] = {
-    events.ANALYTICS_QUEUE: events.ANALYTICS_DLQ,
-    events.FRAUD_QUEUE: events.FRAUD_DLQ,
-}
-DLQ_TO_QUEUE: dict[str, str] = {dlq: queue for queue, dlq in QUEUES.items()}
+from wallet_platform.messaging.topology import BINDING_KEY, DLQ_TO_QUEUE, QUEUES
 
 # Message headers we set (AMQP headers on RabbitMQ, columns in the in-process bus).
 HEADER_ATTEMPT = "x-wallet-attempt"  # delivery attempt of the copy being published

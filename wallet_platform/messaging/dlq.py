@@ -26,7 +26,6 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from sqlalchemy import delete, func, select, update
 
 from wallet_platform.clock import ensure_utc
 from wallet_platform.config import Settings
@@ -39,9 +38,8 @@ from wallet_platform.messaging.bus import (
     QUEUES,
     resolve_queue,
 )
-from wallet_platform.messaging.inprocess import now_ms
+from wallet_platform.messaging.inprocess import store as bus_store
 from wallet_platform.storage.database import Database
-from wallet_platform.storage.schema import bus_messages as bm
 
 DEFAULT_LIMIT = 100
 MAX_SCAN = 100_000  # messages one RabbitMQ operation looks at, at most
@@ -75,7 +73,7 @@ async def list_dead_letters(
     """Dead letters of ``queue`` (or of every queue), oldest first, at most ``limit``."""
     if settings.amqp_url:
         letters: list[DeadLetter] = []
-        async with _rabbit_channel(settings.amqp_url) as channel:
+        async with _rabbit_channel(settings) as channel:
             for name in _queues(queue):
                 letters.extend(await _rabbit_scan(channel, name, limit=limit))
         return letters[:limit] if queue is None else letters
@@ -85,7 +83,7 @@ async def list_dead_letters(
 async def show_dead_letter(settings: Settings, queue: str, message_id: str) -> DeadLetter | None:
     """The dead letter ``message_id`` in ``queue``'s DLQ, or None."""
     if settings.amqp_url:
-        async with _rabbit_channel(settings.amqp_url) as channel:
+        async with _rabbit_channel(settings) as channel:
             for letter in await _rabbit_scan(channel, resolve_queue(queue), limit=MAX_SCAN):
                 if letter.message_id == message_id:
                     return letter
@@ -112,7 +110,7 @@ async def replay_dead_letters(
     wanted = set(message_ids) if message_ids is not None else None
     taken = moved if moved is not None else []
     if settings.amqp_url:
-        await _rabbit_take(settings.amqp_url, name, wanted, taken, replay=True)
+        await _rabbit_take(settings, name, wanted, taken, replay=True)
     else:
         await _db_take(settings, name, wanted, taken, replay=True)
     return len(taken)
@@ -133,7 +131,7 @@ async def purge_dead_letters(
     wanted = set(message_ids) if message_ids is not None else None
     taken = moved if moved is not None else []
     if settings.amqp_url:
-        await _rabbit_take(settings.amqp_url, name, wanted, taken, replay=False)
+        await _rabbit_take(settings, name, wanted, taken, replay=False)
     else:
         await _db_take(settings, name, wanted, taken, replay=False)
     return len(taken)
@@ -143,16 +141,13 @@ async def count_dead_letters(settings: Settings) -> dict[str, int]:
     """Dead letters per consumer queue (for dashboards and ``walletctl dlq list``)."""
     if settings.amqp_url:
         counts: dict[str, int] = {}
-        async with _rabbit_channel(settings.amqp_url) as channel:
+        async with _rabbit_channel(settings) as channel:
             for name, dlq_name in QUEUES.items():
                 declared = await channel.declare_queue(dlq_name, passive=True)
                 counts[name] = int(declared.declaration_result.message_count or 0)
         return counts
     async with _database(settings) as db, db.read() as conn:
-        rows = await conn.execute(
-            select(bm.c.queue, func.count()).where(bm.c.state == "dead").group_by(bm.c.queue)
-        )
-        found = {row[0]: int(row[1]) for row in rows}
+        found = await bus_store.count_dead(conn)
     return {name: found.get(name, 0) for name in QUEUES}
 
 
@@ -175,16 +170,8 @@ async def _db_list(
     limit: int,
     message_ids: Sequence[str] | None = None,
 ) -> list[DeadLetter]:
-    statement = (
-        select(bm)
-        .where(bm.c.state == "dead", bm.c.queue.in_(queues))
-        .order_by(bm.c.id)
-        .limit(limit)
-    )
-    if message_ids is not None:
-        statement = statement.where(bm.c.message_id.in_(list(message_ids)))
     async with _database(settings) as db, db.read() as conn:
-        rows = (await conn.execute(statement)).all()
+        rows = await bus_store.dead_rows(conn, queues, limit=limit, message_ids=message_ids)
     return [
         DeadLetter(
             queue=row.queue,
@@ -201,37 +188,14 @@ async def _db_list(
     ]
 
 
-def _db_filter(queue: str, wanted: set[str] | None) -> list[Any]:
-    conditions = [bm.c.state == "dead", bm.c.queue == queue]
-    if wanted is not None:
-        conditions.append(bm.c.message_id.in_(sorted(wanted)))
-    return conditions
-
-
 async def _db_take(
     settings: Settings, queue: str, wanted: set[str] | None, taken: list[str], *, replay: bool
 ) -> None:
     """Make matching dead rows ready again (replay) or delete them, in one transaction;
     their ids go into ``taken`` once it committed."""
-    if replay:
-        statement: Any = (
-            update(bm)
-            .where(*_db_filter(queue, wanted))
-            .values(
-                state="ready",
-                attempt=0,
-                available_at_ms=now_ms(),
-                locked_until_ms=None,
-                last_error=None,
-                dead_at=None,
-            )
-        )
-    else:
-        statement = delete(bm).where(*_db_filter(queue, wanted))
     async with _database(settings) as db:
         async with db.transaction() as conn:
-            result = await conn.execute(statement.returning(bm.c.message_id))
-            ids = [str(message_id) for message_id in result.scalars()]
+            ids = await bus_store.take_dead(conn, queue, wanted, replay=replay)
         taken.extend(ids)
 
 
@@ -239,14 +203,14 @@ async def _db_take(
 
 
 @contextlib.asynccontextmanager
-async def _rabbit_channel(url: str) -> AsyncIterator[AbstractChannel]:
+async def _rabbit_channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
     """A short-lived confirm channel with the topology declared (idempotent)."""
     from wallet_platform.messaging.rabbit import declare_topology
 
-    connection = await aio_pika.connect(url, timeout=10)
+    connection = await aio_pika.connect(settings.amqp_url, timeout=10)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare_topology(channel)
+        await declare_topology(channel, settings.amqp_queue_type)
         yield channel
     finally:
         await connection.close()
@@ -314,12 +278,12 @@ async def _rabbit_scan(channel: AbstractChannel, queue: str, *, limit: int) -> l
 
 
 async def _rabbit_take(
-    url: str, queue: str, wanted: set[str] | None, taken: list[str], *, replay: bool
+    settings: Settings, queue: str, wanted: set[str] | None, taken: list[str], *, replay: bool
 ) -> None:
     """Remove matching dead letters, first republishing them to ``queue`` if ``replay``;
     each id goes into ``taken`` right after its message was acked off the DLQ."""
     dlq_name = QUEUES[queue]
-    async with _rabbit_channel(url) as channel:
+    async with _rabbit_channel(settings) as channel:
         dlq_queue = await channel.declare_queue(dlq_name, passive=True)
         for _ in range(MAX_SCAN):
             message = await dlq_queue.get(no_ack=False, fail=False, timeout=10)

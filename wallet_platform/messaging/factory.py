@@ -14,7 +14,7 @@ BUS_EXTRA_KEY = "bus"
 def create_bus(runtime: Runtime) -> EventBus:
     """A new bus for this runtime's settings (use :func:`get_bus` to share one)."""
     if runtime.settings.amqp_url:
-        return RabbitBus(runtime.settings.amqp_url)
+        return RabbitBus(runtime.settings.amqp_url, queue_type=runtime.settings.amqp_queue_type)
     return InProcessBus(runtime.db)
 
 

@@ -36,7 +36,7 @@ from prometheus_client import (
 from sqlalchemy import and_, column, exists, func, not_, select, table
 
 from wallet_platform.clock import Clock, ensure_utc, utcnow
-from wallet_platform.messaging import events as event_names
+from wallet_platform.messaging import topology as event_names
 from wallet_platform.server.handlers import with_behaviour
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import inbox, outbox, transfers, wallet_events

@@ -79,6 +79,18 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+# libpq's TCP settings: a server that vanished without closing (host down, cable
+# pulled) is given up within seconds, not after the kernel's two hours: keepalive
+# probes after 5 s idle, every 2 s, 3 unanswered; data unacknowledged for 10 s.
+TCP_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = async_url(settings.database_url)
     path = sqlite_path(settings.database_url)
@@ -106,7 +118,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=10,
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"options": options, "connect_timeout": 5},
+        connect_args={"options": options, "connect_timeout": 5, **TCP_KEEPALIVE},
     )
 
 
@@ -131,7 +143,7 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: commits when the block ends, rolls back on error."""
-        async with _translate_connection_errors(), self.engine.begin() as connection:
+        async with translate_connection_errors(), self.engine.begin() as connection:
             yield connection
 
     @asynccontextmanager
@@ -146,7 +158,7 @@ class Database:
         options: dict[str, Any] = {READONLY: True}
         if self.is_postgres:
             options["isolation_level"] = "AUTOCOMMIT"
-        async with _translate_connection_errors(), self.engine.connect() as connection:
+        async with translate_connection_errors(), self.engine.connect() as connection:
             connection = await connection.execution_options(**options)
             async with connection.begin():
                 yield connection
@@ -159,7 +171,7 @@ class Database:
         skipping BEGIN/COMMIT saves two round trips. Not for several statements that must
         commit together: use :meth:`transaction` for those.
         """
-        async with _translate_connection_errors(), self.engine.connect() as connection:
+        async with translate_connection_errors(), self.engine.connect() as connection:
             yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
@@ -172,35 +184,16 @@ class Database:
         read, so BEGIN and the first statement whose rows are read share one round
         trip, and the statements after the last read share the final one with COMMIT:
         two round trips for a read-then-write transaction instead of one per statement
-        plus BEGIN and COMMIT. (BEGIN and COMMIT are sent as plain statements on an
-        autocommit connection: psycopg's own transaction handling syncs the pipeline
-        for each.) Statements take psycopg's ``%(name)s`` parameters and bypass
-        SQLAlchemy and its engine events: a caller that queues outbox rows calls
-        :meth:`outbox_committed` after the block.
+        plus BEGIN and COMMIT. Statements take psycopg's ``%(name)s`` parameters and
+        bypass SQLAlchemy and its engine events: a caller that queues outbox rows calls
+        :meth:`outbox_committed` after the block. (The block form of
+        :class:`~wallet_platform.storage.unit_of_work.PipelineUnitOfWork`.)
         """
-        async with self.autocommit() as connection:
-            raw = await connection.get_raw_connection()
-            driver: Any = raw.driver_connection
-            try:
-                async with driver.pipeline():
-                    await driver.execute("BEGIN")
-                    yield driver
-                    await driver.execute("COMMIT")
-            except Exception as error:
-                if driver.broken or driver.closed:
-                    await connection.invalidate()
-                    raise UnavailableError(
-                        f"database unavailable: {type(error).__name__}"
-                    ) from error
-                raise
-            finally:
-                if not (driver.broken or driver.closed) and driver.info.transaction_status:
-                    # The block failed (or was cancelled) after BEGIN: end it here, or
-                    # drop the connection rather than pool it mid-transaction.
-                    try:
-                        await driver.rollback()
-                    except Exception:
-                        await connection.invalidate()
+        from wallet_platform.storage.unit_of_work import PipelineUnitOfWork
+
+        async with PipelineUnitOfWork(self) as uow:
+            yield uow.conn
+            await uow.commit()
 
     def outbox_committed(self) -> None:
         """Tell the listeners (the outbox relay) that committed outbox rows wait."""
@@ -225,7 +218,7 @@ def is_connection_error(error: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def _translate_connection_errors() -> AsyncIterator[None]:
+async def translate_connection_errors() -> AsyncIterator[None]:
     try:
         yield
     except (DBAPIError, OSError) as error:

@@ -1,16 +1,10 @@
 """The outbox relay: moves committed outbox rows onto the event bus.
 
-Why a status column and not an "id > last seen" cursor: ids are handed out when a
-transaction inserts, not when it commits, so a cursor skips a row whose transaction
-commits after a higher id was already relayed. The relay instead claims the oldest
-``pending`` rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so several relays share the
-work), publishes them with publisher confirms and ``mandatory``, and only then marks
-them ``published``. A crash in between (failpoint ``outbox.after_publish``) republishes
-them: duplicates are possible, loss is not; consumers deduplicate by message id.
-
-On SQLite (one writer, one relay per database) the rows are read, published and then
-marked in a second transaction: holding SQLite's write lock while publishing would stall
-every deposit, and the in-process bus itself writes to the same database.
+It claims the oldest ``pending`` rows, publishes them with publisher confirms and
+``mandatory``, and only then marks them ``published`` (the SQL, per backend, is in
+:mod:`wallet_platform.messaging.outbox.store`). A crash in between (failpoint
+``outbox.after_publish``) republishes them: duplicates are possible, loss is not;
+consumers deduplicate by message id.
 
 Latency: a commit that inserted an outbox row wakes the relay at once (an engine
 event, so no service has to remember to call it; writers that bypass SQLAlchemy call
@@ -31,17 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from psycopg.rows import namedtuple_row
-from sqlalchemy import event, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import event
 
-from wallet_platform.clock import utcnow
 from wallet_platform.failpoints import failpoint
-from wallet_platform.messaging.bus import EventBus, OutgoingMessage, PublishError, error_text
+from wallet_platform.messaging.bus import EventBus, PublishError, error_text
 from wallet_platform.messaging.factory import get_bus
+from wallet_platform.messaging.outbox.store import claim_pending
 from wallet_platform.runtime import Runtime
 from wallet_platform.storage.database import Database
-from wallet_platform.storage.schema import outbox
 
 log = logging.getLogger(__name__)
 
@@ -68,126 +59,27 @@ class RelayStats:
     last_error: str | None = None
 
 
-class PendingRows:
-    """Claimed outbox rows and the messages to publish for them."""
-
-    def __init__(self, rows: Sequence[Any]) -> None:
-        self.ids = [row.id for row in rows]
-        self.messages = [
-            OutgoingMessage(
-                message_id=row.message_id,
-                routing_key=row.routing_key,
-                message_type=row.message_type,
-                body=bytes(row.payload),
-            )
-            for row in rows
-        ]
-
-
-def _pending_query(batch_size: int) -> Any:
-    return (
-        select(
-            outbox.c.id,
-            outbox.c.message_id,
-            outbox.c.routing_key,
-            outbox.c.message_type,
-            outbox.c.payload,
-        )
-        .where(outbox.c.status == "pending")
-        .order_by(outbox.c.id)
-        .limit(batch_size)
-    )
-
-
-async def _mark_published(conn: AsyncConnection, ids: list[int]) -> None:
-    await conn.execute(
-        update(outbox)
-        .where(outbox.c.id.in_(ids), outbox.c.status == "pending")
-        .values(status="published", published_at=utcnow())
-    )
-
-
-async def _mark_failed(conn: AsyncConnection, ids: list[int], reason: str) -> None:
-    await conn.execute(
-        update(outbox)
-        .where(outbox.c.id.in_(ids))
-        .values(attempts=outbox.c.attempts + 1, last_error=reason)
-    )
-
-
 async def relay_batch(db: Database, bus: EventBus, batch_size: int = BATCH_SIZE) -> int:
     """Publish one batch of pending outbox rows; returns how many were published.
 
     Raises :class:`PublishError` when the bus did not confirm them (the rows stay
     pending, with ``attempts`` + 1 and ``last_error``).
     """
-    if db.is_postgres:
-        return await _relay_batch_locked(db, bus, batch_size)
-    return await _relay_batch_single_writer(db, bus, batch_size)
-
-
-# PostgreSQL statements of the locked relay, run in pipeline mode (Database.pipeline_transaction).
-_CLAIM_PENDING_PG = """
-SELECT id, message_id, routing_key, message_type, payload
-FROM outbox
-WHERE status = 'pending'
-ORDER BY id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
-"""
-_MARK_PUBLISHED_PG = """
-UPDATE outbox SET status = 'published', published_at = %(now)s
-WHERE id = ANY (CAST(%(ids)s AS bigint[])) AND status = 'pending'
-"""
-_MARK_FAILED_PG = """
-UPDATE outbox SET attempts = attempts + 1, last_error = %(reason)s
-WHERE id = ANY (CAST(%(ids)s AS bigint[]))
-"""
-
-
-async def _relay_batch_locked(db: Database, bus: EventBus, batch_size: int) -> int:
-    """Claim, publish, mark: two round trips (BEGIN + claim, then mark + COMMIT).
-
-    Pipeline mode instead of SQLAlchemy: BEGIN, the claim, the mark and COMMIT each
-    waited for its own round trip, four per round (docs/benchmarks.md).
-    """
     failure: PublishError | None = None
-    async with db.pipeline_transaction() as conn:
-        cursor = conn.cursor(row_factory=namedtuple_row)
-        await cursor.execute(_CLAIM_PENDING_PG, {"limit": batch_size})
-        rows = await cursor.fetchall()
-        if not rows:
+    async with claim_pending(db, batch_size) as claim:
+        if not claim.ids:
             return 0
-        pending = PendingRows(rows)
         try:
-            await bus.publish(pending.messages)
+            await bus.publish(claim.messages)
         except PublishError as error:
             failure = error
-            await cursor.execute(_MARK_FAILED_PG, {"ids": pending.ids, "reason": error_text(error)})
+            await claim.mark_failed(error_text(error))
         else:
             await failpoint("outbox.after_publish")
-            await cursor.execute(_MARK_PUBLISHED_PG, {"ids": pending.ids, "now": utcnow()})
+            await claim.mark_published()
     if failure is not None:
         raise failure
-    return len(pending.ids)
-
-
-async def _relay_batch_single_writer(db: Database, bus: EventBus, batch_size: int) -> int:
-    async with db.read() as conn:
-        rows = (await conn.execute(_pending_query(batch_size))).all()
-    if not rows:
-        return 0
-    pending = PendingRows(rows)
-    try:
-        await bus.publish(pending.messages)
-    except PublishError as error:
-        async with db.transaction() as conn:
-            await _mark_failed(conn, pending.ids, error_text(error))
-        raise
-    await failpoint("outbox.after_publish")
-    async with db.transaction() as conn:
-        await _mark_published(conn, pending.ids)
-    return len(pending.ids)
+    return len(claim.ids)
 
 
 class OutboxRelay:

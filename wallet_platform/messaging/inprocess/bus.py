@@ -23,15 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from wallet_platform.clock import utcnow
 from wallet_platform.messaging.bus import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PREFETCH,
@@ -43,8 +38,14 @@ from wallet_platform.messaging.bus import (
     error_text,
     routed_queues,
 )
+from wallet_platform.messaging.inprocess.store import (
+    claim_rows,
+    enqueue,
+    has_ready,
+    now_ms,
+    settle_rows,
+)
 from wallet_platform.storage.database import Database
-from wallet_platform.storage.schema import bus_messages as bm
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,6 @@ IDLE_POLL_SECONDS = 0.1  # notices other processes' publishes and due retries
 MAX_CLAIM = 64  # rows per claim (keeps each batch well inside the lease)
 STOP_GRACE_SECONDS = 10.0
 ERROR_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def retry_delay_ms(attempt: int) -> int:
-    """Back-off before delivery ``attempt + 1``: 100 ms, 200 ms, 400 ms ... 2 s."""
-    return int(min(100 * 2 ** max(attempt - 1, 0), 2000))
 
 
 @dataclass
@@ -99,9 +91,7 @@ class InProcessBus:
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         if not messages:
             return
-        rows: list[dict[str, Any]] = []
-        created_at = utcnow()
-        available = now_ms()
+        routed: list[tuple[str, OutgoingMessage]] = []
         for message in messages:
             queues = routed_queues(message.routing_key)
             if not queues:
@@ -109,27 +99,13 @@ class InProcessBus:
                     f"message {message.message_id} is unroutable "
                     f"(routing key {message.routing_key!r})"
                 )
-            rows.extend(
-                {
-                    "queue": queue,
-                    "message_id": message.message_id,
-                    "routing_key": message.routing_key,
-                    "message_type": message.message_type,
-                    "body": message.body,
-                    "state": "ready",
-                    "attempt": 0,
-                    "available_at_ms": available,
-                    "locked_until_ms": None,
-                    "created_at": created_at,
-                }
-                for queue in queues
-            )
+            routed.extend((queue, message) for queue in queues)
         try:
             async with self.db.transaction() as conn:
-                await conn.execute(insert(bm), rows)
+                await enqueue(conn, routed)
         except Exception as error:
             raise PublishError(f"in-process publish failed: {error_text(error)}") from error
-        for queue in {row["queue"] for row in rows}:
+        for queue in {queue for queue, _ in routed}:
             self._wake(queue)
 
     def _wake(self, queue: str) -> None:
@@ -250,40 +226,13 @@ class InProcessBus:
         await self._settle(acked, retried, dead)
         return len(claimed)
 
-    async def _has_ready(self, queue: str, now: int) -> bool:
-        """A cheap read first, so an idle poll never takes SQLite's write lock."""
-        async with self.db.read() as conn:
-            found = await conn.execute(select(bm.c.id).where(*_ready_filter(queue, now)).limit(1))
-            return found.first() is not None
-
     async def _claim(self, queue: str, limit: int) -> list[Any]:
         now = now_ms()
-        if not await self._has_ready(queue, now):
-            return []
-        candidates = (
-            select(bm.c.id)
-            .where(*_ready_filter(queue, now))
-            .order_by(bm.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers
-        )
-        statement = (
-            update(bm)
-            .where(bm.c.id.in_(candidates.scalar_subquery()))
-            .values(attempt=bm.c.attempt + 1, locked_until_ms=now + LEASE_MS)
-            .returning(
-                bm.c.id,
-                bm.c.message_id,
-                bm.c.routing_key,
-                bm.c.message_type,
-                bm.c.body,
-                bm.c.attempt,
-            )
-        )
+        async with self.db.read() as conn:
+            if not await has_ready(conn, queue, now):
+                return []
         async with self.db.transaction() as conn:
-            rows = list((await conn.execute(statement)).all())
-        rows.sort(key=lambda row: row.id)
-        return rows
+            return await claim_rows(conn, queue, limit, LEASE_MS)
 
     async def _settle(
         self, acked: list[int], retried: list[tuple[int, int, str]], dead: list[tuple[int, str]]
@@ -291,41 +240,4 @@ class InProcessBus:
         if not (acked or retried or dead):
             return
         async with self.db.transaction() as conn:
-            await _settle_rows(conn, acked, retried, dead)
-
-
-def _ready_filter(queue: str, now: int) -> list[Any]:
-    return [
-        bm.c.queue == queue,
-        bm.c.state == "ready",
-        bm.c.available_at_ms <= now,
-        or_(bm.c.locked_until_ms.is_(None), bm.c.locked_until_ms < now),
-    ]
-
-
-async def _settle_rows(
-    conn: AsyncConnection,
-    acked: list[int],
-    retried: list[tuple[int, int, str]],
-    dead: list[tuple[int, str]],
-) -> None:
-    if acked:
-        await conn.execute(delete(bm).where(bm.c.id.in_(acked)))
-    now = now_ms()
-    for row_id, attempt, reason in retried:
-        await conn.execute(
-            update(bm)
-            .where(bm.c.id == row_id)
-            .values(
-                available_at_ms=now + retry_delay_ms(attempt),
-                locked_until_ms=None,
-                last_error=reason,
-            )
-        )
-    dead_at = utcnow()
-    for row_id, reason in dead:
-        await conn.execute(
-            update(bm)
-            .where(bm.c.id == row_id)
-            .values(state="dead", locked_until_ms=None, last_error=reason, dead_at=dead_at)
-        )
+            await settle_rows(conn, acked, retried, dead)

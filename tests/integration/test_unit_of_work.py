@@ -1,0 +1,116 @@
+"""The unit of work (wallet_platform.storage.unit_of_work): committed work stays,
+anything else rolls back; a deadline drops a stalled connection instead of waiting.
+
+Both transaction holders: Core (SQLite and PostgreSQL) and the psycopg pipeline
+(PostgreSQL). The stalled connection goes through :class:`tests.tcp_proxy.TcpProxy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import requires_postgres
+from tests.tcp_proxy import TcpProxy
+from wallet_platform.config import Settings
+from wallet_platform.storage.database import Database
+from wallet_platform.storage.schema import inbox
+from wallet_platform.storage.unit_of_work import (
+    CoreUnitOfWork,
+    PipelineUnitOfWork,
+    UnitOfWork,
+)
+
+
+async def add_row(uow: UnitOfWork, message_id: str) -> None:
+    """One inbox row, in the style of the unit of work at hand."""
+    values = {"consumer": "uow-test", "message_id": message_id, "processed_at": datetime.now(UTC)}
+    if isinstance(uow, PipelineUnitOfWork):
+        await uow.conn.execute(
+            "INSERT INTO inbox (consumer, message_id, processed_at) "
+            "VALUES (%(consumer)s, %(message_id)s, %(processed_at)s)",
+            values,
+        )
+    else:
+        assert isinstance(uow, CoreUnitOfWork)
+        await uow.conn.execute(sa.insert(inbox).values(**values))
+
+
+async def stored(db: Database) -> set[str]:
+    async with db.read() as conn:
+        rows = await conn.execute(
+            sa.select(inbox.c.message_id).where(inbox.c.consumer == "uow-test")
+        )
+        return {row[0] for row in rows}
+
+
+def kinds(database: Database) -> list[type[UnitOfWork]]:
+    return [CoreUnitOfWork, PipelineUnitOfWork] if database.is_postgres else [CoreUnitOfWork]
+
+
+async def test_only_committed_work_stays(database: Database) -> None:
+    for kind in kinds(database):
+        kept, forgotten, failed = (f"{kind.__name__}-{n}" for n in ("kept", "forgotten", "failed"))
+        async with kind(database) as uow:
+            await add_row(uow, kept)
+            await uow.commit()
+        async with kind(database) as uow:
+            await add_row(uow, forgotten)  # no commit: rolled back
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            async with kind(database) as uow:
+                await add_row(uow, failed)
+                raise RuntimeError("changed my mind")
+        assert kept in await stored(database)
+        assert not {forgotten, failed} & await stored(database)
+
+
+@pytest.fixture
+async def stalling_database(pg_database_url_fresh: str) -> AsyncIterator[tuple[Database, TcpProxy]]:
+    """The test database reached through a proxy that can stall."""
+    parts = urlsplit(pg_database_url_fresh)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await proxy.start()
+    user = parts.netloc.rsplit("@", 1)[0]
+    url = parts._replace(netloc=f"{user}@127.0.0.1:{proxy.port}").geturl()
+    db = Database.from_settings(Settings(database_url=url, db_pool_size=2))
+    try:
+        yield db, proxy
+    finally:
+        await proxy.stop()
+        await db.dispose()
+
+
+@requires_postgres
+@pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
+async def test_a_deadline_drops_a_stalled_connection(
+    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+) -> None:
+    db, proxy = stalling_database
+    first = uuid.uuid4().hex
+    async with kind(db) as uow:  # type: ignore[call-arg]
+        await add_row(uow, first)
+        await uow.commit()
+    # The connection goes silent (never closed); new connections get through.
+    proxy.stall()
+    stuck = kind(db)  # type: ignore[call-arg]
+    stuck.deadline = 1.0
+    async with asyncio.timeout(20):  # a hang fails the test instead of blocking it
+        with pytest.raises(TimeoutError, match=r"not done within 1\.0s"):
+            async with stuck as uow:
+                await add_row(uow, uuid.uuid4().hex)
+                await uow.commit()
+    proxy.forget()
+    second = uuid.uuid4().hex
+    retry = kind(db)  # type: ignore[call-arg]
+    retry.deadline = 5.0
+    async with asyncio.timeout(20):
+        async with retry as uow:  # a fresh connection: the stalled one is not reused
+            await add_row(uow, second)
+            await uow.commit()
+    assert await stored(db) == {first, second}

@@ -1,0 +1,30 @@
+"""Outbox rows: what a service inserts, in its own transaction, to publish a message."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import Message
+
+PENDING = "pending"
+PUBLISHED = "published"
+
+
+def outbox_row(
+    message_id: str, routing_key: str, message: Message, created_at: datetime
+) -> dict[str, Any]:
+    """Values for one ``outbox`` insert (same transaction as the change it announces).
+
+    The AMQP ``type`` of the published message is the protobuf message's full name,
+    its body the serialized message, its ``message_id`` the consumers' dedup key.
+    """
+    return {
+        "message_id": message_id,
+        "routing_key": routing_key,
+        "message_type": message.DESCRIPTOR.full_name,
+        "payload": message.SerializeToString(),
+        "status": PENDING,
+        "attempts": 0,
+        "created_at": created_at,
+    }

@@ -1,0 +1,258 @@
+"""Unit of work: one database transaction, committed only when the code says so.
+
+    async with store.unit_of_work() as uow:
+        await uow.some_change(...)
+        await uow.commit()
+
+Leaving the block without :meth:`UnitOfWork.commit` (an exception, an early return)
+rolls back: a half-done change is never committed by accident, and the code that
+decides what a change is never sees a connection or a transaction object. A
+service's persistence adapter subclasses one of the two transaction holders below and
+adds its statements as methods; the service layer only calls those methods.
+
+- :class:`CoreUnitOfWork`: a SQLAlchemy connection (``self.conn``) for Core
+  statements. SQLite (its ``BEGIN IMMEDIATE`` queues writers on the write lock) and
+  anything that must run on both backends.
+- :class:`PipelineUnitOfWork`: PostgreSQL only, psycopg's own connection
+  (``self.conn``, ``%(name)s`` parameters) in pipeline mode. Statements are sent as
+  they are queued and only reading a result waits, so ``BEGIN`` travels with the first
+  statement and ``COMMIT`` with every statement queued since the last read: a
+  transaction whose results are read after :meth:`commit` is ONE round trip. For hot
+  paths, where round trips are most of the cost (docs/benchmarks.md).
+
+A connection lost on the way raises :class:`~wallet_platform.errors.UnavailableError`
+(callers treat it as transient) and the broken connection is not pooled again.
+
+``deadline`` (seconds, optional): a unit of work not finished by then has a stalled
+connection (a database or a network that stopped answering without closing): its
+socket is shut down, which fails the operation in progress at once, and the unit of
+work raises ``TimeoutError``. (Cancelling the task instead would leave psycopg
+sending a cancel request and waiting for the stalled server, seconds more.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
+
+from wallet_platform.errors import UnavailableError
+from wallet_platform.storage.database import is_connection_error, translate_connection_errors
+
+if TYPE_CHECKING:
+    from wallet_platform.storage.database import Database
+
+
+class UnitOfWork:
+    """Base: ``async with uow: ...; await uow.commit()``; otherwise rolled back.
+
+    Subclasses implement :meth:`_begin`, :meth:`_commit`, :meth:`_end` (roll back
+    unless committed, then release the connection) and, for ``deadline``,
+    :meth:`_drop_connection`. One use per instance.
+    """
+
+    committed = False
+    deadline: float | None = None  # seconds from entering the block
+    expired = False
+    _timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> Self:
+        self.committed = self.expired = False
+        if self.deadline is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.deadline, self._expire)
+        try:
+            await self._begin()
+        except Exception as error:
+            self._stop_timer()
+            self._raise_if_expired(error)
+            raise
+        except BaseException:
+            self._stop_timer()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop_timer()
+        await self._end(error)
+        if isinstance(error, Exception):  # never turn a cancellation into something else
+            self._raise_if_expired(error)
+        if isinstance(error, Exception) and self._lost_connection(error):
+            raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
+
+    async def commit(self) -> None:
+        """Make the work durable (raises if the database refuses the commit)."""
+        await self._commit()
+        self.committed = True
+
+    async def _begin(self) -> None:
+        raise NotImplementedError
+
+    async def _commit(self) -> None:
+        raise NotImplementedError
+
+    async def _end(self, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _drop_connection(self) -> None:
+        """Make the database operation in progress fail at once (the deadline passed)."""
+
+    def _lost_connection(self, error: Exception) -> bool:
+        """Whether ``error`` means the database could not be reached."""
+        return is_connection_error(error)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.expired = True
+        self._drop_connection()
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _raise_if_expired(self, error: Exception) -> None:
+        if self.expired:
+            raise TimeoutError(
+                f"unit of work not done within {self.deadline}s; its connection was dropped"
+            ) from error
+
+
+def _shut_down(driver: Any) -> None:
+    """Shut down the socket of a psycopg connection (no-op for other drivers): the
+    operation waiting on it fails with a lost connection instead of waiting on."""
+    pgconn = getattr(driver, "pgconn", None)
+    if pgconn is None:
+        return
+    with contextlib.suppress(Exception):  # already closed: nothing to interrupt
+        sock = socket.socket(fileno=os.dup(pgconn.socket))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+class CoreUnitOfWork(UnitOfWork):
+    """A transaction on a SQLAlchemy connection: ``self.conn`` runs Core statements."""
+
+    conn: AsyncConnection
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._transaction: AsyncTransaction | None = None
+        self._driver: Any = None
+
+    async def _begin(self) -> None:
+        async with translate_connection_errors():
+            self.conn = await self.db.engine.connect()
+            try:
+                if self.deadline is not None:
+                    self._driver = (await self.conn.get_raw_connection()).driver_connection
+                self._transaction = await self.conn.begin()
+            except BaseException:
+                await self.conn.close()
+                raise
+
+    def _drop_connection(self) -> None:
+        _shut_down(self._driver)
+
+    async def _commit(self) -> None:
+        assert self._transaction is not None
+        async with translate_connection_errors():
+            await self._transaction.commit()
+
+    async def _end(self, error: BaseException | None) -> None:
+        transaction, self._transaction = self._transaction, None
+        try:
+            if transaction is not None and transaction.is_active:
+                if error is None:
+                    await transaction.rollback()
+                else:
+                    # The block failed: a rollback that fails too (a lost connection)
+                    # must not hide why; SQLAlchemy has invalidated the connection.
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+        finally:
+            await self.conn.close()
+
+
+class PipelineUnitOfWork(UnitOfWork):
+    """A PostgreSQL transaction on psycopg's connection in pipeline mode.
+
+    ``self.conn`` is the ``psycopg.AsyncConnection``; statements bypass SQLAlchemy
+    (and its engine events: a unit of work that writes outbox rows tells the relay
+    with ``db.outbox_committed()`` after the commit).
+    """
+
+    conn: Any  # psycopg.AsyncConnection
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._connection: contextlib.AbstractAsyncContextManager[AsyncConnection] | None = None
+        self._sa_conn: AsyncConnection | None = None
+        self._pipeline: Any = None
+        self._pipeline_context: Any = None
+
+    async def _begin(self) -> None:
+        self._connection = self.db.autocommit()
+        self._sa_conn = await self._connection.__aenter__()
+        try:
+            raw = await self._sa_conn.get_raw_connection()
+            self.conn = raw.driver_connection
+            self._pipeline_context = self.conn.pipeline()
+            self._pipeline = await self._pipeline_context.__aenter__()
+            # BEGIN as a statement: psycopg's own transaction handling would sync.
+            await self.conn.execute("BEGIN")
+        except BaseException as error:
+            await self._end(error)
+            if isinstance(error, Exception) and self._lost_connection(error):
+                raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
+            raise
+
+    async def _commit(self) -> None:
+        await self.conn.execute("COMMIT")
+        await self._pipeline.sync()  # the one round trip of a write-only tail
+
+    async def _end(self, error: BaseException | None) -> None:
+        sa_conn, connection = self._sa_conn, self._connection
+        self._sa_conn = self._connection = None
+        if sa_conn is None or connection is None:
+            return
+        try:
+            if self._pipeline_context is not None:
+                context, self._pipeline_context = self._pipeline_context, None
+                # Leaving pipeline mode syncs; after a failure that may raise again.
+                with contextlib.suppress(Exception):
+                    await context.__aexit__(None, None, None)
+            driver = getattr(self, "conn", None)
+            if driver is None or driver.broken or driver.closed:
+                await sa_conn.invalidate()
+                # Its pooled siblings likely went the same way (SQLAlchemy does this
+                # itself for errors it sees; psycopg's own ones bypass it).
+                await self.db.engine.dispose(close=False)
+            elif driver.info.transaction_status:
+                # Not committed (or the commit failed): end the transaction here, or
+                # drop the connection rather than pool it mid-transaction.
+                try:
+                    await driver.rollback()
+                except Exception:
+                    await sa_conn.invalidate()
+        finally:
+            await connection.__aexit__(None, None, None)
+
+    def _drop_connection(self) -> None:
+        _shut_down(getattr(self, "conn", None))
+
+    def _lost_connection(self, error: Exception) -> bool:
+        driver = getattr(self, "conn", None)
+        broken = driver is not None and (driver.broken or driver.closed)
+        return broken or is_connection_error(error)
