@@ -170,7 +170,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "allow_insecure",
         "WALLET_ALLOW_INSECURE",
-        "serve a non-loopback address without authentication (1 = yes)",
+        "allow serving a non-loopback address without authentication",
         bool,
     ),
 )
