@@ -35,7 +35,7 @@ WALLET_FIELDS: Mapping[str, tuple[str, ...]] = {
     _WALLET + "ListWalletEvents": ("wallet_id",),
     _WALLET + "FreezeWallet": ("wallet_id",),
     _WALLET + "UnfreezeWallet": ("wallet_id",),
-    _WALLET + "DebitForTransfer": ("wallet_id",),
+    _WALLET + "DebitForTransfer": ("wallet_id", "to_wallet_id"),
     _WALLET + "CreditForTransfer": ("wallet_id",),
     _WALLET + "RefundForTransfer": ("wallet_id",),
     _TRANSFER + "CreateTransfer": ("from_wallet_id", "to_wallet_id"),
