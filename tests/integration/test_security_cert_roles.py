@@ -103,7 +103,7 @@ async def test_certificates_authorise_by_their_mapped_roles(pki, database_url: s
             freeze = wallet_pb2.FreezeWalletRequest(wallet_id="w1", request_id=_rid())
             assert await _code(teller.FreezeWallet(freeze)) == denied
             debit = wallet_pb2.DebitForTransferRequest(
-                wallet_id="w1", amount=10, transfer_id="t1", request_id="t1:debit"
+                wallet_id="w1", amount=10, transfer_id="t1", currency="USD", to_wallet_id="acme-1"
             )
             assert await _code(teller.DebitForTransfer(debit)) == denied
 
@@ -148,15 +148,17 @@ async def test_certificates_authorise_by_their_mapped_roles(pki, database_url: s
             assert await _code(read) == grpc.StatusCode.UNAVAILABLE
 
         async with running.runtime.db.read() as conn:
-            stamped = dict(
-                (
-                    await conn.execute(
-                        select(wallet_events.c.request_id, wallet_events.c.audit_id).where(
-                            wallet_events.c.request_id.in_(["dep-1", "t1:debit"])
-                        )
-                    )
-                ).all()
-            )
+            deposited = (
+                await conn.execute(
+                    select(wallet_events.c.audit_id).where(wallet_events.c.request_id == "dep-1")
+                )
+            ).scalar_one()
+            debited = (
+                await conn.execute(
+                    select(wallet_events.c.audit_id).where(wallet_events.c.transfer_id == "t1")
+                )
+            ).scalar_one()
+        stamped = {"dep-1": deposited, "t1:debit": debited}
         assert stamped["dep-1"] != spoofed  # the writer's header was ignored
         assert stamped["t1:debit"] == spoofed  # the orchestrator's was honoured
 
