@@ -88,30 +88,45 @@ class CallMetadata:
         return self._static
 
 
-class _MetadataInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
-    """Adds :class:`CallMetadata` to every outgoing call."""
+class _AddsMetadata:
+    """Adds :class:`CallMetadata` to an outgoing call's details."""
 
     def __init__(self, metadata: CallMetadata) -> None:
         self._metadata = metadata
 
+    def _details(self, client_call_details: Any) -> Any:
+        return _with_metadata(client_call_details, self._metadata())
+
+
+class _UnaryMetadataInterceptor(_AddsMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self,
         continuation: Callable[[Any, Any], Awaitable[Any]],
         client_call_details: Any,
         request: Any,
     ) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._metadata()), request)
+        return await continuation(self._details(client_call_details), request)
 
+
+class _StreamMetadataInterceptor(_AddsMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self,
         continuation: Callable[[Any, Any], Awaitable[Any]],
         client_call_details: Any,
         request: Any,
     ) -> Any:
-        return await continuation(_with_metadata(client_call_details, self._metadata()), request)
+        return await continuation(self._details(client_call_details), request)
+
+
+def metadata_interceptors(settings: Any) -> list[grpc.aio.ClientInterceptor]:
+    """The interceptors that add :class:`CallMetadata` to unary and server-streaming calls.
+
+    One object per kind of call: a grpc.aio channel files each interceptor under the
+    first kind it implements only, so one object implementing both would never see a
+    streaming call (``WatchTransfers`` would go out without the bearer token).
+    """
+    metadata = CallMetadata(settings)
+    return [_UnaryMetadataInterceptor(metadata), _StreamMetadataInterceptor(metadata)]
 
 
 def make_channel(
@@ -139,7 +154,7 @@ def make_channel(
         all_options.append(ROUND_ROBIN)
     all_interceptors: list[grpc.aio.ClientInterceptor] = [*interceptors]
     if metadata_interceptor:
-        all_interceptors.insert(0, _MetadataInterceptor(CallMetadata(settings)))
+        all_interceptors[:0] = metadata_interceptors(settings)
     credentials = channel_credentials(settings)
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=all_options, interceptors=all_interceptors)

@@ -68,6 +68,8 @@ class Settings:
     auth_tokens: str = ""
     auth_token: str = ""
     currencies: str = ""
+    tls_client_roles: str = ""
+    allow_insecure: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:
@@ -160,6 +162,17 @@ OPTIONS: tuple[Option, ...] = (
         "WALLET_CURRENCIES",
         "ISO 4217 codes new wallets may hold, e.g. USD,EUR,JPY; empty = every active code",
     ),
+    Option(
+        "tls_client_roles",
+        "WALLET_TLS_CLIENT_ROLES",
+        "client certificate roles (mTLS): name=role[+role];...; empty = off",
+    ),
+    Option(
+        "allow_insecure",
+        "WALLET_ALLOW_INSECURE",
+        "allow serving a non-loopback address without authentication",
+        bool,
+    ),
 )
 
 
@@ -167,16 +180,36 @@ def _flag(option: Option) -> str:
     return "--" + option.name.replace("_", "-")
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse(option: Option, raw: str) -> Any:
+    """An environment value as the option's type (ValueError if it is not one)."""
+    if option.kind is bool:
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise ValueError(raw)
+    return option.kind(raw)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; each defaults to None so the environment shows through."""
+    """Add one flag per setting; each defaults to None so the environment shows through.
+
+    A yes/no setting is a flag without a value (``--allow-insecure``).
+    """
     group = parser.add_argument_group("configuration (each also an environment variable)")
     for option in OPTIONS:
+        help_text = f"{option.help} [{option.env}]"
+        if option.kind is bool:
+            group.add_argument(
+                _flag(option), dest=option.name, action="store_const", const=True, help=help_text
+            )
+            continue
         group.add_argument(
-            _flag(option),
-            dest=option.name,
-            type=option.kind,
-            default=None,
-            help=f"{option.help} [{option.env}]",
+            _flag(option), dest=option.name, type=option.kind, default=None, help=help_text
         )
 
 
@@ -190,11 +223,10 @@ def load_settings(
         raw = env.get(option.env)
         if raw is not None and raw != "":
             try:
-                values[option.name] = option.kind(raw)
+                values[option.name] = _parse(option, raw)
             except ValueError:
-                raise SystemExit(
-                    f"{option.env}={raw!r} is not a valid {option.kind.__name__}"
-                ) from None
+                expected = "1 or 0" if option.kind is bool else f"a valid {option.kind.__name__}"
+                raise SystemExit(f"{option.env}={raw!r} is not {expected}") from None
         elif raw == "" and option.kind is str:
             values[option.name] = ""
         if args is not None:

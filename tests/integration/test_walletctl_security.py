@@ -9,71 +9,24 @@ documented exit codes; with them it works, and the audit trail names the caller.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from tests.integration.walletctl_harness import running_stack, walletctl
+from tests.pki import CertificateAuthority
 from walletctl import exitcodes
-
-
-def _pem_pair(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey):
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
 
 
 def make_pki(directory: Path) -> dict[str, str]:
     """CA, server (SAN 127.0.0.1) and client certificates as PEM files."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "walletctl-test-ca")])
-
-    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, *, ca: bool, server: bool):
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(
-                ca_name if ca else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-            )
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=2))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        return builder.sign(ca_key, hashes.SHA256())
-
-    ca_cert, _ = _pem_pair(directory, "ca", certificate("", ca_key, ca=True, server=False), ca_key)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = certificate("wallet-server", server_key, ca=False, server=True)
-    server_cert, server_key_path = _pem_pair(directory, "server", server, server_key)
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = certificate("operator-7", client_key, ca=False, server=False)
-    client_cert, client_key_path = _pem_pair(directory, "client", client, client_key)
+    ca = CertificateAuthority(directory, "walletctl-test-ca")
+    server = ca.issue("wallet-server", server=True)
+    client = ca.issue("operator-7", server=False)
     return {
-        "ca": ca_cert,
-        "server_cert": server_cert,
-        "server_key": server_key_path,
-        "client_cert": client_cert,
-        "client_key": client_key_path,
+        "ca": ca.path,
+        "server_cert": str(server.cert),
+        "server_key": str(server.key),
+        "client_cert": str(client.cert),
+        "client_key": str(client.key),
     }
 
 

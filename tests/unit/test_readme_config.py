@@ -32,6 +32,8 @@ def test_every_setting_is_documented_with_its_flag_and_default() -> None:
         value = getattr(defaults, option.name)
         if option.name == "listen":
             assert default == "per service"
+        elif isinstance(value, bool):  # a yes/no setting is written as its env value
+            assert default == f"`{int(value)}`", option.env
         elif value in ("", None):
             assert default == "empty", option.env
         else:

@@ -8,6 +8,7 @@ import pytest
 from wallet.v1 import analytics_pb2, fraud_pb2, transfer_pb2, wallet_pb2
 from wallet_platform.observability import audit
 from wallet_platform.server import security
+from wallet_platform.server.authority import Authority
 
 
 def _all_methods() -> set[str]:
@@ -94,9 +95,9 @@ _KINDS = {
 async def test_guard_keeps_each_kind_of_handler_and_refuses_before_the_servicer(kind):
     construct, behaviour, streamed = _KINDS[kind]
     original = construct(behaviour, request_deserializer=bytes, response_serializer=str)
-    tokens = security.TokenTable(security.parse_tokens("r=reader"))
+    authority = Authority(security.TokenTable(security.parse_tokens("r=reader")))
     # WatchTransfers needs the reader role; the guard does not look at the method's kind.
-    wrapped = security.guard("/wallet.v1.TransferService/WatchTransfers", original, tokens)
+    wrapped = security.guard("/wallet.v1.TransferService/WatchTransfers", original, authority)
     assert wrapped is not original
     assert (wrapped.request_streaming, wrapped.response_streaming) == (
         original.request_streaming,

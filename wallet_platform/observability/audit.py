@@ -14,7 +14,8 @@ plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
 A call that arrives with ``x-audit-id`` (the orchestrator's step calls, sent by
 ``wallet_platform.channels``) still gets its own row, but the id it stamps on events is
 the incoming one, so the ``CreateTransfer`` audit id leads to the debit, credit or
-refund entries in the ledger. With tokens on, only the ``orchestrator`` role may do so.
+refund entries in the ledger. With authorisation on (tokens or certificate roles), only
+a caller holding the ``orchestrator`` role may do so.
 
 Rows are written off the hot path by :class:`AuditWriter`, a small batching task: the
 call only appends to a list. A clean shutdown drains every pending row (the server
@@ -30,7 +31,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -40,9 +41,12 @@ from sqlalchemy import text
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.observability.logs import audit_id_var
 from wallet_platform.server.handlers import with_behaviour
-from wallet_platform.server.security import ORCHESTRATOR, TokenTable, bearer_token, caller_identity
+from wallet_platform.server.security import ORCHESTRATOR, caller_identity
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import audit_log
+
+if TYPE_CHECKING:
+    from wallet_platform.server.authority import Authority
 
 log = logging.getLogger(__name__)
 
@@ -144,20 +148,21 @@ def _valid_uuid(value: str | None) -> str | None:
         return None
 
 
-def _incoming_audit_id(context: grpc.aio.ServicerContext, tokens: TokenTable | None) -> str | None:
+def _incoming_audit_id(
+    context: grpc.aio.ServicerContext, authority: Authority | None
+) -> str | None:
     """The audit id a trusted caller (the orchestrator) asks us to stamp on events.
 
-    With tokens on, only a caller holding the ``orchestrator`` role (or ``admin``) may
-    set it, so an ordinary client cannot stamp its writes with someone else's id.
+    With authorisation on, only a caller holding the ``orchestrator`` role (or
+    ``admin``) may set it, so an ordinary client cannot stamp its writes with someone
+    else's id.
     """
     metadata = context.invocation_metadata() or ()
     value = next((v for k, v in metadata if k == AUDIT_ID_HEADER), None)
     if value is None:
         return None
-    if tokens:
-        principal = tokens.lookup(bearer_token(metadata))
-        if principal is None or not principal.may(ORCHESTRATOR):
-            return None
+    if authority and not authority.may_act_as(context, ORCHESTRATOR):
+        return None
     return _valid_uuid(value.decode() if isinstance(value, bytes) else str(value))
 
 
@@ -331,7 +336,7 @@ def audit(
     method: str,
     handler: grpc.RpcMethodHandler,
     writer: AuditWriter,
-    tokens: TokenTable | None = None,
+    authority: Authority | None = None,
     clock: Clock = utcnow,
     *,
     certificates: bool = True,
@@ -345,13 +350,14 @@ def audit(
     if not handler.unary_unary or not is_write_method(method):
         return handler
     inner = handler.unary_unary
+    tokens = authority.tokens if authority else None  # names the caller
 
     async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
         audit_id = str(uuid.uuid4())
         started_at = clock()
         t0 = time.perf_counter()
         context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
-        reset = audit_id_var.set(_incoming_audit_id(context, tokens) or audit_id)
+        reset = audit_id_var.set(_incoming_audit_id(context, authority) or audit_id)
         status = "OK"
         error_message: str | None = None
         try:

@@ -23,8 +23,9 @@ import grpc
 
 from wallet_platform.observability.audit import AuditWriter, audit
 from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector, measure
+from wallet_platform.server.authority import Authority, authority_from_settings
 from wallet_platform.server.builder import WrappingInterceptor, map_errors
-from wallet_platform.server.security import TokenTable, guard, token_table
+from wallet_platform.server.security import guard
 
 if TYPE_CHECKING:
     from wallet_platform.runtime import Runtime
@@ -47,24 +48,24 @@ class PlumbingInterceptor(WrappingInterceptor):
     def __init__(
         self,
         audit_writer: AuditWriter,
-        tokens: TokenTable | None,
+        authority: Authority | None,
         *,
         certificates: bool,
         error_mapping: bool = True,
     ) -> None:
         super().__init__()
         self.audit_writer = audit_writer
-        self.tokens = tokens
+        self.authority = authority
         self.certificates = certificates
         self.error_mapping = error_mapping
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if self.error_mapping:
             handler = map_errors(method, handler)
-        if self.tokens:
-            handler = guard(method, handler, self.tokens)
+        if self.authority:
+            handler = guard(method, handler, self.authority)
         handler = audit(
-            method, handler, self.audit_writer, self.tokens, certificates=self.certificates
+            method, handler, self.audit_writer, self.authority, certificates=self.certificates
         )
         return measure(method, handler)
 
@@ -74,7 +75,7 @@ class ServerPlumbing:
 
     def __init__(self, runtime: Runtime) -> None:
         settings = runtime.settings
-        self.tokens = token_table(settings)
+        self.authority = authority_from_settings(settings)
         # A plaintext server has no client certificates to name callers by.
         self.certificates = bool(getattr(settings, "tls_cert", ""))
         self.audit_writer = AuditWriter(runtime.db)
@@ -94,15 +95,19 @@ class ServerPlumbing:
                 amqp_url=settings.amqp_url,
                 audit_pending=lambda: self.audit_writer.pending,
             )
-        if self.tokens:
-            log.info("token authentication on")
+        if self.authority:
+            log.info(
+                "authorisation on (bearer tokens: %s, client certificate roles: %s)",
+                "yes" if self.authority.tokens else "no",
+                "yes" if self.authority.certificates else "no",
+            )
 
     def interceptor(self, *, error_mapping: bool = True) -> PlumbingInterceptor:
         """The server's one interceptor; ``error_mapping=False`` when the server adds
         interceptors of its own (``create_server`` then maps errors after them)."""
         return PlumbingInterceptor(
             self.audit_writer,
-            self.tokens,
+            self.authority,
             certificates=self.certificates,
             error_mapping=error_mapping,
         )

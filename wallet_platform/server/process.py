@@ -21,7 +21,7 @@ from wallet_platform import failpoints
 from wallet_platform.config import Settings
 from wallet_platform.observability.logs import setup_logging
 from wallet_platform.runtime import Runtime
-from wallet_platform.server import prefork
+from wallet_platform.server import exposure, prefork
 from wallet_platform.server.builder import (
     Component,
     create_server,
@@ -160,11 +160,16 @@ def run_server(
     argv: Sequence[str] | None = None,
     build_interceptors: InterceptorFactory = _no_interceptors,
 ) -> None:
-    """The body of every server's ``main()``."""
+    """The body of every server's ``main()``.
+
+    Refuses to serve a non-loopback address without authentication
+    (``wallet_platform.server.exposure``) before anything else happens.
+    """
     from wallet_platform.config import parse_settings
 
     settings = parse_settings(description, argv, default_listen=default_listen)
     setup_logging(settings.log_level, settings.log_format, settings.log_file)
+    exposure.enforce(settings, role)  # before migrations, binding or forking workers
 
     def serve() -> None:
         try:

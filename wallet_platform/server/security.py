@@ -1,18 +1,21 @@
-"""Who may call what: bearer tokens with roles, and the caller's identity.
+"""Who may call what: the method -> role table, bearer tokens, and the caller's identity.
 
-Authentication is optional. With ``WALLET_AUTH_TOKENS`` empty (the local default)
-every call is allowed and the caller is whoever the TLS client certificate says, or
-``anonymous``. With tokens configured, every RPC except health and reflection needs
-``authorization: Bearer <token>``; an unknown or missing token is ``UNAUTHENTICATED``
-and a known token without the role the method needs is ``PERMISSION_DENIED``, as the
-gRPC status code guide prescribes.
+Authorisation is configured per server (``wallet_platform.server.authority``): bearer
+tokens (``WALLET_AUTH_TOKENS``), client-certificate roles under mutual TLS
+(``WALLET_TLS_CLIENT_ROLES``, ``cert_roles``), or both. With neither every call is
+allowed, which ``exposure`` refuses on a non-loopback address unless the operator
+says ``--allow-insecure``. When configured, every RPC except health and reflection
+needs a credential: an unknown or missing token is ``UNAUTHENTICATED`` and a known
+credential without the role the method needs (or outside its wallet prefix, see
+``tenancy``) is ``PERMISSION_DENIED``, as the gRPC status code guide prescribes.
 
-``WALLET_AUTH_TOKENS`` is ``token=role[+role][@subject];...``. The subject names the
-caller in the audit trail; without one the caller is ``token:<hash prefix>`` so the
-token itself never reaches a log or a table.
+``WALLET_AUTH_TOKENS`` is ``token=role[+role][[wallet-prefix]][@subject];...`` (the
+grant grammar of ``grants``). The subject names the caller in the audit trail;
+without one the caller is ``token:<hash prefix>`` so the token itself never reaches a
+log or a table.
 
-The method -> role table (:data:`METHOD_ROLES`) is the only place that decides who
-may call what; an RPC missing from it needs ``admin`` (new RPCs are closed until
+The method -> role table (:data:`METHOD_ROLES`) is the only place that decides what a
+role may call; an RPC missing from it needs ``admin`` (new RPCs are closed until
 someone decides otherwise).
 """
 
@@ -21,30 +24,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from wallet_platform.server.cert_roles import COMMON_NAME, peer_property
+from wallet_platform.server.grants import (
+    ADMIN,
+    OPERATOR,
+    ORCHESTRATOR,
+    READER,
+    WRITER,
+    Principal,
+    parse_grant,
+    spec_entries,
+)
 from wallet_platform.server.handlers import with_behaviour
 
-# --- roles -----------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from wallet_platform.server.authority import Authority
 
-READER = "reader"
-WRITER = "writer"
-OPERATOR = "operator"
-ORCHESTRATOR = "orchestrator"
-ADMIN = "admin"
-ROLES = (READER, WRITER, OPERATOR, ORCHESTRATOR, ADMIN)
-
-# A role grants itself plus what is listed here (admin grants everything).
-ROLE_GRANTS: Mapping[str, frozenset[str]] = {
-    READER: frozenset({READER}),
-    WRITER: frozenset({WRITER, READER}),
-    OPERATOR: frozenset({OPERATOR, READER}),
-    ORCHESTRATOR: frozenset({ORCHESTRATOR, READER}),
-    ADMIN: frozenset(ROLES),
-}
+TOKENS_VARIABLE = "WALLET_AUTH_TOKENS"
 
 _WALLET = "/wallet.v1.WalletService/"
 _TRANSFER = "/wallet.v1.TransferService/"
@@ -89,43 +89,26 @@ def required_role(method: str) -> str | None:
     return METHOD_ROLES.get(method, DEFAULT_ROLE)
 
 
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated token: who it is and what it may do."""
-
-    subject: str
-    roles: frozenset[str]
-
-    def may(self, role: str) -> bool:
-        return any(role in ROLE_GRANTS.get(own, frozenset()) for own in self.roles)
-
-
 def token_fingerprint(token: str) -> str:
     """A short, non-reversible name for a token (for logs and the audit trail)."""
     return "token:" + hashlib.sha256(token.encode()).hexdigest()[:10]
 
 
 def parse_tokens(spec: str) -> dict[str, Principal]:
-    """Parse ``token=role[+role][@subject];...``; raise ValueError on anything odd."""
+    """Parse ``token=role[+role][[prefix]][@subject];...``; raise ValueError on anything odd."""
     principals: dict[str, Principal] = {}
-    for raw in spec.replace("\n", ";").split(";"):
-        entry = raw.strip()
-        if not entry:
-            continue
-        token, sep, rest = entry.partition("=")
-        token = token.strip()
-        if not sep or not token or not rest.strip():
-            raise ValueError("WALLET_AUTH_TOKENS entries look like token=role[+role][@subject]")
-        roles_part, _, subject = rest.partition("@")
-        roles = frozenset(r.strip() for r in roles_part.split("+") if r.strip())
-        unknown = roles - set(ROLES)
-        if not roles or unknown:
+    for token, rest in spec_entries(spec, TOKENS_VARIABLE):
+        grant, _, subject = rest.partition("@")
+        subject = subject.strip()
+        if "[" in subject or "]" in subject:
+            # "t=writer@teller[acme-]" would otherwise be an unlimited token for a
+            # subject named "teller[acme-]".
             raise ValueError(
-                f"WALLET_AUTH_TOKENS: unknown role(s) {sorted(unknown)}; known: {', '.join(ROLES)}"
+                f"{TOKENS_VARIABLE}: the wallet prefix goes before @subject: "
+                "token=role[wallet-prefix]@subject"
             )
-        if token in principals:
-            raise ValueError("WALLET_AUTH_TOKENS: a token is listed twice")
-        principals[token] = Principal(subject.strip() or token_fingerprint(token), roles)
+        roles, prefix = parse_grant(grant, TOKENS_VARIABLE)
+        principals[token] = Principal(subject or token_fingerprint(token), roles, prefix)
     return principals
 
 
@@ -163,15 +146,8 @@ class TokenTable:
 
 def certificate_subject(context: grpc.aio.ServicerContext) -> str | None:
     """The common name of a verified client certificate (mTLS), if any."""
-    try:
-        auth = context.auth_context() or {}
-    except Exception:  # not every transport has an auth context
-        return None
-    names = auth.get("x509_common_name") or []
-    if names:
-        value = names[0]
-        return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+    names = peer_property(context, COMMON_NAME)
+    return names[0] if names else None
 
 
 def caller_identity(
@@ -196,43 +172,33 @@ def caller_identity(
     return " ".join(parts) if parts else ANONYMOUS
 
 
-def refusal(
-    tokens: TokenTable, method: str, role: str, metadata: Any
-) -> tuple[grpc.StatusCode, str] | None:
-    """Why a call to ``method`` (needing ``role``) with this metadata is refused, if it is."""
-    principal = tokens.lookup(bearer_token(metadata))
-    if principal is None:
-        return grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token"
-    if not principal.may(role):
-        return (
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{principal.subject} lacks role {role!r} for {method.rsplit('/', 1)[-1]}",
-        )
-    return None
+def guard(
+    method: str, handler: grpc.RpcMethodHandler, authority: Authority
+) -> grpc.RpcMethodHandler:
+    """``handler`` checking the caller's credentials before any servicer code runs.
 
-
-def guard(method: str, handler: grpc.RpcMethodHandler, tokens: TokenTable) -> grpc.RpcMethodHandler:
-    """``handler`` checking the bearer token and its role before any servicer code runs.
-
-    Built once per method by the plumbing interceptor (``wallet_platform.server.plumbing``); the
-    token is read from each call's metadata. Open methods (health, reflection) are
-    returned unchanged. A refused call is aborted inside the handler, so the outer
-    layers (audit, metrics) see it like any other and record its status.
+    Built once per method by the plumbing interceptor (``wallet_platform.server.plumbing``);
+    the credentials are read from each call (``authority.Authority.refusal``). Open
+    methods (health, reflection) are returned unchanged. A refused call is aborted
+    inside the handler, so the outer layers (audit, metrics) see it like any other and
+    record its status. A streamed request cannot be checked against a tenant's wallet
+    prefix up front, so the check gets ``None`` for it.
     """
     role = required_role(method)
     if role is None:
         return handler
 
-    async def refuse(context: grpc.aio.ServicerContext) -> None:
-        refused = refusal(tokens, method, role, context.invocation_metadata())
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        refused = authority.refusal(method, role, context, request)
         if refused is not None:
             await context.abort(*refused)
 
+    unary_request = not handler.request_streaming
     if handler.response_streaming:
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def streamed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await refuse(context)
+            await refuse(request if unary_request else None, context)
             async for item in inner_stream(request, context):
                 yield item
 
@@ -240,18 +206,7 @@ def guard(method: str, handler: grpc.RpcMethodHandler, tokens: TokenTable) -> gr
     inner = handler.unary_unary or handler.stream_unary
 
     async def answered(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await refuse(context)
+        await refuse(request if unary_request else None, context)
         return await inner(request, context)
 
     return with_behaviour(handler, answered)
-
-
-def token_table(settings: Any) -> TokenTable | None:
-    """The server's tokens from settings, or None when authentication is off."""
-    spec = getattr(settings, "auth_tokens", "") or ""
-    if not spec.strip():
-        return None
-    try:
-        return TokenTable(parse_tokens(spec))
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
