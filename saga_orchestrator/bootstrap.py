@@ -21,6 +21,7 @@ from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
 from saga_orchestrator.sweeper import Sweeper
+from saga_orchestrator.watch_feed import TransferFeed
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform.channels import CallMetadata, make_channel
 from wallet_platform.config import Settings
@@ -42,12 +43,14 @@ class SagaComponent:
         sweeper: Sweeper,
         servicer: TransferServicer,
         gateway: WalletGateway,
+        feed: TransferFeed,
     ) -> None:
         self.service = service
         self.runner = runner
         self.sweeper = sweeper
         self.servicer = servicer
         self.gateway = gateway
+        self.feed = feed
         self.service_names: tuple[str, ...] = (SERVICE_NAME,)
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -58,6 +61,7 @@ class SagaComponent:
         self.sweeper.start()  # its first sweep resumes what a previous run left unfinished
 
     async def stop(self) -> None:
+        await self.feed.stop()  # watch streams end now instead of holding up the drain
         await self.sweeper.stop()
         await self.runner.stop()
         close = getattr(self.gateway, "close", None)
@@ -110,5 +114,6 @@ def build_components(runtime: Runtime, *, gateway: WalletGateway | None = None) 
         wait_seconds=settings.transfer_wait_ms / 1000,
         lookup_timeout=settings.saga_step_deadline_ms / 1000,
     )
-    servicer = TransferServicer(service, repository, notifier)
-    return [SagaComponent(service, runner, sweeper, servicer, gateway)]
+    feed = TransferFeed(repository, notifier)
+    servicer = TransferServicer(service, feed)
+    return [SagaComponent(service, runner, sweeper, servicer, gateway, feed)]

@@ -1,49 +1,24 @@
 """``wallet.v1.TransferService`` over gRPC: protobuf <-> domain, nothing else.
 
 Errors are raised as domain errors; ``wallet_platform.server.builder.ErrorInterceptor``
-maps them to status codes. WatchTransfers merges two sources: the in-process notifier
-(changes this replica made, pushed at once) and a poll of the transfers table (changes
-other replicas made). A per-stream memory of the last state sent per transfer keeps
-the stream free of duplicates and never lets a transfer appear to go backwards.
+maps them to status codes. WatchTransfers streams what the process's one change feed
+(``saga_orchestrator.watch_feed``) hands its subscription.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import grpc
 
-from saga_orchestrator.domain import Transfer, TransferState
 from saga_orchestrator.mapping import PROTO_TO_STATE, STATE_TO_PROTO, timestamp, transfer_to_proto
-from saga_orchestrator.notifier import TransferNotifier
-from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
+from saga_orchestrator.watch_feed import TransferFeed, WatchFilter
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform import validation
 from wallet_platform.clock import utcnow
 from wallet_platform.errors import InvalidArgumentError
-
-# How often a watch stream looks for changes made by other replicas, and how far back
-# each look reaches (covers commit delays and small clock differences between replicas).
-WATCH_POLL_SECONDS = 1.0
-WATCH_POLL_OVERLAP = timedelta(seconds=3)
-WATCH_MEMORY = 10_000
-WATCH_POLL_BATCH = 500
-
-# Progress order: a watcher never sees a transfer step back.
-_RANK = {
-    TransferState.PENDING: 0,
-    TransferState.DEBITED: 1,
-    TransferState.COMPENSATING: 2,
-    TransferState.COMPLETED: 3,
-    TransferState.FAILED: 3,
-    TransferState.COMPENSATED: 3,
-}
 
 
 def _decode_cursor(token: str) -> tuple[datetime, str] | None:
@@ -63,15 +38,9 @@ def _encode_cursor(after: tuple[datetime, str] | None) -> str:
 
 
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
-    def __init__(
-        self,
-        service: TransferService,
-        repository: TransferRepository,
-        notifier: TransferNotifier,
-    ) -> None:
+    def __init__(self, service: TransferService, feed: TransferFeed) -> None:
         self.service = service
-        self.repository = repository
-        self.notifier = notifier
+        self.feed = feed
 
     async def CreateTransfer(
         self, request: transfer_pb2.CreateTransferRequest, context: grpc.aio.ServicerContext
@@ -147,53 +116,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             validation.transfer_id(request.transfer_id)
         if request.wallet_id:
             validation.wallet_id(request.wallet_id)
-
-        def wanted(transfer: Transfer) -> bool:
-            if request.transfer_id and transfer.transfer_id != request.transfer_id:
-                return False
-            return not request.wallet_id or transfer.involves(request.wallet_id)
-
-        sent: collections.OrderedDict[str, int] = collections.OrderedDict()
-
-        def is_news(transfer: Transfer) -> bool:
-            rank = _RANK[transfer.state]
-            previous = sent.get(transfer.transfer_id)
-            if previous is not None and previous >= rank:
-                return False
-            sent[transfer.transfer_id] = rank
-            sent.move_to_end(transfer.transfer_id)
-            while len(sent) > WATCH_MEMORY:
-                sent.popitem(last=False)
-            return True
-
-        with self.notifier.subscribe() as queue:
-            since = utcnow() - WATCH_POLL_OVERLAP
-            # What the overlap window already holds happened before this stream began:
-            # remember it without sending it, so only later progress is streamed.
-            for transfer in await self.repository.changed_since(since):
-                is_news(transfer)
-            next_poll = time.monotonic() + WATCH_POLL_SECONDS
-            while True:
-                pending: list[Transfer] = []
-                timeout = next_poll - time.monotonic()
-                if timeout > 0:
-                    with contextlib.suppress(TimeoutError):
-                        pending.append(await asyncio.wait_for(queue.get(), timeout))
-                    while not queue.empty():
-                        pending.append(queue.get_nowait())
-                else:
-                    poll_started = utcnow()
-                    batch = await self.repository.changed_since(since, WATCH_POLL_BATCH)
-                    pending.extend(batch)
-                    if len(batch) >= WATCH_POLL_BATCH and batch[-1].updated_at > since:
-                        # More changed than one batch: continue from the last one at once.
-                        since = batch[-1].updated_at
-                        next_poll = time.monotonic()
-                    else:
-                        since = poll_started - WATCH_POLL_OVERLAP
-                        next_poll = time.monotonic() + WATCH_POLL_SECONDS
-                for transfer in pending:
-                    if wanted(transfer) and is_news(transfer):
-                        yield transfer_pb2.WatchTransfersResponse(
-                            transfer=transfer_to_proto(transfer)
-                        )
+        wanted = WatchFilter(transfer_id=request.transfer_id, wallet_id=request.wallet_id)
+        async with self.feed.subscribe(wanted) as changes:
+            # The response headers say "subscribed": every later change reaches this
+            # stream (clients and tests wait for them instead of sleeping).
+            await context.send_initial_metadata(())
+            async for transfer in changes:
+                yield transfer_pb2.WatchTransfersResponse(transfer=transfer_to_proto(transfer))

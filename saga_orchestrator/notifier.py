@@ -1,9 +1,10 @@
 """In-process fan-out of saga state changes (for WatchTransfers and CreateTransfer's wait).
 
 Changes made by this process arrive here at once; changes made by other replicas are
-found by the watch stream polling the table (see ``grpc_api``). Subscribers get a
-bounded queue: a subscriber that does not keep up loses the oldest changes rather than
-growing memory without limit (the table stays the source of truth).
+found by the watch feed polling the table (see ``watch_feed``, the one subscriber).
+Subscribers get a bounded queue: a subscriber that does not keep up loses the oldest
+changes rather than growing memory without limit (the feed's next poll of the table,
+the source of truth, finds them again).
 """
 
 from __future__ import annotations

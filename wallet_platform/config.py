@@ -70,6 +70,13 @@ class Settings:
     currencies: str = ""
     tls_client_roles: str = ""
     allow_insecure: bool = False
+    max_streams: int = 1000
+    max_streams_per_connection: int = 100
+    max_unary_calls: int = 1000
+    max_concurrent_streams: int = 1000
+    max_connection_age_ms: int = 300_000
+    max_connection_age_grace_ms: int = 30_000
+    audit_backlog_bytes: int = 64 * 1024 * 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:
@@ -172,6 +179,48 @@ OPTIONS: tuple[Option, ...] = (
         "WALLET_ALLOW_INSECURE",
         "allow serving a non-loopback address without authentication",
         bool,
+    ),
+    Option(
+        "max_streams",
+        "WALLET_MAX_STREAMS",
+        "open server streams (WatchTransfers, health Watch) per process",
+        int,
+    ),
+    Option(
+        "max_streams_per_connection",
+        "WALLET_MAX_STREAMS_PER_CONNECTION",
+        "open server streams per client connection",
+        int,
+    ),
+    Option(
+        "max_unary_calls",
+        "WALLET_MAX_UNARY_CALLS",
+        "unary calls served at once per process (streams not counted)",
+        int,
+    ),
+    Option(
+        "max_concurrent_streams",
+        "WALLET_MAX_CONCURRENT_STREAMS",
+        "HTTP/2 streams per connection, calls and streams together",
+        int,
+    ),
+    Option(
+        "max_connection_age_ms",
+        "WALLET_MAX_CONNECTION_AGE_MS",
+        "close client connections after this age so they rebalance, ms; 0 = never",
+        int,
+    ),
+    Option(
+        "max_connection_age_grace_ms",
+        "WALLET_MAX_CONNECTION_AGE_GRACE_MS",
+        "time calls on an aged connection get to finish, ms",
+        int,
+    ),
+    Option(
+        "audit_backlog_bytes",
+        "WALLET_AUDIT_BACKLOG_BYTES",
+        "audit rows held in memory while the database is slow, bytes",
+        int,
     ),
 )
 

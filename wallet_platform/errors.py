@@ -141,6 +141,12 @@ class PermissionDeniedError(WalletPlatformError):
     reason = "PERMISSION_DENIED"
 
 
+class ResourceExhaustedError(WalletPlatformError):
+    """A server limit was reached (streams, calls, audit backlog); retry later."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+
 class ReplayedError(WalletPlatformError):
     """An error rebuilt from an idempotency record: same code, reason and message."""
 
@@ -168,6 +174,7 @@ STATUS_CODES: dict[type[WalletPlatformError], grpc.StatusCode] = {
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -325,8 +325,8 @@ async def test_list_summary_and_watch(platform: Platform) -> None:
             if sum(state == COMPLETED for _, state in seen) == 5:
                 return
 
+    await watch.initial_metadata()  # the server's "subscribed": later changes reach us
     reader = asyncio.create_task(read_watch())
-    await asyncio.sleep(0.2)  # let the stream subscribe
     ids = [(await create(platform, source, target, 10)).transfer.transfer_id for _ in range(5)]
     failed = (await create(platform, other, target, 500)).transfer
     assert failed.state == FAILED
@@ -379,8 +379,8 @@ async def test_watch_shows_changes_made_by_another_replica(
                         return change.transfer
                 raise AssertionError("stream ended")
 
+            await watch.initial_metadata()  # subscribed: the next change reaches us
             reader = asyncio.create_task(first_completed())
-            await asyncio.sleep(0.2)
             made = await transfer_pb2_grpc.TransferServiceStub(channel).CreateTransfer(
                 transfer_pb2.CreateTransferRequest(
                     request_id=rid(), from_wallet_id=source, to_wallet_id=target, amount=7

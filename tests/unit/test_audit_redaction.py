@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from wallet.v1 import transfer_pb2, wallet_pb2
-from wallet_platform.observability import audit
+from wallet_platform.observability import audit, audit_request
 
 
 def test_write_methods_and_prefix_rule():
@@ -25,19 +25,19 @@ def test_redact_nested_secrets_but_not_ordinary_fields():
         "nested": {"api_key": "k", "items": [{"auth_token": "t", "amount": 3}]},
         "page_token": "kept",
     }
-    assert audit.redact(data) == {
+    assert audit_request.redact(data) == {
         "wallet_id": "w",
-        "password": audit.REDACTED,
+        "password": audit_request.REDACTED,
         "nested": {
-            "api_key": audit.REDACTED,
-            "items": [{"auth_token": audit.REDACTED, "amount": 3}],
+            "api_key": audit_request.REDACTED,
+            "items": [{"auth_token": audit_request.REDACTED, "amount": 3}],
         },
         "page_token": "kept",
     }
 
 
 def test_request_json_keeps_defaults_and_is_bounded():
-    text = audit.request_json(
+    text = audit_request.request_json(
         transfer_pb2.CreateTransferRequest(request_id="r", from_wallet_id="a", to_wallet_id="b")
     )
     assert json.loads(text) == {
@@ -46,5 +46,5 @@ def test_request_json_keeps_defaults_and_is_bounded():
         "to_wallet_id": "b",
         "amount": "0",
     }
-    huge = audit.request_json(wallet_pb2.CreateWalletRequest(wallet_id="x" * 20_000))
-    assert len(huge) <= audit.MAX_REQUEST_JSON and json.loads(huge)["truncated"] is True
+    huge = audit_request.request_json(wallet_pb2.CreateWalletRequest(wallet_id="x" * 20_000))
+    assert len(huge) <= audit_request.MAX_REQUEST_JSON and json.loads(huge)["truncated"] is True

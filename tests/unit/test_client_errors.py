@@ -66,7 +66,7 @@ def test_unknown_reason_falls_back_to_its_status_codes_class():
     assert exception_class("DAILY_LIMIT", grpc.StatusCode.FAILED_PRECONDITION) is (
         wallet_client.FailedPreconditionError
     )
-    assert exception_class("", grpc.StatusCode.RESOURCE_EXHAUSTED) is WalletError
+    assert exception_class("", grpc.StatusCode.ABORTED) is WalletError
     assert exception_class("INSUFFICIENT_FUNDS", grpc.StatusCode.FAILED_PRECONDITION) is (
         wallet_client.InsufficientFundsError
     )

@@ -7,41 +7,54 @@ plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
   so the service can stamp it on the events and transfers the call produces
   and every log line of the call carries it;
 - sends it back to the client as trailing metadata ``x-audit-id``;
-- records method, request (JSON, secrets redacted), caller identity, peer, start time,
-  duration and the resulting status code, including calls refused by authentication,
-  validation or business rules.
+- records method, request, caller identity, peer, start time, duration and the
+  resulting status code, including calls refused by authentication, validation,
+  limits or business rules. The request is stored as redacted JSON of at most 8 KiB,
+  except for calls refused before they could act: those get a fixed-size summary
+  (``audit_request``), since anyone can send them with any body.
 
 A call that arrives with ``x-audit-id`` (the orchestrator's step calls, sent by
 ``wallet_platform.channels``) still gets its own row, but the id it stamps on events is
-the incoming one, so the ``CreateTransfer`` audit id leads to the debit, credit or
-refund entries in the ledger. With authorisation on (tokens or certificate roles), only
-a caller holding the ``orchestrator`` role may do so.
+the incoming one when the caller may set it (``audit_ids``: a caller holding the
+``orchestrator`` role with authorisation on, a same-host peer with it off), so the
+``CreateTransfer`` audit id leads to the debit, credit or refund entries in the ledger.
 
 Rows are written off the hot path by :class:`AuditWriter`, a small batching task: the
-call only appends to a list. A clean shutdown drains every pending row (the server
-stops accepting calls first); if the database stays down past the drain deadline the
-remaining rows are written to the log as ERROR lines rather than dropped silently.
+call only appends to a backlog bounded in bytes (``audit_backlog``: refused calls'
+records are dropped and counted when their share is full; write calls are refused up
+front when the whole backlog is). A clean shutdown drains every pending row (the
+server stops accepting calls first); if the database stays down past the drain
+deadline the remaining rows are written to the log as ERROR lines rather than dropped
+silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 from sqlalchemy import text
 
 from wallet_platform.clock import Clock, utcnow
+from wallet_platform.errors import ResourceExhaustedError
+from wallet_platform.observability.audit_backlog import DROP_LOG_SECONDS, AuditBacklog
+from wallet_platform.observability.audit_ids import AUDIT_ID_HEADER, trusted_audit_id
+from wallet_platform.observability.audit_request import (
+    MAX_REFUSED_MESSAGE,
+    MAX_TEXT,
+    REFUSED_STATUSES,
+    request_json,
+    request_summary,
+)
 from wallet_platform.observability.logs import audit_id_var
+from wallet_platform.server.builder import abort_with
 from wallet_platform.server.handlers import with_behaviour
-from wallet_platform.server.security import ORCHESTRATOR, caller_identity
+from wallet_platform.server.security import caller_identity
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import audit_log
 
@@ -50,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AUDIT_ID_HEADER = "x-audit-id"
+DEFAULT_BACKLOG_BYTES = 64 * 1024 * 1024
 
 _WALLET = "/wallet.v1.WalletService/"
 _TRANSFER = "/wallet.v1.TransferService/"
@@ -87,15 +100,9 @@ WRITE_NAME_PREFIXES = (
     "Set",
 )
 
-REDACTED = "[REDACTED]"
-# Field names that hold secrets, anywhere in a request.
-_SECRET_FIELD = re.compile(
-    r"(password|passwd|secret|credential|private_key|api_key|apikey|auth_token|access_token"
-    r"|refresh_token|^token$|bearer|^pin$|card_number|cvv|iban)",
-    re.IGNORECASE,
-)
-MAX_REQUEST_JSON = 8192
-_MAX_TEXT = 2000
+
+class AuditBacklogFullError(ResourceExhaustedError):
+    reason = "AUDIT_BACKLOG_FULL"
 
 
 def is_write_method(method: str) -> bool:
@@ -104,66 +111,6 @@ def is_write_method(method: str) -> bool:
     if not method.startswith("/wallet.v1."):
         return False
     return method.rsplit("/", 1)[-1].startswith(WRITE_NAME_PREFIXES)
-
-
-def redact(value: Any) -> Any:
-    """A copy of a JSON-like value with every secret-named field replaced."""
-    if isinstance(value, dict):
-        return {
-            key: (REDACTED if _SECRET_FIELD.search(str(key)) else redact(item))
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value
-
-
-def request_json(request: Any) -> str:
-    """The request as compact JSON with secrets redacted (bounded in size)."""
-    if isinstance(request, Message):
-        try:
-            data: Any = MessageToDict(
-                request,
-                preserving_proto_field_name=True,
-                always_print_fields_with_no_presence=True,
-            )
-        except TypeError:  # older protobuf without that keyword
-            data = MessageToDict(request, preserving_proto_field_name=True)
-    else:
-        data = {"repr": repr(request)[:_MAX_TEXT]}
-    text = json.dumps(redact(data), separators=(",", ":"), sort_keys=True, default=str)
-    full, keep = text, MAX_REQUEST_JSON - 64
-    while len(text) > MAX_REQUEST_JSON:  # escaping may grow the prefix: shrink until it fits
-        text = json.dumps({"truncated": True, "prefix": full[:keep]})
-        keep //= 2
-    return text
-
-
-def _valid_uuid(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
-
-
-def _incoming_audit_id(
-    context: grpc.aio.ServicerContext, authority: Authority | None
-) -> str | None:
-    """The audit id a trusted caller (the orchestrator) asks us to stamp on events.
-
-    With authorisation on, only a caller holding the ``orchestrator`` role (or
-    ``admin``) may set it, so an ordinary client cannot stamp its writes with someone
-    else's id.
-    """
-    metadata = context.invocation_metadata() or ()
-    value = next((v for k, v in metadata if k == AUDIT_ID_HEADER), None)
-    if value is None:
-        return None
-    if authority and not authority.may_act_as(context, ORCHESTRATOR):
-        return None
-    return _valid_uuid(value.decode() if isinstance(value, bytes) else str(value))
 
 
 def _status_name(code: Any) -> str:
@@ -200,8 +147,10 @@ def _columns(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
 class AuditWriter:
     """Batches audit rows into the database from a background task.
 
-    ``submit`` never waits on the database. ``stop`` drains everything: it keeps
-    retrying for ``drain_timeout`` seconds, then logs what it could not write.
+    ``submit`` never waits on the database; the rows wait in an
+    :class:`~wallet_platform.observability.audit_backlog.AuditBacklog` of at most about
+    ``max_bytes``. ``stop`` drains everything: it keeps retrying for ``drain_timeout``
+    seconds, then logs what it could not write.
 
     ``linger``: how long a batch waits for more rows. A write costs about the same CPU
     for one row as for fifty (~1 ms here, mostly its round trip), and under steady load
@@ -217,15 +166,14 @@ class AuditWriter:
         *,
         batch_size: int = 500,
         linger: float = 0.1,
-        max_pending: int = 100_000,
+        max_bytes: int = DEFAULT_BACKLOG_BYTES,
         drain_timeout: float = 10.0,
     ) -> None:
         self.db = db
         self.batch_size = batch_size
         self.linger = linger
-        self.max_pending = max_pending
         self.drain_timeout = drain_timeout
-        self._pending: list[dict[str, Any]] = []
+        self.backlog = AuditBacklog(max_bytes)
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Condition()
         self._submitted = 0
@@ -235,16 +183,18 @@ class AuditWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self.backlog)
 
-    def submit(self, row: dict[str, Any]) -> None:
-        if len(self._pending) >= self.max_pending:
-            # The database has been down a long time: keep memory bounded, keep the record.
-            log.error("audit row not persisted (backlog full)", extra={"audit_row": row})
-            self._submitted += 1
-            self._settled += 1
+    @property
+    def accepting_writes(self) -> bool:
+        """False while the backlog is full: write calls are refused until it drains."""
+        return not self.backlog.full
+
+    def submit(self, row: dict[str, Any], *, refused: bool = False) -> None:
+        """Queue a row; a refused call's row may be dropped (counted) when the backlog
+        is too full for it (see ``audit_backlog``)."""
+        if not self.backlog.add(row, refused=refused):
             return
-        self._pending.append(row)
         self._submitted += 1
         self._wakeup.set()
 
@@ -271,8 +221,9 @@ class AuditWriter:
         if self._task is not None:
             await self._task
             self._task = None
-        elif self._pending:
+        elif self.backlog.rows:
             await self._drain_once_more()
+        self.backlog.report_drops(force=True)
 
     async def _notify(self, count: int) -> None:
         self._settled += count
@@ -290,25 +241,27 @@ class AuditWriter:
             await conn.execute(audit_log.insert(), batch)
 
     async def _drain_once_more(self) -> None:
-        while self._pending:
-            batch = self._pending[: self.batch_size]
+        while self.backlog.rows:
+            batch = self.backlog.rows[: self.batch_size]
             await self._write(batch)
-            del self._pending[: len(batch)]
+            self.backlog.remove_first(len(batch))
             await self._notify(len(batch))
 
     async def _run(self) -> None:
         failures = 0
         deadline: float | None = None
         while True:
-            if not self._pending:
+            self.backlog.report_drops()
+            if not self.backlog.rows:
                 if self._stopping:
                     return
-                await self._wakeup.wait()
+                with contextlib.suppress(TimeoutError):  # wake now and then to report drops
+                    await asyncio.wait_for(self._wakeup.wait(), DROP_LOG_SECONDS)
                 self._wakeup.clear()
                 continue
-            if not self._stopping and len(self._pending) < self.batch_size and failures == 0:
+            if not self._stopping and len(self.backlog.rows) < self.batch_size and failures == 0:
                 await asyncio.sleep(self.linger)  # let a few more rows join the batch
-            batch = self._pending[: self.batch_size]
+            batch = self.backlog.rows[: self.batch_size]
             try:
                 await self._write(batch)
             except asyncio.CancelledError:
@@ -318,17 +271,19 @@ class AuditWriter:
                 if self._stopping:
                     deadline = deadline or time.monotonic() + self.drain_timeout
                     if time.monotonic() >= deadline:
-                        for row in self._pending:
+                        for row in self.backlog.rows:
                             log.error("audit row not persisted", extra={"audit_row": row})
-                        lost = len(self._pending)
-                        self._pending.clear()
+                        lost = len(self.backlog.rows)
+                        self.backlog.remove_first(lost)
                         await self._notify(lost)
                         return
-                log.warning("audit write failed (%s rows pending): %s", len(self._pending), error)
+                log.warning(
+                    "audit write failed (%s rows pending): %s", len(self.backlog.rows), error
+                )
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
                 continue
             failures = 0
-            del self._pending[: len(batch)]
+            self.backlog.remove_first(len(batch))
             await self._notify(len(batch))
 
 
@@ -357,10 +312,18 @@ def audit(
         started_at = clock()
         t0 = time.perf_counter()
         context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
-        reset = audit_id_var.set(_incoming_audit_id(context, authority) or audit_id)
+        reset = audit_id_var.set(trusted_audit_id(context, authority) or audit_id)
         status = "OK"
         error_message: str | None = None
         try:
+            if not writer.accepting_writes:
+                await abort_with(
+                    context,
+                    AuditBacklogFullError(
+                        "the audit trail cannot be written right now (database slow or "
+                        "down); nothing was changed, retry later with the same request_id"
+                    ),
+                )
             response = await inner(request, context)
             code = context.code()
             status = _status_name(code)
@@ -379,18 +342,21 @@ def audit(
             raise
         finally:
             audit_id_var.reset(reset)
+            refused = status in REFUSED_STATUSES
+            limit = MAX_REFUSED_MESSAGE if refused else MAX_TEXT
             writer.submit(
                 {
                     "audit_id": audit_id,
                     "method": method,
-                    "request_json": request_json(request),
+                    "request_json": request_summary(request) if refused else request_json(request),
                     "caller": caller_identity(context, tokens, certificates=certificates)[:128],
                     "peer": (context.peer() or "")[:128],
                     "status_code": status,
-                    "error_message": error_message[:_MAX_TEXT] if error_message else None,
+                    "error_message": error_message[:limit] if error_message else None,
                     "started_at": started_at,
                     "duration_ms": int((time.perf_counter() - t0) * 1000),
-                }
+                },
+                refused=refused,
             )
 
     return with_behaviour(handler, audited)

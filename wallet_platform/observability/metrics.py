@@ -1,6 +1,6 @@
 """Prometheus metrics: every server process exposes them on ``WALLET_METRICS_PORT``.
 
-Three sources:
+Four sources:
 
 - :func:`measure` (installed by ``wallet_platform.server.plumbing``) counts every RPC and times
   it, by service, method and status code (the RED metrics of each server).
@@ -8,7 +8,8 @@ Three sources:
   and the broker: sagas by state and the age of the oldest unfinished one, the outbox
   backlog and the age of its oldest pending row, per-consumer lag (ready messages in
   its queue; events in the log with no inbox row for it) and DLQ depth.
-- the audit writer's backlog (``wallet_audit_pending_rows``).
+- the audit writer's backlog (``wallet_audit_pending_rows``);
+- the resource limits, updated by the code that enforces them (``limit_metrics``).
 
 Metric names live in :data:`METRIC_NAMES` (the deploy tests check the Grafana
 dashboard against it). All metrics go to prometheus-client's default registry, so
@@ -37,7 +38,8 @@ from sqlalchemy import and_, column, exists, func, not_, select, table
 
 from wallet_platform.clock import Clock, ensure_utc, utcnow
 from wallet_platform.messaging import topology as event_names
-from wallet_platform.server.handlers import with_behaviour
+from wallet_platform.observability import limit_metrics
+from wallet_platform.server.handlers import responses, with_behaviour
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import inbox, outbox, transfers, wallet_events
 
@@ -119,25 +121,28 @@ LAST_COLLECT = Gauge(
 )
 
 # Every metric family this module registers (as Prometheus exposes them).
-METRIC_NAMES: frozenset[str] = frozenset(
-    {
-        "wallet_grpc_server_handled_total",
-        "wallet_grpc_server_handling_seconds_bucket",
-        "wallet_grpc_server_handling_seconds_count",
-        "wallet_grpc_server_handling_seconds_sum",
-        "wallet_grpc_server_in_flight",
-        "wallet_sagas",
-        "wallet_saga_oldest_unfinished_age_seconds",
-        "wallet_outbox_pending",
-        "wallet_outbox_oldest_pending_age_seconds",
-        "wallet_consumer_queue_messages",
-        "wallet_consumer_unapplied_events",
-        "wallet_consumer_oldest_unapplied_age_seconds",
-        "wallet_dlq_messages",
-        "wallet_audit_pending_rows",
-        "wallet_metrics_collect_errors_total",
-        "wallet_metrics_last_collect_timestamp_seconds",
-    }
+METRIC_NAMES: frozenset[str] = (
+    frozenset(
+        {
+            "wallet_grpc_server_handled_total",
+            "wallet_grpc_server_handling_seconds_bucket",
+            "wallet_grpc_server_handling_seconds_count",
+            "wallet_grpc_server_handling_seconds_sum",
+            "wallet_grpc_server_in_flight",
+            "wallet_sagas",
+            "wallet_saga_oldest_unfinished_age_seconds",
+            "wallet_outbox_pending",
+            "wallet_outbox_oldest_pending_age_seconds",
+            "wallet_consumer_queue_messages",
+            "wallet_consumer_unapplied_events",
+            "wallet_consumer_oldest_unapplied_age_seconds",
+            "wallet_dlq_messages",
+            "wallet_audit_pending_rows",
+            "wallet_metrics_collect_errors_total",
+            "wallet_metrics_last_collect_timestamp_seconds",
+        }
+    )
+    | limit_metrics.NAMES
 )
 
 SAGA_STATES = ("PENDING", "DEBITED", "COMPLETED", "FAILED", "COMPENSATING", "COMPENSATED")
@@ -223,7 +228,7 @@ def measure(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
             outcome = "failed"
             series.in_flight.inc()
             try:
-                async for item in inner_us(request, context):
+                async for item in responses(inner_us(request, context)):
                     yield item
                 outcome = "ok"
             except (asyncio.CancelledError, GeneratorExit):

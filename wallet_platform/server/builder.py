@@ -25,7 +25,7 @@ from wallet_platform.errors import (
     UnavailableError,
     WalletPlatformError,
 )
-from wallet_platform.server.handlers import with_behaviour
+from wallet_platform.server.handlers import responses, with_behaviour
 from wallet_platform.storage.database import is_connection_error
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,14 @@ def _keep_trailers(context: grpc.aio.ServicerContext, status: Any) -> Any:
     return status._replace(trailing_metadata=(*status.trailing_metadata, *already))
 
 
+async def abort_with(context: grpc.aio.ServicerContext, error: WalletPlatformError) -> None:
+    """End the call with ``error``'s status and details, keeping trailers set so far.
+
+    For layers that refuse a call outside the error mapping (limits, audit backlog).
+    """
+    await context.abort_with_status(_keep_trailers(context, rich_status(error)))
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
     translated = _translate(error)
     if translated is None:
@@ -112,9 +120,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method
         status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
         await context.abort_with_status(_keep_trailers(context, rpc_status.to_status(status)))
         return
-    if translated.code in (grpc.StatusCode.UNAVAILABLE,):
+    if translated.error_reason == "UNAVAILABLE":  # a dependency is down (not a server stop)
         log.warning("%s: %s", method, translated.message)
-    await context.abort_with_status(_keep_trailers(context, rich_status(translated)))
+    await abort_with(context, translated)
 
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
@@ -171,7 +179,7 @@ def map_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHan
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                async for item in inner_us(request, context):
+                async for item in responses(inner_us(request, context)):
                     yield item
             except Exception as error:
                 if _is_abort(error):

@@ -7,7 +7,8 @@ same (de)serializers; this is that one step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -29,3 +30,17 @@ def with_behaviour(handler: grpc.RpcMethodHandler, behaviour: Any) -> grpc.RpcMe
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+async def responses(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour's ``result``, for a layer to pass on.
+
+    A behaviour either yields its responses (an async generator) or writes them with
+    ``context.write`` and returns a coroutine (grpc's health ``Watch``). The second kind
+    has nothing to pass on: it is awaited, and its writes reach the client directly.
+    """
+    if inspect.isawaitable(result):
+        await result
+        return
+    async for item in result:
+        yield item

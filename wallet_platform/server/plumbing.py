@@ -9,9 +9,10 @@ All of it is ONE interceptor (:class:`PlumbingInterceptor`) whose layers wrap ea
 method's handler once, cached per method (``grpc_server.WrappingInterceptor``): four
 interceptors building closures and handler objects on every call cost measurable CPU
 per request (docs/benchmarks.md). Layer order (outermost first): metrics (sees every
-final status), audit (records refused calls too), auth (refuses before servicer code
-runs), then error mapping (domain errors -> status codes with details). When a service
-adds interceptors of its own they go between auth and the error mapping, as before.
+final status), audit (records refused calls too), call limits (streams and unary calls
+in flight, ``call_limits``), auth (refuses before servicer code runs), then error
+mapping (domain errors -> status codes with details). When a service adds interceptors
+of its own they go between auth and the error mapping.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from wallet_platform.observability.audit import AuditWriter, audit
 from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector, measure
 from wallet_platform.server.authority import Authority, authority_from_settings
 from wallet_platform.server.builder import WrappingInterceptor, map_errors
+from wallet_platform.server.call_limits import CallLimiter
+from wallet_platform.server.limits import ServerLimits
 from wallet_platform.server.security import guard
 
 if TYPE_CHECKING:
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 AUDIT_WRITER = "audit_writer"  # runtime.extras key (tests flush it)
 METRICS_HTTP = "metrics_http"  # runtime.extras key (tests read the bound port)
+CALL_LIMITER = "call_limiter"  # runtime.extras key (tests read the stream counts)
+MIN_AUDIT_BACKLOG_BYTES = 1024 * 1024  # below this, a burst of writes is refused at once
 
 
 def metrics_host(listen: str) -> str:
@@ -43,7 +48,7 @@ def metrics_host(listen: str) -> str:
 
 
 class PlumbingInterceptor(WrappingInterceptor):
-    """Metrics, audit, auth and (unless ``error_mapping=False``) error mapping."""
+    """Metrics, audit, call limits, auth and (unless ``error_mapping=False``) error mapping."""
 
     def __init__(
         self,
@@ -52,18 +57,22 @@ class PlumbingInterceptor(WrappingInterceptor):
         *,
         certificates: bool,
         error_mapping: bool = True,
+        limiter: CallLimiter | None = None,
     ) -> None:
         super().__init__()
         self.audit_writer = audit_writer
         self.authority = authority
         self.certificates = certificates
         self.error_mapping = error_mapping
+        self.limiter = limiter
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if self.error_mapping:
             handler = map_errors(method, handler)
         if self.authority:
             handler = guard(method, handler, self.authority)
+        if self.limiter is not None:
+            handler = self.limiter.wrap(method, handler)
         handler = audit(
             method, handler, self.audit_writer, self.authority, certificates=self.certificates
         )
@@ -71,14 +80,21 @@ class PlumbingInterceptor(WrappingInterceptor):
 
 
 class ServerPlumbing:
-    """Auth, audit and metrics for one server process."""
+    """Auth, audit, call limits and metrics for one server process."""
 
     def __init__(self, runtime: Runtime) -> None:
         settings = runtime.settings
         self.authority = authority_from_settings(settings)
+        self.limits = ServerLimits.from_settings(settings)
+        self.limiter = CallLimiter(self.limits)
+        runtime.extras[CALL_LIMITER] = self.limiter
         # A plaintext server has no client certificates to name callers by.
         self.certificates = bool(getattr(settings, "tls_cert", ""))
-        self.audit_writer = AuditWriter(runtime.db)
+        if settings.audit_backlog_bytes < MIN_AUDIT_BACKLOG_BYTES:
+            raise SystemExit(
+                f"WALLET_AUDIT_BACKLOG_BYTES must be at least {MIN_AUDIT_BACKLOG_BYTES}"
+            )
+        self.audit_writer = AuditWriter(runtime.db, max_bytes=settings.audit_backlog_bytes)
         runtime.extras[AUDIT_WRITER] = self.audit_writer
         self.metrics_http: MetricsHttpServer | None = None
         self.collector: StateCollector | None = None
@@ -110,6 +126,7 @@ class ServerPlumbing:
             self.authority,
             certificates=self.certificates,
             error_mapping=error_mapping,
+            limiter=self.limiter,
         )
 
     async def start(self) -> None:

@@ -104,6 +104,7 @@ async def start_server(
             # adds interceptors, then by create_server's ErrorInterceptor after them.
             interceptors=[plumbing.interceptor(error_mapping=not own), *own],
             credentials=server_credentials(settings),
+            options=plumbing.limits.grpc_options(),
             reuse_port=settings.workers > 1,
             error_mapping=bool(own),
         )

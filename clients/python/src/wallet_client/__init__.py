@@ -11,6 +11,7 @@ from wallet_client.client import WalletClient, new_request_id
 from wallet_client.errors import (
     REASONS,
     AlreadyExistsError,
+    AuditBacklogFullError,
     BalanceOverflowError,
     CurrencyMismatchError,
     CurrencyNotAllowedError,
@@ -28,6 +29,10 @@ from wallet_client.errors import (
     NotFoundError,
     OutOfRangeError,
     PermissionDeniedError,
+    ResourceExhaustedError,
+    ServerStoppingError,
+    TooManyCallsError,
+    TooManyStreamsError,
     TransferNotFoundError,
     UnauthenticatedError,
     UnavailableError,
@@ -37,6 +42,7 @@ from wallet_client.errors import (
     WalletFrozenError,
     WalletNotFoundError,
     WalletStatsNotFoundError,
+    WatchTooSlowError,
 )
 from wallet_client.retry import NO_RETRIES, RetryPolicy
 
@@ -44,6 +50,7 @@ __all__ = [
     "NO_RETRIES",
     "REASONS",
     "AlreadyExistsError",
+    "AuditBacklogFullError",
     "BalanceOverflowError",
     "CurrencyMismatchError",
     "CurrencyNotAllowedError",
@@ -61,8 +68,12 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "ResourceExhaustedError",
     "RetryPolicy",
+    "ServerStoppingError",
     "TlsConfig",
+    "TooManyCallsError",
+    "TooManyStreamsError",
     "TransferNotFoundError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -73,5 +84,6 @@ __all__ = [
     "WalletFrozenError",
     "WalletNotFoundError",
     "WalletStatsNotFoundError",
+    "WatchTooSlowError",
     "new_request_id",
 ]

@@ -134,8 +134,33 @@ class BalanceOverflowError(OutOfRangeError):
     pass
 
 
+class ResourceExhaustedError(WalletError):
+    """A server limit was reached; nothing was done: try again later (writes with the
+    same request_id)."""
+
+
+class TooManyStreamsError(ResourceExhaustedError):
+    """Too many open streams on the server or on this connection."""
+
+
+class TooManyCallsError(ResourceExhaustedError):
+    """Too many calls in flight on the server."""
+
+
+class WatchTooSlowError(ResourceExhaustedError):
+    """A watch stream fell too far behind: subscribe again and read the current state."""
+
+
+class AuditBacklogFullError(ResourceExhaustedError):
+    """The server cannot record writes in its audit trail right now; nothing was changed."""
+
+
 class UnavailableError(WalletError):
     """The platform or one of its dependencies is down: retry with the same request_id."""
+
+
+class ServerStoppingError(UnavailableError):
+    """The server is shutting down (a watch stream ends with it): reconnect."""
 
 
 class DeadlineExceededError(WalletError):
@@ -181,7 +206,13 @@ REASONS: MappingProxyType[str, tuple[type[WalletError], grpc.StatusCode]] = Mapp
         "WALLET_ALREADY_EXISTS": (WalletAlreadyExistsError, C.ALREADY_EXISTS),
         "OUT_OF_RANGE": (OutOfRangeError, C.OUT_OF_RANGE),
         "BALANCE_OVERFLOW": (BalanceOverflowError, C.OUT_OF_RANGE),
+        "RESOURCE_EXHAUSTED": (ResourceExhaustedError, C.RESOURCE_EXHAUSTED),
+        "TOO_MANY_STREAMS": (TooManyStreamsError, C.RESOURCE_EXHAUSTED),
+        "TOO_MANY_CALLS": (TooManyCallsError, C.RESOURCE_EXHAUSTED),
+        "WATCH_TOO_SLOW": (WatchTooSlowError, C.RESOURCE_EXHAUSTED),
+        "AUDIT_BACKLOG_FULL": (AuditBacklogFullError, C.RESOURCE_EXHAUSTED),
         "UNAVAILABLE": (UnavailableError, C.UNAVAILABLE),
+        "SERVER_STOPPING": (ServerStoppingError, C.UNAVAILABLE),
         "DEADLINE_EXCEEDED": (DeadlineExceededError, C.DEADLINE_EXCEEDED),
         "UNAUTHENTICATED": (UnauthenticatedError, C.UNAUTHENTICATED),
         "PERMISSION_DENIED": (PermissionDeniedError, C.PERMISSION_DENIED),
