@@ -16,7 +16,7 @@ import grpc
 
 from saga_orchestrator.domain import StepError, StepName
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_platform.server.builder import error_reason
+from wallet_platform.server.status import error_reason
 
 # Each saga step and the WalletService RPC that performs it (one request shape, plus the
 # debit's destination).

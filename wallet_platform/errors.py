@@ -1,17 +1,18 @@
-"""Domain errors and the one table that maps them to gRPC status codes.
+"""Domain errors: a stable reason each, and the one table of their status codes.
 
-Services raise these; the gRPC boundary (``grpc_server.ErrorInterceptor``) turns
-them into a status with a ``google.rpc.ErrorInfo`` (machine-readable ``reason``) and,
-for bad input, a ``google.rpc.BadRequest`` naming the field. An error stored for an
-idempotent replay is rebuilt with :func:`error_from_record`, so the replay carries
-exactly the original code, reason and message.
+Services and domains raise these; nothing here knows a transport. Each error class has
+a machine-readable ``reason`` (``INSUFFICIENT_FUNDS``) and, through :data:`STATUS_NAMES`,
+a canonical status code named as in ``google.rpc.Code`` (``FAILED_PRECONDITION``). The
+gRPC edge (:mod:`wallet_platform.server.status`) turns that name into a
+``grpc.StatusCode`` with a ``google.rpc.ErrorInfo`` and, for bad input, a
+``google.rpc.BadRequest`` naming the field. An error stored for an idempotent replay is
+rebuilt with :func:`error_from_record`, so the replay carries exactly the original code,
+reason and message.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
-
-import grpc
 
 
 class WalletPlatformError(Exception):
@@ -25,8 +26,9 @@ class WalletPlatformError(Exception):
         self.field = field
 
     @property
-    def code(self) -> grpc.StatusCode:
-        return status_code_for(self)
+    def code_name(self) -> str:
+        """The canonical status code (a ``google.rpc.Code`` name) this error is sent with."""
+        return status_name_for(self)
 
     @property
     def error_reason(self) -> str:
@@ -150,45 +152,45 @@ class ResourceExhaustedError(WalletPlatformError):
 class ReplayedError(WalletPlatformError):
     """An error rebuilt from an idempotency record: same code, reason and message."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(self, code_name: str, reason: str, message: str) -> None:
         super().__init__(message)
-        self._code = code
+        self._code_name = code_name
         self._reason = reason
 
     @property
-    def code(self) -> grpc.StatusCode:
-        return self._code
+    def code_name(self) -> str:
+        return self._code_name
 
     @property
     def error_reason(self) -> str:
         return self._reason
 
 
-# The one mapping from domain errors to gRPC status codes (most specific base wins).
-STATUS_CODES: dict[type[WalletPlatformError], grpc.StatusCode] = {
-    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
-    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
-    OutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
-    UnavailableError: grpc.StatusCode.UNAVAILABLE,
-    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
-    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+# The one mapping from domain errors to canonical status codes (most specific base wins).
+STATUS_NAMES: dict[type[WalletPlatformError], str] = {
+    InvalidArgumentError: "INVALID_ARGUMENT",
+    NotFoundError: "NOT_FOUND",
+    FailedPreconditionError: "FAILED_PRECONDITION",
+    AlreadyExistsError: "ALREADY_EXISTS",
+    OutOfRangeError: "OUT_OF_RANGE",
+    UnavailableError: "UNAVAILABLE",
+    UnauthenticatedError: "UNAUTHENTICATED",
+    PermissionDeniedError: "PERMISSION_DENIED",
+    ResourceExhaustedError: "RESOURCE_EXHAUSTED",
 }
 
 
-def status_code_for(error: WalletPlatformError) -> grpc.StatusCode:
+def status_name_for(error: WalletPlatformError) -> str:
     for cls in type(error).__mro__:
-        if cls in STATUS_CODES:
-            return STATUS_CODES[cls]
-    return grpc.StatusCode.INTERNAL
+        if cls in STATUS_NAMES:
+            return STATUS_NAMES[cls]
+    return "INTERNAL"
 
 
 def error_to_record(error: WalletPlatformError) -> tuple[str, str, str]:
     """(status code name, reason, message): what an idempotency record stores."""
-    return error.code.name, error.error_reason, error.message
+    return error.code_name, error.error_reason, error.message
 
 
 def error_from_record(code_name: str, reason: str, message: str) -> ReplayedError:
-    return ReplayedError(grpc.StatusCode[code_name], reason, message)
+    return ReplayedError(code_name, reason, message)

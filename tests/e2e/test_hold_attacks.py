@@ -22,8 +22,8 @@ from wallet.v1 import wallet_pb2 as pb
 from wallet.v1 import wallet_pb2_grpc
 from wallet_platform.channels import make_channel
 from wallet_platform.config import Settings
-from wallet_platform.server.builder import error_reason
 from wallet_platform.server.process import start_server
+from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import (
     idempotency_records,

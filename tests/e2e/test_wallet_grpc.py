@@ -18,8 +18,9 @@ from wallet.v1 import wallet_pb2 as pb
 from wallet.v1 import wallet_pb2_grpc
 from wallet_platform.config import Settings
 from wallet_platform.runtime import Runtime
-from wallet_platform.server.builder import Component, create_server, error_reason
+from wallet_platform.server.builder import Component, create_server
 from wallet_platform.server.process import start_server
+from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import Database
 from wallet_service.bootstrap import WalletComponent
 from wallet_service.service import WalletService

@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.integration.test_saga_transfers import start_orchestrator
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform.config import Settings
-from wallet_platform.server.builder import error_reason
 from wallet_platform.server.call_limits import CallLimiter
 from wallet_platform.server.plumbing import CALL_LIMITER
 from wallet_platform.server.process import RunningServer
+from wallet_platform.server.status import error_reason
 
 
 async def separate_channel(target: str) -> grpc.aio.Channel:

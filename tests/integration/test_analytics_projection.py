@@ -24,8 +24,8 @@ from wallet.v1 import analytics_pb2, analytics_pb2_grpc
 from wallet_platform.config import Settings
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.consumer import ConsumerRunner
-from wallet_platform.server.builder import error_reason
 from wallet_platform.server.process import start_server
+from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import outbox
 from wallet_service.domain import Movement

@@ -25,9 +25,9 @@ from wallet_platform.channels import make_channel
 from wallet_platform.config import Settings
 from wallet_platform.observability.audit import AuditWriter
 from wallet_platform.observability.audit_backlog import REFUSED_SHARE
-from wallet_platform.server.builder import error_reason
 from wallet_platform.server.plumbing import AUDIT_WRITER, MIN_AUDIT_BACKLOG_BYTES
 from wallet_platform.server.process import RunningServer, start_server
+from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import audit_log
 from wallet_service.bootstrap import build_components

@@ -22,8 +22,9 @@ from wallet_events.messages import decode
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
 from wallet_platform.runtime import Runtime
-from wallet_platform.server.builder import Component, error_reason
+from wallet_platform.server.builder import Component
 from wallet_platform.server.process import RunningServer, start_server
+from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import outbox, wallet_events
 from wallet_service import bootstrap as wallet_bootstrap

@@ -25,8 +25,8 @@ from tests.integration.test_saga_transfers import (
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
-from wallet_platform.server.builder import error_reason
 from wallet_platform.server.process import RunningServer, start_server
+from wallet_platform.server.status import error_reason
 from wallet_service.bootstrap import build_components as wallet_components
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from tests.integration.walletctl_harness import Ctl, running_stack, walletctl
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_platform.server.builder import error_reason
+from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 from walletctl.reconcile import ReconcileOptions, reconcile

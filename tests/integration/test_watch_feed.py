@@ -32,7 +32,7 @@ from tests.integration.limits_harness import wait_until
 from tests.integration.test_saga_transfers import saga_settings, start_orchestrator
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform.clock import utcnow
-from wallet_platform.server.builder import error_reason
+from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import Database
 
 

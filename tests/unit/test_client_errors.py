@@ -18,7 +18,8 @@ import pytest
 import wallet_client
 from tests.unit.test_lock import SERVER_PACKAGES
 from wallet_client.errors import REASONS, WalletError, exception_class
-from wallet_platform.errors import ReplayedError, WalletPlatformError, status_code_for
+from wallet_platform.errors import ReplayedError, WalletPlatformError
+from wallet_platform.server.status import grpc_code
 
 
 def _server_reasons() -> dict[str, grpc.StatusCode]:
@@ -34,7 +35,7 @@ def _server_reasons() -> dict[str, grpc.StatusCode]:
         pending.extend(cls.__subclasses__())
         if cls is ReplayedError:  # carries a stored reason, one of the others
             continue
-        reasons[cls.reason] = status_code_for(cls.__new__(cls))
+        reasons[cls.reason] = grpc_code(cls.__new__(cls))
     return reasons
 
 

@@ -13,24 +13,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from sqlalchemy.exc import DBAPIError
 
-from wallet_platform.errors import (
-    InvalidArgumentError,
-    UnavailableError,
-    WalletPlatformError,
-)
+from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.server.handlers import responses, with_behaviour
+from wallet_platform.server.status import rich_status
 from wallet_platform.storage.database import is_connection_error
 
 log = logging.getLogger(__name__)
 
-ERROR_DOMAIN = "wallet.v1"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -50,43 +45,6 @@ class Component(Protocol):
     async def stop(self) -> None:
         """Stop background work and release resources. Called before the server stops."""
         ...
-
-
-def rich_status(error: WalletPlatformError) -> grpc.Status:
-    """A status with ErrorInfo (reason) and, for bad input, BadRequest (the field)."""
-    details: list[any_pb2.Any] = []
-    info = error_details_pb2.ErrorInfo(reason=error.error_reason, domain=ERROR_DOMAIN)
-    if error.field:
-        info.metadata["field"] = error.field
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    details.append(packed)
-    if isinstance(error, InvalidArgumentError) and error.field:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=error.field, description=error.message
-                )
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad_request)
-        details.append(packed)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
-    return rpc_status.to_status(status)
-
-
-def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
-    """The ErrorInfo reason of a failed call, for clients that classify errors."""
-    status = rpc_status.from_call(call_error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return None
 
 
 def _translate(error: BaseException) -> WalletPlatformError | None:

@@ -1,0 +1,63 @@
+"""Domain errors as gRPC statuses: the one place the platform's errors meet grpc.
+
+:mod:`wallet_platform.errors` names each error's canonical code (a ``google.rpc.Code``
+name) and reason without knowing any transport; this module turns an error into a
+``grpc.StatusCode`` and a ``google.rpc.Status`` carrying a ``google.rpc.ErrorInfo``
+(the reason, domain ``wallet.v1``, the field) and, for bad input, a
+``google.rpc.BadRequest``. The same ``google.rpc.Status`` message is what a batch RPC
+returns for a refused item, so a single call and a batch item fail identically.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from wallet_platform.errors import InvalidArgumentError, WalletPlatformError
+
+ERROR_DOMAIN = "wallet.v1"
+
+
+def grpc_code(error: WalletPlatformError) -> grpc.StatusCode:
+    """The gRPC status code of ``error`` (from its canonical code name)."""
+    return grpc.StatusCode[error.code_name]
+
+
+def status_proto(error: WalletPlatformError) -> status_pb2.Status:
+    """``error`` as a ``google.rpc.Status`` with ErrorInfo and, for bad input, BadRequest."""
+    info = error_details_pb2.ErrorInfo(reason=error.error_reason, domain=ERROR_DOMAIN)
+    if error.field:
+        info.metadata["field"] = error.field
+    details = [_packed(info)]
+    if isinstance(error, InvalidArgumentError) and error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.message
+        )
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+    return status_pb2.Status(code=grpc_code(error).value[0], message=error.message, details=details)
+
+
+def rich_status(error: WalletPlatformError) -> grpc.Status:
+    """The status a call that failed with ``error`` ends with."""
+    return rpc_status.to_status(status_proto(error))
+
+
+def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
+    """The ErrorInfo reason of a failed call, for clients that classify errors."""
+    status = rpc_status.from_call(call_error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return None
+
+
+def _packed(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
