@@ -248,13 +248,8 @@ async def platform_under_load(
         print("\n".join(platform.report))
         for name, path in logs.items():
             lines = path.read_text(errors="replace").splitlines()
-            interesting = [
-                line
-                for line in lines
-                if "RabbitMQ" in line or "consuming" in line or "database trouble" in line
-            ]
-            print(f"--- {name} ({len(lines)} log lines), connection events:")
-            print("\n".join(interesting[-25:]))
+            print(f"--- {name} ({len(lines)} log lines), the last 60:")
+            print("\n".join(line[:300] for line in lines[-60:]))
 
 
 async def recovered(platform: Platform, healed: float) -> None:

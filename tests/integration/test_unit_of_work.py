@@ -114,3 +114,71 @@ async def test_a_deadline_drops_a_stalled_connection(
             await add_row(uow, second)
             await uow.commit()
     assert await stored(db) == {first, second}
+
+
+@requires_postgres
+@pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
+async def test_after_a_stall_the_idle_pooled_connections_are_not_reused(
+    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+) -> None:
+    """A partition stalls every pooled connection at once: one expired deadline must
+    be enough, not one per idle connection."""
+    db, proxy = stalling_database
+
+    async def add_one(message_id: str, deadline: float | None = None) -> None:
+        unit = kind(db)  # type: ignore[call-arg]
+        unit.deadline = deadline
+        async with unit as uow:
+            await add_row(uow, message_id)
+            await asyncio.sleep(0.1)  # held at the same time: three pooled connections
+            await uow.commit()
+
+    before = [uuid.uuid4().hex for _ in range(3)]
+    await asyncio.gather(*(add_one(message_id) for message_id in before))
+    assert db.engine.pool.checkedin() == 3  # type: ignore[attr-defined]
+    proxy.stall()
+    proxy.forget()  # those three stay silent; new connections get through
+    async with asyncio.timeout(20):
+        with pytest.raises(TimeoutError, match=r"not done within 1\.0s"):
+            await add_one(uuid.uuid4().hex, deadline=1.0)
+        after = uuid.uuid4().hex
+        await add_one(after, deadline=1.0)  # a fresh connection, not a silent sibling
+    assert await stored(db) == {*before, after}
+
+
+@requires_postgres
+@pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
+async def test_a_stalled_transaction_does_not_keep_its_locks(
+    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+) -> None:
+    """The server still holds the stalled transaction (the middlebox never told it):
+    retrying the same work must not wait for that transaction's locks."""
+    db, proxy = stalling_database
+    message_id = uuid.uuid4().hex
+    stuck = kind(db)  # type: ignore[call-arg]
+    stuck.deadline = 1.0
+    async with asyncio.timeout(20):
+        with pytest.raises(TimeoutError, match=r"not done within 1\.0s"):
+            async with stuck as uow:
+                await add_row(uow, message_id)  # the server has the row, uncommitted
+                await round_trip(uow)
+                proxy.stall()
+                proxy.forget()  # this connection stays silent; new ones get through
+                await round_trip(uow)
+                await uow.commit()
+        retry = kind(db)  # type: ignore[call-arg]
+        retry.deadline = 5.0
+        async with retry as uow:  # the same key: waits on the stalled insert unless ended
+            await add_row(uow, message_id)
+            await uow.commit()
+    assert await stored(db) == {message_id}
+
+
+async def round_trip(uow: UnitOfWork) -> None:
+    """A statement whose answer is awaited: what was sent before has reached the server."""
+    if isinstance(uow, PipelineUnitOfWork):
+        cursor = await uow.conn.execute("SELECT 1")
+        await cursor.fetchone()
+    else:
+        assert isinstance(uow, CoreUnitOfWork)
+        await uow.conn.execute(sa.text("SELECT 1"))

@@ -111,7 +111,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     # reopened under load: a TCP + auth + SET handshake per burst), and no pre-ping (a
     # round trip per checkout). A connection broken by a database restart fails its
     # call with UNAVAILABLE (the client retries) and SQLAlchemy then recycles the pool.
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=2 * settings.db_pool_size,
         max_overflow=0,
@@ -120,6 +120,37 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={"options": options, "connect_timeout": 5, **TCP_KEEPALIVE},
     )
+    _remember_backends(engine)
+    return engine
+
+
+# Where each pooled PostgreSQL connection records its server process.
+BACKEND_INFO_KEY = "backend"
+
+
+def _remember_backends(engine: AsyncEngine) -> None:
+    """Each new connection records ``(pid, backend_start)`` of its server process in
+    its pool record: enough to end exactly that process later (a unit of work whose
+    connection stalled), never another one that reuses the pid. One round trip per
+    new connection; pooled connections are reused."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            )
+            record.info[BACKEND_INFO_KEY] = cursor.fetchone()
+        finally:
+            cursor.close()
+            dbapi_connection.rollback()  # no transaction left open by this read
+
+
+def backend_of(connection_info: dict[Any, Any]) -> tuple[int, Any] | None:
+    """``(pid, backend_start)`` recorded for a pooled connection (PostgreSQL only)."""
+    found = connection_info.get(BACKEND_INFO_KEY)
+    return (int(found[0]), found[1]) if found else None
 
 
 class Database:

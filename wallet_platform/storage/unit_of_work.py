@@ -27,13 +27,20 @@ A connection lost on the way raises :class:`~wallet_platform.errors.UnavailableE
 connection (a database or a network that stopped answering without closing): its
 socket is shut down, which fails the operation in progress at once, and the unit of
 work raises ``TimeoutError``. (Cancelling the task instead would leave psycopg
-sending a cancel request and waiting for the stalled server, seconds more.)
+sending a cancel request and waiting for the stalled server, seconds more.) On
+PostgreSQL the server may not know: behind a middlebox that lost the flow, its
+backend keeps the transaction open, with its row locks, until
+``idle_in_transaction_session_timeout``, and every retry of the same work (the same
+inbox keys, the same wallet rows) would wait for those locks. So the expired unit of
+work also ends that backend from a fresh connection (``pg_terminate_backend``, only
+if the backend is older than the unit of work: a reused process id is left alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from types import TracebackType
@@ -42,10 +49,19 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
 from wallet_platform.errors import UnavailableError
-from wallet_platform.storage.database import is_connection_error, translate_connection_errors
+from wallet_platform.storage.database import (
+    backend_of,
+    is_connection_error,
+    translate_connection_errors,
+)
 
 if TYPE_CHECKING:
     from wallet_platform.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+# How long ending a stalled unit of work's server-side backend may take.
+TERMINATE_TIMEOUT_SECONDS = 5.0
 
 
 class UnitOfWork:
@@ -84,6 +100,8 @@ class UnitOfWork:
     ) -> None:
         self._stop_timer()
         await self._end(error)
+        if self.expired:
+            await self._end_stalled_backend()
         if isinstance(error, Exception):  # never turn a cancellation into something else
             self._raise_if_expired(error)
         if isinstance(error, Exception) and self._lost_connection(error):
@@ -105,6 +123,29 @@ class UnitOfWork:
 
     def _drop_connection(self) -> None:
         """Make the database operation in progress fail at once (the deadline passed)."""
+
+    # (pid, backend_start) of the server process, recorded when a deadline is set.
+    _backend: tuple[int, Any] | None = None
+
+    async def _end_stalled_backend(self) -> None:
+        """Terminate the server side of the dropped connection (PostgreSQL; best effort)."""
+        backend, self._backend = self._backend, None
+        db: Database | None = getattr(self, "db", None)
+        if backend is None or db is None:
+            return
+        pid, started = backend
+        try:
+            async with asyncio.timeout(TERMINATE_TIMEOUT_SECONDS):
+                async with db.autocommit() as conn:
+                    ended = await conn.exec_driver_sql(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE pid = %(pid)s AND backend_start = %(started)s",
+                        {"pid": pid, "started": started},
+                    )
+                    if ended.scalar():
+                        log.warning("ended database backend %d of a stalled unit of work", pid)
+        except Exception as error:  # the next retry finds out again; never mask the timeout
+            log.warning("could not end database backend %d: %s", pid, type(error).__name__)
 
     def _lost_connection(self, error: Exception) -> bool:
         """Whether ``error`` means the database could not be reached."""
@@ -156,7 +197,9 @@ class CoreUnitOfWork(UnitOfWork):
             self.conn = await self.db.engine.connect()
             try:
                 if self.deadline is not None:
-                    self._driver = (await self.conn.get_raw_connection()).driver_connection
+                    raw = await self.conn.get_raw_connection()
+                    self._driver = raw.driver_connection
+                    self._backend = backend_of(raw.info)
                 self._transaction = await self.conn.begin()
             except BaseException:
                 await self.conn.close()
@@ -208,6 +251,8 @@ class PipelineUnitOfWork(UnitOfWork):
         try:
             raw = await self._sa_conn.get_raw_connection()
             self.conn = raw.driver_connection
+            if self.deadline is not None:
+                self._backend = backend_of(raw.info)
             self._pipeline_context = self.conn.pipeline()
             self._pipeline = await self._pipeline_context.__aenter__()
             # BEGIN as a statement: psycopg's own transaction handling would sync.
