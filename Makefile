@@ -75,6 +75,8 @@ lint: lock-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@# The layers and what may import what (pyproject.toml, docs/architecture.md).
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/buf lint
 	@if git rev-parse --verify -q HEAD >/dev/null && git cat-file -e HEAD:protos 2>/dev/null; then \
 		$(BIN)/buf breaking --against '.git#ref=HEAD'; \

@@ -13,7 +13,7 @@ import asyncio
 import uuid
 
 from tests.rabbit import BusUnderTest, poll_until, queue_consumers, rabbitmqctl
-from wallet_platform.messaging import topology
+from wallet_platform import topology
 from wallet_platform.messaging.bus import Delivery, OutgoingMessage
 
 

@@ -13,8 +13,9 @@ import uuid
 import pytest
 
 from tests.rabbit import BusUnderTest, poll_until
+from wallet_platform import topology
 from wallet_platform.config import Settings
-from wallet_platform.messaging import dlq, topology
+from wallet_platform.messaging import dlq
 from wallet_platform.messaging.bus import (
     Delivery,
     OutgoingMessage,

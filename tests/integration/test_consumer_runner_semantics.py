@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 
 from tests.rabbit import BusUnderTest, poll_until
 from wallet.v1 import wallet_pb2
-from wallet_events import messages
-from wallet_platform import failpoints
-from wallet_platform.messaging import dlq, topology
+from wallet_platform import failpoints, topology
+from wallet_platform.messaging import dlq
+from wallet_platform.messaging import events as messages
 from wallet_platform.messaging.bus import Delivery, OutgoingMessage, PoisonMessageError
 from wallet_platform.messaging.consumer import (
     ConsumerComponent,

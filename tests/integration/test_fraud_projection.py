@@ -21,8 +21,8 @@ from fraud_worker.projection import FraudProjection
 from fraud_worker.rules import FraudRules
 from fraud_worker.store import FraudStore
 from wallet.v1 import events_pb2, fraud_pb2, fraud_pb2_grpc, wallet_pb2
-from wallet_events import messages
 from wallet_platform.config import Settings
+from wallet_platform.messaging import events as messages
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.consumer import ConsumerRunner
 from wallet_platform.server.process import start_server

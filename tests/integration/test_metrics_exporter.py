@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import column, func, insert, select, table, update
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_platform import topology
 from wallet_platform.channels import make_channel
 from wallet_platform.clock import utcnow
 from wallet_platform.config import Settings
-from wallet_platform.messaging import topology
 from wallet_platform.observability.metrics import METRIC_NAMES, MetricsHttpServer, StateCollector
 from wallet_platform.server.plumbing import METRICS_HTTP
 from wallet_platform.server.process import start_server

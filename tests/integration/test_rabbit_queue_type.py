@@ -18,8 +18,9 @@ import aio_pika
 import pytest
 
 from tests.rabbit import poll_until, rabbitmqctl
+from wallet_platform import topology
 from wallet_platform.config import Settings
-from wallet_platform.messaging import dlq, topology
+from wallet_platform.messaging import dlq
 from wallet_platform.messaging.bus import OutgoingMessage
 from wallet_platform.messaging.rabbit import RabbitBus, TopologyMismatchError, declare_topology
 from wallet_platform.messaging.rabbit.topology import DELIVERY_LIMIT

@@ -36,8 +36,8 @@ from tests.rabbit import (
 )
 from wallet.v1 import events_pb2, wallet_pb2_grpc
 from wallet.v1 import wallet_pb2 as pb
+from wallet_platform import topology
 from wallet_platform.clock import utcnow
-from wallet_platform.messaging import topology
 from wallet_platform.messaging.bus import Delivery, EventBus, PublishError
 from wallet_platform.messaging.consumer import (
     ConsumerComponent,

@@ -18,9 +18,9 @@ from sqlalchemy import select
 
 from saga_orchestrator import bootstrap as saga_bootstrap
 from wallet.v1 import events_pb2, transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
-from wallet_events.messages import decode
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
+from wallet_platform.messaging.events import decode
 from wallet_platform.runtime import Runtime
 from wallet_platform.server.builder import Component
 from wallet_platform.server.process import RunningServer, start_server

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import requires_rabbitmq
 from tests.integration.walletctl_harness import Ctl, Result, running_stack
-from wallet_platform.messaging import topology
+from wallet_platform import topology
 from wallet_platform.messaging.rabbit import amqp_message
 from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from wallet.v1 import transfer_pb2, wallet_pb2
-from wallet_platform.observability import audit, audit_request
+from wallet_platform.observability import audit_request
+from wallet_platform.server import audit_calls as audit
 
 
 def test_write_methods_and_prefix_rule():

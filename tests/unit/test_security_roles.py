@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from wallet.v1 import analytics_pb2, fraud_pb2, transfer_pb2, wallet_pb2
-from wallet_platform.observability import audit
+from wallet_platform.server import audit_calls as audit
 from wallet_platform.server import security
 from wallet_platform.server.authority import Authority
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.server.handlers import responses, with_behaviour
 from wallet_platform.server.status import rich_status
-from wallet_platform.storage.database import is_connection_error
+from wallet_platform.storage.connection_errors import is_connection_error
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from wallet_platform.observability.audit import AuditWriter, audit
-from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector, measure
+from wallet_platform.observability.audit import AuditWriter
+from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector
+from wallet_platform.server.audit_calls import audit
 from wallet_platform.server.authority import Authority, authority_from_settings
 from wallet_platform.server.builder import WrappingInterceptor, map_errors
 from wallet_platform.server.call_limits import CallLimiter
 from wallet_platform.server.limits import ServerLimits
+from wallet_platform.server.rpc_metrics import measure
 from wallet_platform.server.security import guard
 
 if TYPE_CHECKING:

@@ -42,7 +42,10 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
 from wallet_platform.errors import UnavailableError
-from wallet_platform.storage.database import is_connection_error, translate_connection_errors
+from wallet_platform.storage.connection_errors import (
+    is_connection_error,
+    translate_connection_errors,
+)
 
 if TYPE_CHECKING:
     from wallet_platform.storage.database import Database
