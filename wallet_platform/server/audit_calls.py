@@ -1,7 +1,7 @@
 """The audit layer of every server: each write call leaves one ``audit_log`` row.
 
-:func:`audit` wraps every write RPC (the one list is :data:`WRITE_METHODS`
-plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
+:func:`audit` wraps every write RPC (those marked ``audited`` in the RPC table,
+``rpc_policy``, and any RPC missing from it). For each call it
 
 - makes an audit id (UUID) and puts it in ``logs.audit_id_var`` while the call runs,
   so the service can stamp it on the events and transfers the call produces
@@ -47,45 +47,11 @@ from wallet_platform.observability.logs import audit_id_var
 from wallet_platform.server.audit_ids import AUDIT_ID_HEADER, trusted_audit_id
 from wallet_platform.server.builder import abort_with
 from wallet_platform.server.handlers import with_behaviour
+from wallet_platform.server.rpc_policy import policy
 from wallet_platform.server.security import caller_identity
 
 if TYPE_CHECKING:
     from wallet_platform.server.authority import Authority
-
-_WALLET = "/wallet.v1.WalletService/"
-_TRANSFER = "/wallet.v1.TransferService/"
-
-# The write RPCs: every call to one of these is audited.
-WRITE_METHODS: frozenset[str] = frozenset(
-    {
-        _WALLET + "CreateWallet",
-        _WALLET + "Deposit",
-        _WALLET + "Withdraw",
-        _WALLET + "FreezeWallet",
-        _WALLET + "UnfreezeWallet",
-        _WALLET + "DebitForTransfer",
-        _WALLET + "CreditForTransfer",
-        _WALLET + "RefundForTransfer",
-        _TRANSFER + "CreateTransfer",
-    }
-)
-# A wallet.v1 RPC whose name starts with one of these is a write too (e.g. a DLQ replay
-# RPC added later): better an extra audit row than a missing one.
-WRITE_NAME_PREFIXES = (
-    "Create",
-    "Deposit",
-    "Withdraw",
-    "Freeze",
-    "Unfreeze",
-    "Debit",
-    "Credit",
-    "Refund",
-    "Replay",
-    "Purge",
-    "Delete",
-    "Update",
-    "Set",
-)
 
 
 class AuditBacklogFullError(ResourceExhaustedError):
@@ -93,11 +59,8 @@ class AuditBacklogFullError(ResourceExhaustedError):
 
 
 def is_write_method(method: str) -> bool:
-    if method in WRITE_METHODS:
-        return True
-    if not method.startswith("/wallet.v1."):
-        return False
-    return method.rsplit("/", 1)[-1].startswith(WRITE_NAME_PREFIXES)
+    """Whether every call to ``method`` is audited (``rpc_policy``; unlisted RPCs are)."""
+    return policy(method).audited
 
 
 def _status_name(code: Any) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from wallet_platform.server.security import ORCHESTRATOR
+from wallet_platform.server.grants import ORCHESTRATOR
 
 if TYPE_CHECKING:
     from wallet_platform.server.authority import Authority
