@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-# Everything else (`install`, `proto`, `lint`, `bench`) is what those two build on.
+# Everything else (`install`, `proto`, `lint`, `bench`, `test-fast`) is what those two build on.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -70,6 +70,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier alone (tests/unit: no database server, broker or subprocess; seconds).
+test-fast: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: lock-check
 	$(BIN)/ruff check .
