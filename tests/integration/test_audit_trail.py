@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import select
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_platform.channels import AUDIT_ID_HEADER
 from wallet_platform.config import Settings
-from wallet_platform.server.audit_ids import AUDIT_ID_HEADER
 from wallet_platform.server.plumbing import AUDIT_WRITER
 from wallet_platform.server.process import RunningServer, start_server
 from wallet_platform.storage.database import Database
