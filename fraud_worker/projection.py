@@ -30,7 +30,7 @@ from wallet_platform.messaging.events import (
 from wallet_platform.messaging.outbox.rows import outbox_row
 from wallet_platform.topology import FRAUD_QUEUE
 
-CONSUMER_NAME = "fraud"
+CONSUMER_NAME = "fraud"  # a key of wallet_platform.topology.CONSUMER_QUEUES
 ALERT_ROUTING_KEY = routing_key(types.FRAUD_ALERT_RAISED)
 RULE_ENUMS = {
     "RAPID_WITHDRAWALS": fraud_pb2.FRAUD_RULE_RAPID_WITHDRAWALS,

@@ -695,8 +695,8 @@ class _Checker:
         return r
 
 
-# inbox consumer name -> its queue (the broker names: wallet_platform.topology).
-CONSUMER_QUEUES = {"analytics": topology.ANALYTICS_QUEUE, "fraud": topology.FRAUD_QUEUE}
+# inbox consumer name -> its queue
+CONSUMER_QUEUES = topology.CONSUMER_QUEUES
 
 PROJECTION_COLUMNS = (
     "total_deposited",

@@ -150,8 +150,7 @@ TERMINAL_SAGA_STATES = ("COMPLETED", "FAILED", "COMPENSATED")
 _bus = table("bus_messages", column("queue"), column("state"))
 # consumer name (inbox.consumer) -> (its queue, its dead-letter queue)
 CONSUMERS: dict[str, tuple[str, str]] = {
-    "analytics": (event_names.ANALYTICS_QUEUE, event_names.ANALYTICS_DLQ),
-    "fraud": (event_names.FRAUD_QUEUE, event_names.FRAUD_DLQ),
+    name: (queue, event_names.QUEUES[queue]) for name, queue in event_names.CONSUMER_QUEUES.items()
 }
 
 
