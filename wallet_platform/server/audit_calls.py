@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from wallet_platform.channels import AUDIT_ID_HEADER
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.errors import ResourceExhaustedError
 from wallet_platform.observability.audit import AuditWriter
@@ -44,7 +45,7 @@ from wallet_platform.observability.audit_request import (
     request_summary,
 )
 from wallet_platform.observability.logs import audit_id_var
-from wallet_platform.server.audit_ids import AUDIT_ID_HEADER, trusted_audit_id
+from wallet_platform.server.audit_ids import trusted_audit_id
 from wallet_platform.server.builder import abort_with
 from wallet_platform.server.handlers import with_behaviour
 from wallet_platform.server.rpc_policy import policy
