@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-# Everything else (`install`, `proto`, `lint`, `bench`) is what those two build on.
+# Everything else (`install`, `proto`, `lint`, `bench`, `test-fast`) is what those two build on.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -71,10 +71,16 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The unit tier alone (tests/unit: no database server, broker or subprocess; seconds).
+test-fast: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
 lint: lock-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@# The layers and what may import what (pyproject.toml, docs/architecture.md).
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/buf lint
 	@if git rev-parse --verify -q HEAD >/dev/null && git cat-file -e HEAD:protos 2>/dev/null; then \
 		$(BIN)/buf breaking --against '.git#ref=HEAD'; \

@@ -14,11 +14,11 @@ from datetime import UTC
 
 from analytics_worker.domain import StatsDelta, delta_for
 from analytics_worker.store import CONSUMER_NAME, AnalyticsStore, StatsUnitOfWork
-from wallet_events.messages import decode_delivery, trace_ids, wallet_event_of
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.consumer import Recorded, Translated
-from wallet_platform.messaging.topology import ANALYTICS_QUEUE
+from wallet_platform.messaging.events import decode_delivery, trace_ids, wallet_event_of
+from wallet_platform.topology import ANALYTICS_QUEUE
 
 
 def delta_of(delivery: Delivery) -> Translated[StatsDelta]:

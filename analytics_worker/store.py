@@ -51,7 +51,7 @@ from wallet_platform.messaging.consumer.inbox import (
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import inbox, wallet_events, wallet_stats
 
-CONSUMER_NAME = "analytics"
+CONSUMER_NAME = "analytics"  # a key of wallet_platform.topology.CONSUMER_QUEUES
 
 _STATS_COLUMNS = (*COUNTER_FIELDS, "last_activity_at")
 

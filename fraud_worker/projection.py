@@ -18,14 +18,19 @@ from fraud_worker.rules import AlertDraft, FraudRules, Withdrawal
 from fraud_worker.store import FraudStore, FraudUnitOfWork
 from wallet.v1 import events_pb2, fraud_pb2
 from wallet_events import types
-from wallet_events.messages import decode_delivery, routing_key, trace_ids, wallet_event_of
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.consumer import Recorded, Translated, record_then_apply
+from wallet_platform.messaging.events import (
+    decode_delivery,
+    routing_key,
+    trace_ids,
+    wallet_event_of,
+)
 from wallet_platform.messaging.outbox.rows import outbox_row
-from wallet_platform.messaging.topology import FRAUD_QUEUE
+from wallet_platform.topology import FRAUD_QUEUE
 
-CONSUMER_NAME = "fraud"
+CONSUMER_NAME = "fraud"  # a key of wallet_platform.topology.CONSUMER_QUEUES
 ALERT_ROUTING_KEY = routing_key(types.FRAUD_ALERT_RAISED)
 RULE_ENUMS = {
     "RAPID_WITHDRAWALS": fraud_pb2.FRAUD_RULE_RAPID_WITHDRAWALS,

@@ -1,7 +1,8 @@
 """``wallet.v1.TransferService`` over gRPC: protobuf <-> domain, nothing else.
 
-Errors are raised as domain errors; ``wallet_platform.server.builder.ErrorInterceptor``
-maps them to status codes. WatchTransfers streams what the process's one change feed
+Errors are raised as domain errors; the server's error mapping
+(``wallet_platform.server.builder.map_errors``) turns them into status codes.
+WatchTransfers streams what the process's one change feed
 (``saga_orchestrator.watch_feed``) hands its subscription.
 """
 

@@ -223,28 +223,3 @@ async def pg_bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
         pytest.skip("WALLET_TEST_DATABASE_URL not set")
     async with _bus_under_test(request, tmp_path, "inprocess-postgres") as but:
         yield but
-
-
-async def poll_until(predicate, what: str, limit: float = 30.0, interval: float = 0.05) -> None:
-    """Await ``predicate()`` (sync or async) until truthy; fail after ``limit`` seconds.
-
-    A predicate that raises counts as "not yet": the shared broker may be restarted
-    for a moment by another run's outage test.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-        except Exception as error:  # e.g. the broker restarted by another test run
-            value, last_error = False, error
-        if value:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(
-                f"timed out after {limit}s waiting for {what} (last error: {last_error!r})"
-            )
-        await asyncio.sleep(interval)

@@ -28,6 +28,8 @@ import grpc
 
 from wallet_platform.observability.logs import audit_id_var
 
+# The metadata key of a write call's audit id: the trailer every write answer carries,
+# and the header the orchestrator's step calls send (``server.audit_ids``).
 AUDIT_ID_HEADER = "x-audit-id"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # The default service config of every channel: the round_robin load-balancing policy.

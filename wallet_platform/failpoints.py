@@ -2,7 +2,8 @@
 
 Actions: ``exit`` (the process dies at once, like kill -9: no cleanup, no flush),
 ``error`` (raise :class:`FailpointError` there), ``sleep(MS)``. Names are listed in
-CONTRACT.md; code marks the spot with ``await failpoint("saga.after_debit")``.
+docs/architecture.md (the public contract); code marks the spot with
+``await failpoint("saga.after_debit")``.
 """
 
 from __future__ import annotations

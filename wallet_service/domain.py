@@ -26,7 +26,7 @@ INT64_MAX = 2**63 - 1
 ACTIVE = "ACTIVE"
 FROZEN = "FROZEN"
 
-# wallet_events.type values (see wallet_platform.messaging.events for the full vocabulary).
+# wallet_events.type values (see wallet_events.types for the full vocabulary).
 WALLET_CREATED = "wallet_created"
 FUNDS_DEPOSITED = "funds_deposited"
 FUNDS_WITHDRAWN = "funds_withdrawn"

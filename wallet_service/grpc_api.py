@@ -1,7 +1,8 @@
 """The WalletService gRPC servicer: protobuf in, one service call, protobuf out.
 
-No rules live here. Domain errors propagate to ``grpc_server.ErrorInterceptor``,
-which maps them to status codes with error details.
+No rules live here. Domain errors propagate to the server's error mapping
+(``wallet_platform.server.builder.map_errors``), which turns them into status codes
+with error details.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from wallet.v1 import wallet_pb2
-from wallet_events.messages import KIND_BY_NAME
 from wallet_platform.clock import ensure_utc
+from wallet_platform.messaging.events import KIND_BY_NAME
 from wallet_service import domain
 
 STATUS_TO_PB = {

@@ -48,7 +48,6 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_events.messages import wallet_event_outbox_row
 from wallet_platform import validation
 from wallet_platform.clock import Clock, ensure_utc, utcnow
 from wallet_platform.currency_policy import CurrencyPolicy
@@ -64,6 +63,7 @@ from wallet_platform.errors import (
     error_to_record,
 )
 from wallet_platform.failpoints import failpoint
+from wallet_platform.messaging.events import wallet_event_outbox_row
 from wallet_platform.observability.logs import audit_id_var
 from wallet_platform.storage.database import Database
 from wallet_service import domain, holds, moves, pg_fast_path, repository

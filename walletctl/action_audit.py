@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from wallet_platform.server.security import token_fingerprint
-from wallet_platform.storage.database import is_connection_error
+from wallet_platform.storage.connection_errors import is_connection_error
 from wallet_platform.storage.schema import audit_log
 from walletctl.context import OperationFailedError, UnavailableError
 

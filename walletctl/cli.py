@@ -286,7 +286,7 @@ def main(
         if not type(error).__module__.startswith("sqlalchemy"):
             raise
         # A database error (audit, reconcile, projections): unreachable = 3, else 1.
-        from wallet_platform.storage.database import is_connection_error
+        from wallet_platform.storage.connection_errors import is_connection_error
 
         orig = getattr(error, "orig", None)
         first_line = (str(orig if orig is not None else error).splitlines() or [""])[0]

@@ -22,8 +22,8 @@ from wallet.v1 import (
     transfer_pb2_grpc,
     wallet_pb2_grpc,
 )
+from wallet_platform.channels import AUDIT_ID_HEADER
 
-AUDIT_ID_HEADER = "x-audit-id"
 SERVICES = ("wallet", "transfer", "analytics", "fraud")
 _STUBS: dict[str, Any] = {
     "wallet": wallet_pb2_grpc.WalletServiceStub,

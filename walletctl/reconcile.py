@@ -1,4 +1,4 @@
-"""Reconciliation: the invariants of DESIGN.md checked against the database.
+"""Reconciliation: the invariants (docs/architecture.md) checked against the database.
 
 Each check is one SQL query (portable between SQLite and PostgreSQL) that returns
 only the rows that break an invariant, so the cost stays a few aggregate scans
@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import DateTime, bindparam, text
 from sqlalchemy.engine import Connection
 
+from wallet_platform import topology
 from walletctl.check_catalog import CHECK_DESCRIPTIONS
 from walletctl.dbutil import as_datetime, masked, snapshot
 from walletctl.hold_checks import HOLD_CHECKS
@@ -694,8 +695,8 @@ class _Checker:
         return r
 
 
-# inbox consumer name -> its queue (wallet_platform.messaging.bus / CONTRACT.md).
-CONSUMER_QUEUES = {"analytics": "analytics.wallet-events", "fraud": "fraud.wallet-events"}
+# inbox consumer name -> its queue
+CONSUMER_QUEUES = topology.CONSUMER_QUEUES
 
 PROJECTION_COLUMNS = (
     "total_deposited",

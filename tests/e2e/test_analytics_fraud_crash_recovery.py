@@ -24,6 +24,7 @@ import wallet_service.bootstrap
 from analytics_worker.rebuild import compare_with_log
 from tests.conftest import requires_postgres, requires_rabbitmq
 from tests.e2e.test_analytics_pipeline import caught_up
+from tests.eventually import eventually
 from tests.integration.test_analytics_projection import EXPECTED_SQL, STATS_SQL, rows
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.config import Settings
@@ -112,13 +113,12 @@ async def inbox_count(db: Database, consumer: str) -> int:
 
 
 async def wait_published(db: Database) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            async with db.read() as conn:
-                query = sa.select(sa.func.count()).where(outbox.c.status != "published")
-                if not (await conn.execute(query)).scalar_one():
-                    return
-            await asyncio.sleep(0.05)
+    async def unpublished() -> int:
+        async with db.read() as conn:
+            query = sa.select(sa.func.count()).where(outbox.c.status != "published")
+            return int((await conn.execute(query)).scalar_one())
+
+    await eventually(unpublished, lambda left: left == 0, what="every outbox row published")
 
 
 async def test_killed_after_apply_then_restarted_counts_each_event_once(

@@ -24,6 +24,7 @@ import wallet_service.bootstrap
 from analytics_worker.rebuild import compare_with_log, rebuild_wallet_stats
 from analytics_worker.store import AnalyticsStore
 from tests.conftest import requires_postgres, requires_rabbitmq
+from tests.eventually import eventually
 from tests.integration.test_analytics_projection import EXPECTED_SQL, STATS_SQL, rows
 from wallet.v1 import (
     analytics_pb2,
@@ -96,16 +97,13 @@ async def unapplied(db: Database, consumer: str) -> int:
 
 async def caught_up(db: Database, *, within: float = 30.0) -> None:
     """Wait until both consumers have applied every event of the log."""
-    left: dict[str, int] = {}
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                left = {c: await unapplied(db, c) for c in ("analytics", "fraud")}
-                if not any(left.values()):
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"consumers did not catch up: {left} events left") from None
+
+    async def left() -> dict[str, int]:
+        return {c: await unapplied(db, c) for c in ("analytics", "fraud")}
+
+    await eventually(
+        left, lambda left: not any(left.values()), what="both consumers caught up", within=within
+    )
 
 
 def rid() -> str:
@@ -247,19 +245,17 @@ async def test_fraud_rules_fire_once_and_alerts_are_published(stack: RunningServ
         everything = await fraud.ListFraudAlerts(fraud_pb2.ListFraudAlertsRequest())
         alert_ids = {alert.alert_id for alert in everything.alerts}
         assert len(alert_ids) == 3
-        deadline = asyncio.get_running_loop().time() + 30
-        while True:
+
+        async def seen() -> set[tuple[str, str]]:
             async with db.read() as conn:
-                seen = {
-                    (row.consumer, row.message_id)
-                    for row in await conn.execute(
-                        sa.select(inbox).where(inbox.c.message_id.in_(alert_ids))
-                    )
-                }
-            if len(seen) == 2 * len(alert_ids):
-                break
-            assert asyncio.get_running_loop().time() < deadline, seen
-            await asyncio.sleep(0.05)
+                query = sa.select(inbox).where(inbox.c.message_id.in_(alert_ids))
+                return {(row.consumer, row.message_id) for row in await conn.execute(query)}
+
+        await eventually(
+            seen,
+            lambda seen: len(seen) == 2 * len(alert_ids),
+            what="each alert in both consumers' inboxes",
+        )
 
 
 async def test_rebuild_while_events_flow_counts_each_event_once(stack: RunningServer) -> None:

@@ -15,9 +15,8 @@ import grpc
 from sqlalchemy import select
 
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
-from wallet_platform.channels import make_channel
+from wallet_platform.channels import AUDIT_ID_HEADER, make_channel
 from wallet_platform.config import Settings
-from wallet_platform.observability.audit import AUDIT_ID_HEADER
 from wallet_platform.server.plumbing import AUDIT_WRITER
 from wallet_platform.server.process import start_server
 from wallet_platform.storage.schema import audit_log, transfers, wallet_events

@@ -52,8 +52,9 @@ from tests.e2e.test_saga_recovery import free_port
 from tests.rabbit import queue_consumers
 from tests.tcp_proxy import TcpProxy
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_platform import topology
 from wallet_platform.config import Settings
-from wallet_platform.messaging import dlq, topology
+from wallet_platform.messaging import dlq
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import fraud_withdrawals, inbox, outbox, wallet_events
 

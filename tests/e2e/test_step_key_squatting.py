@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from sqlalchemy import select
 from tests.conftest import requires_postgres
 from tests.e2e.test_hold_attacks import hold_state
 from tests.e2e.test_saga_recovery import assert_reconciled, orchestrator
+from tests.eventually import eventually
 from tests.integration.test_saga_transfers import (
     COMPENSATED,
     COMPLETED,
@@ -49,19 +51,21 @@ async def ledger_server(pg_database_url_fresh: str) -> AsyncIterator[RunningServ
 
 async def debited_transfer_id(db: Database, request_id: str) -> str:
     """The transfer's id once its debit is recorded (the saga then sleeps before credit)."""
-    for _ in range(300):
+
+    async def current() -> Any:
         async with db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(transfers.c.transfer_id, transfers.c.state).where(
-                        transfers.c.request_id == request_id
-                    )
-                )
-            ).first()
-        if row is not None and row.state == "DEBITED":
-            return str(row.transfer_id)
-        await asyncio.sleep(0.05)
-    raise AssertionError("the transfer never reached DEBITED")
+            query = select(transfers.c.transfer_id, transfers.c.state).where(
+                transfers.c.request_id == request_id
+            )
+            return (await conn.execute(query)).first()
+
+    row = await eventually(
+        current,
+        lambda row: row is not None and row.state == "DEBITED",
+        what=f"the transfer of request {request_id} DEBITED",
+        within=15,
+    )
+    return str(row.transfer_id)
 
 
 @pytest.mark.parametrize("receiver_frozen", [False, True], ids=["completes", "compensates"])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.eventually import eventually
 from tests.integration.test_saga_transfers import start_orchestrator
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform.config import Settings
@@ -53,15 +54,6 @@ async def orchestrator(
         await saga.stop(grace=1)
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 20.0) -> None:
-    """Until ``condition()`` holds (checked every 20 ms); AssertionError after ``within``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 class Watches:
     """Watch streams opened round-robin over ``channels``, each read by its own task."""
 
@@ -92,7 +84,12 @@ class Watches:
         ]
 
     async def wait_ended(self, count: int, within: float = 60.0) -> None:
-        await wait_until(lambda: sum(task.done() for task in self.readers) >= count, within)
+        await eventually(
+            lambda: sum(task.done() for task in self.readers),
+            lambda ended: ended >= count,
+            what=f"{count} streams ended",
+            within=within,
+        )
 
     def refusals(self) -> list[tuple[grpc.StatusCode, str | None, str]]:
         return [

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.config import Settings
-from wallet_platform.observability.audit_ids import is_local_peer
+from wallet_platform.server.audit_ids import is_local_peer
 from wallet_platform.server.process import start_server
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import wallet_events

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from tests.rabbit import BusUnderTest, poll_until, queue_consumers, rabbitmqctl
-from wallet_platform.messaging import topology
+from tests.eventually import eventually
+from tests.rabbit import BusUnderTest, queue_consumers, rabbitmqctl
+from wallet_platform import topology
 from wallet_platform.messaging.bus import Delivery, OutgoingMessage
 
 
@@ -39,7 +40,7 @@ async def test_lost_consumer_is_registered_again(rabbit_bus_under_test: BusUnder
     async def consuming() -> bool:
         return await consumers_on(vhost, topology.ANALYTICS_QUEUE) == 1
 
-    await poll_until(consuming, "one consumer")
+    await eventually(consuming, what="one consumer")
 
     # 1. The consumer disappears while the channel stays open (the robust trap).
     consumer = bus._consumers[topology.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
@@ -51,16 +52,16 @@ async def test_lost_consumer_is_registered_again(rabbit_bus_under_test: BusUnder
     async def consuming_anew() -> bool:
         return consumer.tag not in (None, old_tag) and await consuming()
 
-    await poll_until(consuming_anew, "the watchdog to consume again", limit=15)
+    await eventually(consuming_anew, what="the watchdog to consume again", within=15)
     first = message()
     await bus.publish([first])
-    await poll_until(lambda: first.message_id in seen, "a message after re-registration")
+    await eventually(lambda: first.message_id in seen, what="a message after re-registration")
 
     # 2. The broker drops every connection of the vhost.
     await asyncio.to_thread(
         rabbitmqctl, "close_all_connections", "-p", vhost, "test: dropped connection"
     )
-    await poll_until(consuming, "a consumer after the connection drop", limit=30)
+    await eventually(consuming, what="a consumer after the connection drop", within=30)
     second = message()
 
     async def published() -> bool:
@@ -70,8 +71,8 @@ async def test_lost_consumer_is_registered_again(rabbit_bus_under_test: BusUnder
             return False
         return True
 
-    await poll_until(published, "publishing again", limit=30, interval=0.2)
-    await poll_until(lambda: second.message_id in seen, "a message after the reconnect")
+    await eventually(published, what="publishing again", within=30, interval=0.2)
+    await eventually(lambda: second.message_id in seen, what="a message after the reconnect")
 
 
 async def test_committed_batches_are_acked_together_around_a_retry(
@@ -127,15 +128,15 @@ async def test_committed_batches_are_acked_together_around_a_retry(
         async def applied(messages) -> bool:
             return set(await inbox_ids(but)) >= {m.message_id for m in messages}
 
-        await poll_until(lambda: applied(clean), "the clean burst applied")
-        await poll_until(lambda: acks and acks[-1][0] == len(clean), "the clean burst acked")
+        await eventually(lambda: applied(clean), what="the clean burst applied")
+        await eventually(lambda: acks and acks[-1][0] == len(clean), what="the clean burst acked")
         clean_acks = list(acks)
         # Then a burst with a message failing its first delivery: the batch falls back
         # to one by one, the message is retried while others commit and get acked.
         flaky = [deposit(f"w{i % 7}") for i in range(120)]
         projection.flaky.add(flaky[30].message_id)
         await but.bus.publish(flaky)
-        await poll_until(lambda: applied(flaky), "the flaky burst applied")
+        await eventually(lambda: applied(flaky), what="the flaky burst applied")
     finally:
         await component.stop()
     # The projection's own list also saw rolled-back batch attempts: the inbox rows

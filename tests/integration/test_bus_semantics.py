@@ -12,9 +12,11 @@ import uuid
 
 import pytest
 
-from tests.rabbit import BusUnderTest, poll_until
+from tests.eventually import eventually
+from tests.rabbit import BusUnderTest
+from wallet_platform import topology
 from wallet_platform.config import Settings
-from wallet_platform.messaging import dlq, topology
+from wallet_platform.messaging import dlq
 from wallet_platform.messaging.bus import (
     Delivery,
     OutgoingMessage,
@@ -66,7 +68,7 @@ async def wait_for_dead_letters(settings: Settings, queue: str, count: int) -> l
         found[:] = await dlq.list_dead_letters(settings, queue)
         return len(found) >= count
 
-    await poll_until(enough, f"{count} dead letters in {queue}", 20, 0.1)
+    await eventually(enough, what=f"{count} dead letters in {queue}", within=20, interval=0.1)
     return found
 
 

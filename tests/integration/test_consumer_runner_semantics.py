@@ -6,18 +6,18 @@ are the durable evidence that each was applied exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.rabbit import BusUnderTest, poll_until
+from tests.eventually import eventually
+from tests.rabbit import BusUnderTest
 from wallet.v1 import wallet_pb2
-from wallet_events import messages
-from wallet_platform import failpoints
-from wallet_platform.messaging import dlq, topology
+from wallet_platform import failpoints, topology
+from wallet_platform.messaging import dlq
+from wallet_platform.messaging import events as messages
 from wallet_platform.messaging.bus import Delivery, OutgoingMessage, PoisonMessageError
 from wallet_platform.messaging.consumer import (
     ConsumerComponent,
@@ -34,8 +34,9 @@ from wallet_platform.storage.schema import inbox
 
 
 class RecordingProjection:
-    """Changes nothing but its inbox rows; remembers which deliveries it applied (in
-    the unit of work, so also ones rolled back) and can fail chosen ones."""
+    """Changes nothing but its inbox rows; remembers which deliveries reached it
+    (``translated``, redeliveries included) and which it applied (in the unit of work,
+    so also ones rolled back), and can fail chosen ones."""
 
     def __init__(
         self, db: Database, queue: str = topology.ANALYTICS_QUEUE, name: str = "test"
@@ -43,10 +44,12 @@ class RecordingProjection:
         self.db = db
         self.queue = queue
         self.consumer_name = name
+        self.translated: list[str] = []
         self.applied: list[str] = []
         self.failing: set[str] = set()
 
     def translate(self, delivery: Delivery) -> Translated[Delivery]:
+        self.translated.append(delivery.message_id)
         message = messages.decode_delivery(delivery)
         assert isinstance(message, messages.KIND_BY_NAME["funds_deposited"].message)
         return Translated(delivery, messages.trace_ids(message))
@@ -89,10 +92,6 @@ async def inbox_ids(but: BusUnderTest, consumer: str = "test") -> list[str]:
         return [row[0] for row in rows]
 
 
-async def eventually(predicate, what: str, limit: float = 20.0) -> None:
-    await poll_until(predicate, what, limit)
-
-
 @pytest.fixture
 async def started(bus_under_test: BusUnderTest):
     """A consumer component on the bus under test, with a recording projection."""
@@ -107,6 +106,18 @@ async def started(bus_under_test: BusUnderTest):
         await component.stop()
 
 
+async def settled_through(but: BusUnderTest, projection: RecordingProjection) -> str:
+    """Publish a last message and wait until it is applied: the consumer takes its
+    queue in order and commits batch after batch, so every delivery before it has been
+    applied or skipped by then. Returns the last message's id."""
+    last = deposit()
+    await but.bus.publish([last])
+    await eventually(
+        lambda: last.message_id in projection.applied, what="the last message applied", within=20
+    )
+    return last.message_id
+
+
 async def test_duplicates_are_applied_once(started) -> None:
     but, projection = started
     first, second = deposit(), deposit()
@@ -115,9 +126,9 @@ async def test_duplicates_are_applied_once(started) -> None:
     async def both_in_inbox() -> bool:
         return set(await inbox_ids(but)) == {first.message_id, second.message_id}
 
-    await eventually(both_in_inbox, "both events in the inbox")
-    await asyncio.sleep(0.3)  # let any remaining duplicate arrive (and be skipped)
-    assert sorted(projection.applied) == sorted([first.message_id, second.message_id])
+    await eventually(both_in_inbox, what="both events in the inbox", within=20)
+    last = await settled_through(but, projection)  # every duplicate has been through
+    assert sorted(projection.applied) == sorted([first.message_id, second.message_id, last])
 
 
 async def test_garbage_body_goes_to_dlq_and_next_message_flows(started) -> None:
@@ -135,12 +146,12 @@ async def test_garbage_body_goes_to_dlq_and_next_message_flows(started) -> None:
     async def good_applied() -> bool:
         return good.message_id in projection.applied
 
-    await eventually(good_applied, "the good event applied")
+    await eventually(good_applied, what="the good event applied", within=20)
 
     async def two_dead() -> bool:
         return len(await dlq.list_dead_letters(but.settings, "analytics")) == 2
 
-    await eventually(two_dead, "two dead letters")
+    await eventually(two_dead, what="two dead letters", within=20)
     letters = {d.message_id: d for d in await dlq.list_dead_letters(but.settings, "analytics")}
     assert "cannot decode wallet.v1.FundsDeposited" in letters[garbage.message_id].reason
     assert letters[garbage.message_id].attempts == 1
@@ -157,7 +168,7 @@ async def test_failing_projection_retries_then_dead_letters_then_replays(started
     async def dead() -> bool:
         return len(await dlq.list_dead_letters(but.settings, topology.ANALYTICS_QUEUE)) == 1
 
-    await eventually(dead, "the failing event dead-lettered")
+    await eventually(dead, what="the failing event dead-lettered", within=20)
     [letter] = await dlq.list_dead_letters(but.settings, topology.ANALYTICS_QUEUE)
     assert letter.message_id == stuck.message_id
     assert "projection cannot apply this yet" in letter.reason
@@ -172,7 +183,7 @@ async def test_failing_projection_retries_then_dead_letters_then_replays(started
         # what says that transaction committed.
         return sorted(await inbox_ids(but)) == sorted([stuck.message_id, fine.message_id])
 
-    await eventually(committed, "the replayed event applied and committed")
+    await eventually(committed, what="the replayed event applied and committed", within=20)
     assert stuck.message_id in projection.applied
 
 
@@ -187,15 +198,22 @@ async def test_crash_point_after_apply_still_applies_once(started) -> None:
         async def applied() -> bool:
             return message.message_id in projection.applied
 
-        await eventually(applied, "the event applied")
+        await eventually(applied, what="the event applied", within=20)
         failpoints.configure("")
-        await asyncio.sleep(0.5)  # the redelivery is skipped by the inbox and acked
+        await eventually(
+            lambda: projection.translated.count(message.message_id) >= 2,
+            what="the unacked event redelivered",
+            within=20,
+        )
+        last = await settled_through(but, projection)  # the redelivery has been through
     finally:
         failpoints.configure("")
-    assert projection.applied == [message.message_id]
+    assert projection.applied == [message.message_id, last]
     assert await dlq.list_dead_letters(but.settings, "analytics") == []
     async with but.db.read() as conn:
-        count = await conn.execute(select(func.count()).select_from(inbox))
+        count = await conn.execute(
+            select(func.count()).where(inbox.c.message_id == message.message_id)
+        )
         assert count.scalar_one() == 1
 
 

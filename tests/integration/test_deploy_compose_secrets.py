@@ -31,7 +31,8 @@ from tests.integration.walletctl_harness import walletctl
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.channels import make_channel
 from wallet_platform.config import Settings
-from wallet_platform.server.security import ADMIN, ORCHESTRATOR, WRITER, parse_tokens
+from wallet_platform.server.grants import ADMIN, ORCHESTRATOR, WRITER
+from wallet_platform.server.security import parse_tokens
 from walletctl import exitcodes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,9 +20,10 @@ from fraud_worker.bootstrap import build_components
 from fraud_worker.projection import FraudProjection
 from fraud_worker.rules import FraudRules
 from fraud_worker.store import FraudStore
+from tests.eventually import eventually
 from wallet.v1 import events_pb2, fraud_pb2, fraud_pb2_grpc, wallet_pb2
-from wallet_events import messages
 from wallet_platform.config import Settings
+from wallet_platform.messaging import events as messages
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.consumer import ConsumerRunner
 from wallet_platform.server.process import start_server
@@ -269,7 +270,6 @@ async def test_concurrent_workers_raise_one_alert_per_burst(database: Database) 
 async def test_old_withdrawals_are_pruned_alerts_kept(
     database: Database, runner: ConsumerRunner
 ) -> None:
-    import asyncio
 
     from fraud_worker.housekeeping import WithdrawalPruner, prune_withdrawals
     from wallet_platform.storage.schema import fraud_withdrawals
@@ -288,11 +288,9 @@ async def test_old_withdrawals_are_pruned_alerts_kept(
     )
     await pruner.start()
     try:
-        async with asyncio.timeout(10):
-            while True:
-                if not await remembered():
-                    break
-                await asyncio.sleep(0.01)
+        await eventually(
+            remembered, lambda left: left == 0, what="every withdrawal pruned", within=10
+        )
     finally:
         await pruner.stop()
     assert [rule for rule, _ in await alerts(database)] == ["RAPID_WITHDRAWALS"]

@@ -17,9 +17,11 @@ import uuid
 import aio_pika
 import pytest
 
-from tests.rabbit import poll_until, rabbitmqctl
+from tests.eventually import eventually
+from tests.rabbit import rabbitmqctl
+from wallet_platform import topology
 from wallet_platform.config import Settings
-from wallet_platform.messaging import dlq, topology
+from wallet_platform.messaging import dlq
 from wallet_platform.messaging.bus import OutgoingMessage
 from wallet_platform.messaging.rabbit import RabbitBus, TopologyMismatchError, declare_topology
 from wallet_platform.messaging.rabbit.topology import DELIVERY_LIMIT
@@ -87,7 +89,7 @@ async def test_a_message_that_is_never_settled_is_dead_lettered_by_the_broker(
         letters[:] = await dlq.list_dead_letters(settings, topology.ANALYTICS_QUEUE)
         return bool(letters)
 
-    await poll_until(dead_lettered, "the broker to dead-letter the message", 20)
+    await eventually(dead_lettered, what="the broker to dead-letter the message", within=20)
     assert [letter.message_id for letter in letters] == [message_id]
     assert letters[0].reason == "broker dead-lettered: delivery_limit"
     # The fraud queue's copy was never touched: still there.

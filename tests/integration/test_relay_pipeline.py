@@ -26,18 +26,18 @@ import grpc
 import pytest
 from sqlalchemy import func, insert, select
 
+from tests.eventually import eventually
 from tests.rabbit import (
     BusUnderTest,
     broker_stopped,
-    poll_until,
     queue_consumers,
     requires_postgres,
     requires_rabbitmq,
 )
 from wallet.v1 import events_pb2, wallet_pb2_grpc
 from wallet.v1 import wallet_pb2 as pb
+from wallet_platform import topology
 from wallet_platform.clock import utcnow
-from wallet_platform.messaging import topology
 from wallet_platform.messaging.bus import Delivery, EventBus, PublishError
 from wallet_platform.messaging.consumer import (
     ConsumerComponent,
@@ -75,10 +75,10 @@ class Collector:
             await bus.consume(queue, handler)
 
     async def wait_for(self, ids: set[str], limit: float = 30.0) -> None:
-        await poll_until(
+        await eventually(
             lambda: all(set(got) >= ids for got in self.received.values()),
-            "every id in both queues",
-            limit,
+            what="every id in both queues",
+            within=limit,
         )
 
 
@@ -103,7 +103,7 @@ async def eventually_no_pending(db: Database, limit: float = 30.0) -> None:
     async def drained() -> bool:
         return await pending_count(db) == 0
 
-    await poll_until(drained, "an empty outbox backlog", limit)
+    await eventually(drained, what="an empty outbox backlog", within=limit)
 
 
 def rid() -> str:
@@ -225,12 +225,12 @@ async def test_relay_killed_after_publish_republishes_on_restart(
     finally:
         await running.stop(grace=1)
 
-    await poll_until(
+    await eventually(
         lambda: all(
             all(count >= 2 for count in received.values()) and set(received) == want
             for received in collector.received.values()
         ),
-        "every event twice in each queue (before and after the crash)",
+        what="every event twice in each queue (before and after the crash)",
     )
 
 
@@ -327,7 +327,9 @@ async def test_broker_outage_loses_nothing_and_consumers_come_back(
                 await inbox_ids(db, "outage-a") >= want and await inbox_ids(db, "outage-f") >= want
             )
 
-        await poll_until(all_applied, "every event applied by both consumers", 90, 0.2)
+        await eventually(
+            all_applied, what="every event applied by both consumers", within=90, interval=0.2
+        )
         await eventually_no_pending(db)
         vhost = bus_under_test.vhost
 
@@ -335,7 +337,9 @@ async def test_broker_outage_loses_nothing_and_consumers_come_back(
             consumers = await asyncio.to_thread(queue_consumers, vhost)
             return all(consumers.get(q, 0) >= 1 for q in events_queues())
 
-        await poll_until(consuming, "a consumer on each queue (rabbitmqctl)", 30, 0.5)
+        await eventually(
+            consuming, what="a consumer on each queue (rabbitmqctl)", within=30, interval=0.5
+        )
     finally:
         stop.set()
         await running.stop(grace=1)
@@ -395,10 +399,12 @@ async def test_commits_during_a_round_interval_share_the_next_round(
     task = asyncio.create_task(relay._run(bus))  # type: ignore[arg-type]
     try:
         await service.deposit("burst", 1, rid())
-        await poll_until(lambda: sum(bus.rounds) == 1, "the first deposit published", 10)
+        await eventually(
+            lambda: sum(bus.rounds) == 1, what="the first deposit published", within=10
+        )
         for _ in range(5):  # each commit wakes the relay, inside the interval
             await service.deposit("burst", 1, rid())
-        await poll_until(lambda: sum(bus.rounds) == 6, "every deposit published", 10)
+        await eventually(lambda: sum(bus.rounds) == 6, what="every deposit published", within=10)
         assert bus.rounds == [1, 5]
     finally:
         relay._stopping = True

@@ -27,6 +27,7 @@ from saga_orchestrator.gateway import StepCall, StepFailedError, WalletInfo
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import LeaseLostError, TransferRepository
 from saga_orchestrator.sweeper import Sweeper
+from tests.eventually import eventually
 from wallet_platform.clock import utcnow
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import transfers
@@ -177,13 +178,9 @@ async def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced_out(
 
     second = make_runner(database, wallets, "r2")
     sweeper = Sweeper(second.repository, second, interval=0.05)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    claimed = 0
-    while claimed == 0:
-        await asyncio.sleep(0.1)
-        claimed = await sweeper.sweep_once()
-        assert loop.time() < deadline
+    await eventually(
+        sweeper.sweep_once, lambda claimed: claimed > 0, what="r2 claiming the saga", within=10
+    )
     # r2 drives it now; let both callers through, r2 finishes, r1's late write is refused.
     wallets.block[StepName.CREDIT].set()
     await asyncio.wait_for(asyncio.gather(first.join(), second.join()), 10)

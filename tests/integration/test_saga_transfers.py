@@ -17,10 +17,11 @@ import pytest
 from sqlalchemy import select
 
 from saga_orchestrator import bootstrap as saga_bootstrap
+from tests.eventually import eventually
 from wallet.v1 import events_pb2, transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
-from wallet_events.messages import decode
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
+from wallet_platform.messaging.events import decode
 from wallet_platform.runtime import Runtime
 from wallet_platform.server.builder import Component
 from wallet_platform.server.process import RunningServer, start_server
@@ -131,13 +132,17 @@ async def transfer_events(db: Database, transfer_id: str) -> list[str]:
 async def wait_terminal(
     stub: transfer_pb2_grpc.TransferServiceStub, transfer_id: str, within: float = 30.0
 ) -> transfer_pb2.Transfer:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        response = await stub.GetTransfer(transfer_pb2.GetTransferRequest(transfer_id=transfer_id))
-        if response.transfer.state in TERMINAL or loop.time() > deadline:
-            return response.transfer
-        await asyncio.sleep(0.1)
+    async def current() -> transfer_pb2.Transfer:
+        request = transfer_pb2.GetTransferRequest(transfer_id=transfer_id)
+        return (await stub.GetTransfer(request)).transfer
+
+    return await eventually(
+        current,
+        lambda transfer: transfer.state in TERMINAL,
+        what=f"transfer {transfer_id} in a terminal state",
+        within=within,
+        interval=0.1,
+    )
 
 
 @pytest.fixture
@@ -405,14 +410,15 @@ async def wait_retrying(
     stub: transfer_pb2_grpc.TransferServiceStub, transfer_id: str, text: str, attempts: int = 2
 ) -> transfer_pb2.RetryingTransfer:
     """Until the summary lists the saga as retrying with ``text`` in its last error."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:
-        entry = await summary_entry(stub, transfer_id)
-        if entry is not None and text in entry.last_error and entry.attempts >= attempts:
-            return entry
-        assert loop.time() < deadline, f"saga {transfer_id} never showed {text!r}: {entry}"
-        await asyncio.sleep(0.1)
+    entry = await eventually(
+        lambda: summary_entry(stub, transfer_id),
+        lambda entry: entry is not None and text in entry.last_error and entry.attempts >= attempts,
+        what=f"saga {transfer_id} retrying with {text!r} in its last error",
+        within=15,
+        interval=0.1,
+    )
+    assert entry is not None
+    return entry
 
 
 @pytest.mark.slow

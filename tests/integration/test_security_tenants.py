@@ -22,7 +22,7 @@ from wallet.v1 import (
 )
 from wallet_platform.channels import make_channel
 from wallet_platform.config import Settings
-from wallet_platform.server import tenancy
+from wallet_platform.server.rpc_policy import POLICIES
 
 TOKENS = (
     "t-admin=admin@root;t-saga=orchestrator@saga;t-acme=writer[acme-]@acme;t-acme-all=admin[acme-]"
@@ -33,6 +33,8 @@ _MODULES = {
     for name in m.DESCRIPTOR.message_types_by_name
 }
 DENIED = grpc.StatusCode.PERMISSION_DENIED
+# The RPCs a tenant may call, with the request fields that must carry its prefix.
+WALLET_FIELDS = {m: p.wallet_fields for m, p in POLICIES.items() if p.wallet_fields}
 
 
 def _request_class(method: str):
@@ -146,7 +148,7 @@ async def test_a_tenant_reaches_its_own_wallets_and_no_others(database_url: str)
 
             # admin[acme-] holds every role: only the tenant limit can refuse it.
             async with _as(target, "t-acme-all") as acme_all:
-                for method, fields in sorted(tenancy.WALLET_FIELDS.items()):
+                for method, fields in sorted(WALLET_FIELDS.items()):
                     cls, _ = _request_class(method)
                     for field in fields:
                         values = {f: "acme-1" for f in fields} | {field: "beta-1"}

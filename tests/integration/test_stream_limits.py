@@ -16,7 +16,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.limits_harness import Watches, limiter_of, orchestrator, wait_until
+from tests.eventually import eventually
+from tests.integration.limits_harness import Watches, limiter_of, orchestrator
 from tests.integration.test_saga_transfers import (
     new_wallet,
     saga_settings,
@@ -84,24 +85,26 @@ async def test_streams_past_the_server_cap_are_refused_and_unary_calls_answer(
         )
         assert made.transfer.state == transfer_pb2.TRANSFER_STATE_COMPLETED
         open_indexes = [n for n, task in enumerate(watches.readers) if not task.done()]
-        await wait_until(
-            lambda: all(
+        await eventually(
+            lambda: [
                 any(t.state == transfer_pb2.TRANSFER_STATE_COMPLETED for t in watches.received[n])
                 for n in open_indexes
-            )
+            ],
+            all,
+            what="the completed transfer on every open stream",
         )
 
         # Closing the streams frees their slots: the cap is available again, exactly.
         await first.cancel()
         await watches.cancel()
-        await wait_until(lambda: limiter.open_streams == 0)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 0, what="open_streams == 0")
         again = Watches(channels, 51)
         await again.wait_ended(1)
         await asyncio.gather(*(call.initial_metadata() for call in again.open_calls()))
         assert limiter.open_streams == 50
         assert [code for code, _, _ in again.refusals()] == [RESOURCE_EXHAUSTED]
         await again.cancel()
-        await wait_until(lambda: limiter.open_streams == 0)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 0, what="open_streams == 0")
 
 
 async def test_one_connection_cannot_take_more_than_its_share(
@@ -129,7 +132,7 @@ async def test_one_connection_cannot_take_more_than_its_share(
         assert limiter.open_streams == 60 and not elsewhere.ended()
         await elsewhere.cancel()
         await watches.cancel()
-        await wait_until(lambda: limiter.open_streams == 0)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 0, what="open_streams == 0")
 
 
 async def test_deadline_and_server_stop_release_stream_slots(
@@ -143,7 +146,7 @@ async def test_deadline_and_server_stop_release_stream_slots(
         assert limiter.open_streams == 20
         await expiring.wait_ended(20)
         assert {code for code, _, _ in expiring.refusals()} == {grpc.StatusCode.DEADLINE_EXCEEDED}
-        await wait_until(lambda: limiter.open_streams == 0)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 0, what="open_streams == 0")
 
         # A server stop ends open streams (UNAVAILABLE: resubscribe) and frees them.
         staying = Watches([channel], 20)
@@ -176,7 +179,7 @@ async def test_the_default_caps_hold_against_a_flood(tmp_path: Path) -> None:
         await unary_calls_answer(channels[-1])
         await one_connection.cancel()
         await many.cancel()
-        await wait_until(lambda: limiter.open_streams == 0)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 0, what="open_streams == 0")
 
 
 async def test_unary_calls_past_their_cap_are_refused_but_health_answers(
@@ -203,7 +206,9 @@ async def test_unary_calls_past_their_cap_are_refused_but_health_answers(
 
             # Each deposit sleeps 1.5 s after its commit (the failpoint), holding its slot.
             slow = [asyncio.create_task(deposit(n)) for n in range(3)]
-            await wait_until(lambda: limiter.unary_in_flight == 3)
+            await eventually(
+                lambda: limiter.unary_in_flight, lambda n: n == 3, what="unary_in_flight == 3"
+            )
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.GetWallet(wallet_pb2.GetWalletRequest(wallet_id="cap"), timeout=5)
             assert refused.value.code() == RESOURCE_EXHAUSTED
@@ -214,7 +219,9 @@ async def test_unary_calls_past_their_cap_are_refused_but_health_answers(
             assert checked.status == health_pb2.HealthCheckResponse.SERVING
             await asyncio.gather(*slow)
             failpoints.configure("")
-            await wait_until(lambda: limiter.unary_in_flight == 0)
+            await eventually(
+                lambda: limiter.unary_in_flight, lambda n: n == 0, what="unary_in_flight == 0"
+            )
             got = await stub.GetWallet(wallet_pb2.GetWalletRequest(wallet_id="cap"))
             assert got.wallet.balance == 3
     finally:
@@ -235,7 +242,7 @@ async def test_an_aged_connection_is_closed_and_the_client_reconnects(tmp_path: 
         first_peer = next(iter(limiter._streams_by_peer))
         await watch.wait_ended(1, within=15)
         assert [code for code, _, _ in watch.refusals()] == [grpc.StatusCode.UNAVAILABLE]
-        await wait_until(lambda: limiter.open_streams == 0)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 0, what="open_streams == 0")
         await unary_calls_answer(channel)
         again = Watches([channel], 1)
         await again.calls[0].initial_metadata()
@@ -259,11 +266,11 @@ async def test_health_watch_is_served_and_counts_as_a_stream(tmp_path: Path) -> 
         await refused.wait_ended(1)
         assert [reason for _, reason, _ in refused.refusals()] == ["TOO_MANY_STREAMS"]
         watches[0].cancel()
-        await wait_until(lambda: limiter.open_streams == 2)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 2, what="open_streams == 2")
         accepted = Watches([channel], 1)
         await accepted.calls[0].initial_metadata()
         assert limiter.open_streams == 3
         await accepted.cancel()
         for watch in watches[1:]:
             watch.cancel()
-        await wait_until(lambda: limiter.open_streams == 0)
+        await eventually(lambda: limiter.open_streams, lambda n: n == 0, what="open_streams == 0")

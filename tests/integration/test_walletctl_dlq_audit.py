@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import requires_postgres, requires_rabbitmq
 from tests.integration.test_walletctl_ops import sql
 from tests.integration.walletctl_harness import walletctl
-from wallet_platform.messaging import topology
+from wallet_platform import topology
 from wallet_platform.messaging.rabbit import amqp_message, declare_topology
 from wallet_platform.server.security import token_fingerprint
 from walletctl import exitcodes

@@ -9,30 +9,20 @@ real one (the inbox makes the duplicate harmless) and purges the garbage.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 
 import aio_pika
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import requires_rabbitmq
-from tests.integration.walletctl_harness import Ctl, Result, running_stack
-from wallet_platform.messaging import topology
+from tests.eventually import eventually
+from tests.integration.walletctl_harness import Ctl, running_stack
+from wallet_platform import topology
 from wallet_platform.messaging.rabbit import amqp_message
 from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 
 pytestmark = [requires_rabbitmq, pytest.mark.rabbitmq]
-
-
-async def eventually(probe: Callable[[], Awaitable[Result]], check: Callable[[Result], bool]):
-    deadline = time.monotonic() + 30
-    while True:
-        result = await probe()
-        if check(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.2)
 
 
 def _first_deposit(database_url: str) -> dict:

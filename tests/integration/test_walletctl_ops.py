@@ -9,14 +9,13 @@ inspected, replayed and purged with ``walletctl dlq``.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from tests.integration.walletctl_harness import Ctl, Result, running_stack
+from tests.eventually import eventually
+from tests.integration.walletctl_harness import Ctl, running_stack
 from wallet_platform.storage.database import sync_url
 from walletctl import exitcodes
 
@@ -34,16 +33,6 @@ async def sql(database_url: str, statement: str, **params: Any) -> list[dict[str
             engine.dispose()
 
     return await asyncio.to_thread(run)
-
-
-async def eventually(probe: Callable[[], Awaitable[Result]], check: Callable[[Result], bool]):
-    """Retry a CLI call until ``check`` holds (the workers are eventually consistent)."""
-    deadline = time.monotonic() + 20
-    while True:
-        result = await probe()
-        if check(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.1)
 
 
 async def test_stats_alerts_projections_audit_and_dlq(database_url: str) -> None:

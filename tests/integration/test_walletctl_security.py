@@ -8,9 +8,9 @@ documented exit codes; with them it works, and the audit trail names the caller.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
+from tests.eventually import eventually
 from tests.integration.walletctl_harness import running_stack, walletctl
 from tests.pki import CertificateAuthority
 from walletctl import exitcodes
@@ -88,15 +88,15 @@ async def test_tls_mtls_and_tokens(tmp_path: Path) -> None:
         shown = await walletctl("wallets", "show", "sec-1", "--auth-token", "t-read", env=env)
         assert shown.code == exitcodes.OK
 
-        # the audit trail names who called (written in the background: poll briefly)
-        callers: set[str] = set()
-        for _ in range(100):
+        # the audit trail names who called (written in the background)
+        async def callers() -> set[str]:
             audited = await walletctl(
                 "audit", "--method", "CreateWallet", "--status", "OK", "--json",
                 database_url=database_url,
             )  # fmt: skip
-            callers = {r["caller"] for r in audited.json["records"]}
-            if callers:
-                break
-            await asyncio.sleep(0.1)
-        assert len(callers) == 1 and "oncall" in callers.pop()
+            return {r["caller"] for r in audited.json["records"]}
+
+        named = await eventually(
+            callers, what="the CreateWallet audit row", within=10, interval=0.1
+        )
+        assert len(named) == 1 and "oncall" in named.pop()

@@ -12,9 +12,7 @@ back the saga completes and reconcile is clean again.
 
 from __future__ import annotations
 
-import asyncio
-import time
-
+from tests.eventually import eventually
 from tests.integration.walletctl_harness import Result, walletctl
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
@@ -65,12 +63,12 @@ async def test_per_service_targets_retrying_and_stuck_sagas(tmp_path) -> None:
         await wallet.stop(grace=0.2)  # while the saga sleeps before its credit
         assert (await ctl("wallets", "show", "s-a")).code == exitcodes.UNAVAILABLE
 
-        deadline = time.monotonic() + 20
-        while True:
-            summary = (await ctl("transfers", "summary", "--json")).json
-            if summary["retrying"] or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+        async def summary_json() -> dict:
+            return (await ctl("transfers", "summary", "--json")).json
+
+        summary = await eventually(
+            summary_json, lambda s: s["retrying"], what="a retrying saga", within=20, interval=0.2
+        )
         assert (
             summary["unfinished"] == 1 and summary["oldest_unfinished_transfer_id"] == transfer_id
         )
@@ -96,13 +94,13 @@ async def test_per_service_targets_retrying_and_stuck_sagas(tmp_path) -> None:
 
         # WalletService back on the same address: the saga finishes by itself
         wallet = await _wallet_service(database_url, listen=wallet_target)
-        deadline = time.monotonic() + 30
-        while True:
-            shown = await ctl("transfers", "show", transfer_id, "--json")
-            if shown.json["transfer"]["state"] == "COMPLETED" or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        assert shown.json["transfer"]["state"] == "COMPLETED"
+        shown = await eventually(
+            lambda: ctl("transfers", "show", transfer_id, "--json"),
+            lambda shown: shown.json["transfer"]["state"] == "COMPLETED",
+            what=f"transfer {transfer_id} completed",
+            within=30,
+            interval=0.2,
+        )
         credit = next(s for s in shown.json["transfer"]["steps"] if s["name"] == "credit")
         assert credit["attempts"] >= 2
         assert (await ctl("reconcile", "--saga-max-age", "0")).code == exitcodes.OK

@@ -28,7 +28,7 @@ from saga_orchestrator.watch_feed import (
     WatchFilter,
     WatchTooSlowError,
 )
-from tests.integration.limits_harness import wait_until
+from tests.eventually import eventually
 from tests.integration.test_saga_transfers import saga_settings, start_orchestrator
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform.clock import utcnow
@@ -117,7 +117,11 @@ async def test_one_poll_loop_serves_every_subscriber_and_stops_with_the_last(
         assert 1 <= polls <= window / feed.poll_seconds + 2
         feed.notifier.publish(change())
         readers = [Reader(s) for s in subscriptions]
-        await wait_until(lambda: all(len(r.seen) == 1 for r in readers))
+        await eventually(
+            lambda: [len(r.seen) for r in readers],
+            lambda seen: set(seen) == {1},
+            what="one change per reader",
+        )
     assert feed.subscribers == 0 and not feed.polling
     stopped_at = repository.polls
     await asyncio.sleep(0.3)  # no subscriber: no poll
@@ -142,7 +146,11 @@ async def test_a_slow_subscriber_is_ended_and_never_holds_more_than_its_queue(
             for transfer in burst:
                 feed.notifier.publish(transfer)
             published.extend(burst)
-            await wait_until(lambda: len(reader.seen) == len(published))
+            await eventually(
+                lambda: len(reader.seen),
+                lambda n: n == len(published),
+                what="every published change seen",
+            )
             assert slow.queued <= slow.capacity == 50
         assert [t.transfer_id for t in reader.seen] == [t.transfer_id for t in published]
         assert slow.queued == 0  # dropped when it was ended
@@ -183,7 +191,7 @@ async def test_each_subscriber_gets_what_it_wants_once_and_never_backwards(
         feed.notifier.publish(one)  # stale (PENDING after DEBITED): never sent
         feed.notifier.publish(debited)  # a duplicate: never sent
         feed.notifier.publish(moved(one, TransferState.COMPLETED))
-        await wait_until(lambda: len(readers["all"].seen) == 5)
+        await eventually(lambda: len(readers["all"].seen), lambda n: n == 5, what="5 changes seen")
 
         def states(name: str) -> list[tuple[str, str]]:
             return [(t.transfer_id, t.state.value) for t in readers[name].seen]

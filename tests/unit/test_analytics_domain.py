@@ -16,7 +16,7 @@ from analytics_worker.domain import (
 )
 from analytics_worker.grpc_api import stats_to_proto
 from wallet.v1 import analytics_pb2
-from wallet_events.messages import KIND_BY_NAME
+from wallet_platform.messaging.events import KIND_BY_NAME
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

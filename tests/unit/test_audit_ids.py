@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wallet_platform.observability.audit_ids import is_local_peer, trusted_audit_id
+from wallet_platform.server.audit_ids import is_local_peer, trusted_audit_id
 from wallet_platform.server.authority import Authority
 from wallet_platform.server.security import TokenTable, parse_tokens
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 from wallet.v1 import transfer_pb2, wallet_pb2
-from wallet_platform.observability import audit, audit_request
+from wallet_platform.observability import audit_request
+from wallet_platform.server import audit_calls as audit
 
 
-def test_write_methods_and_prefix_rule():
+def test_write_methods_are_audited_and_unlisted_rpcs_too():
     assert audit.is_write_method("/wallet.v1.WalletService/Deposit")
     assert audit.is_write_method("/wallet.v1.TransferService/CreateTransfer")
     assert audit.is_write_method("/wallet.v1.WalletService/RefundForTransfer")
-    assert audit.is_write_method("/wallet.v1.DlqService/ReplayMessages")  # a later write RPC
+    assert audit.is_write_method("/wallet.v1.DlqService/ReplayMessages")  # not in the table
     assert not audit.is_write_method("/wallet.v1.WalletService/GetWallet")
     assert not audit.is_write_method("/wallet.v1.TransferService/ListTransfers")
     assert not audit.is_write_method("/grpc.health.v1.Health/Check")

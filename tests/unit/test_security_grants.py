@@ -10,8 +10,11 @@ from wallet_platform.server import security, tenancy
 from wallet_platform.server.authority import Authority
 from wallet_platform.server.cert_roles import CertificateRoles, parse_certificate_roles
 from wallet_platform.server.grants import Principal
+from wallet_platform.server.rpc_policy import POLICIES
 
 _MODULES = (wallet_pb2, transfer_pb2, analytics_pb2, fraud_pb2)
+# The RPCs a tenant may call, with the request fields that must carry its prefix.
+WALLET_FIELDS = {m: p.wallet_fields for m, p in POLICIES.items() if p.wallet_fields}
 
 
 def _methods() -> dict[str, object]:
@@ -76,7 +79,7 @@ def test_the_first_certificate_name_with_an_entry_decides_and_matching_is_exact(
 
 def test_tenant_table_names_real_rpcs_and_real_wallet_fields():
     methods = _methods()
-    for method, fields in tenancy.WALLET_FIELDS.items():
+    for method, fields in WALLET_FIELDS.items():
         assert method in methods, method
         request_fields = methods[method].fields_by_name  # type: ignore[attr-defined]
         for field in fields:
@@ -84,7 +87,7 @@ def test_tenant_table_names_real_rpcs_and_real_wallet_fields():
     # Every wallet-id field of every request is checked (a new one must be listed).
     for method, descriptor in methods.items():
         wallet_fields = {f.name for f in descriptor.fields if f.name.endswith("wallet_id")}  # type: ignore[attr-defined]
-        assert wallet_fields == set(tenancy.WALLET_FIELDS.get(method, ())), method
+        assert wallet_fields == set(WALLET_FIELDS.get(method, ())), method
 
 
 def _request(method: str, **fields):
@@ -99,9 +102,9 @@ def _request(method: str, **fields):
 ACME = Principal("acme-teller", frozenset({"writer"}), "acme-")
 
 
-@pytest.mark.parametrize("method", sorted(tenancy.WALLET_FIELDS))
+@pytest.mark.parametrize("method", sorted(WALLET_FIELDS))
 def test_each_wallet_field_of_each_rpc_must_carry_the_prefix(method):
-    fields = tenancy.WALLET_FIELDS[method]
+    fields = WALLET_FIELDS[method]
     inside = {field: f"acme-{n}" for n, field in enumerate(fields)}
     assert tenancy.tenant_refusal(ACME, method, _request(method, **inside)) is None
     for field in fields:

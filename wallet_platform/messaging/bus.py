@@ -5,7 +5,7 @@ one runs:
 
 - :class:`~wallet_platform.messaging.rabbit.RabbitBus` (``WALLET_AMQP_URL`` set): RabbitMQ with
   publisher confirms and ``mandatory`` publishes, the layout of
-  :mod:`wallet_platform.messaging.topology`.
+  :mod:`wallet_platform.topology`.
 - :class:`~wallet_platform.messaging.inprocess.InProcessBus` (``WALLET_AMQP_URL`` empty, the
   ``make run`` default): queues kept in the platform's own database (table
   ``bus_messages``), so a crash loses nothing and ``walletctl dlq`` can see dead letters
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from wallet_platform.messaging.topology import BINDING_KEY, DLQ_TO_QUEUE, QUEUES
+from wallet_platform.topology import BINDING_KEY, DLQ_TO_QUEUE, QUEUES
 
 # Message headers we set (AMQP headers on RabbitMQ, columns in the in-process bus).
 HEADER_ATTEMPT = "x-wallet-attempt"  # delivery attempt of the copy being published

@@ -1,31 +1,13 @@
-"""The audit trail: one ``audit_log`` row for every write call, accepted or refused.
+"""The audit trail's store: :class:`AuditWriter` writes ``audit_log`` rows in batches.
 
-:func:`audit` wraps every write RPC (the one list is :data:`WRITE_METHODS`
-plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
-
-- makes an audit id (UUID) and puts it in ``logs.audit_id_var`` while the call runs,
-  so the service can stamp it on the events and transfers the call produces
-  and every log line of the call carries it;
-- sends it back to the client as trailing metadata ``x-audit-id``;
-- records method, request, caller identity, peer, start time, duration and the
-  resulting status code, including calls refused by authentication, validation,
-  limits or business rules. The request is stored as redacted JSON of at most 8 KiB,
-  except for calls refused before they could act: those get a fixed-size summary
-  (``audit_request``), since anyone can send them with any body.
-
-A call that arrives with ``x-audit-id`` (the orchestrator's step calls, sent by
-``wallet_platform.channels``) still gets its own row, but the id it stamps on events is
-the incoming one when the caller may set it (``audit_ids``: a caller holding the
-``orchestrator`` role with authorisation on, a same-host peer with it off), so the
-``CreateTransfer`` audit id leads to the debit, credit or refund entries in the ledger.
-
-Rows are written off the hot path by :class:`AuditWriter`, a small batching task: the
-call only appends to a backlog bounded in bytes (``audit_backlog``: refused calls'
-records are dropped and counted when their share is full; write calls are refused up
-front when the whole backlog is). A clean shutdown drains every pending row (the
-server stops accepting calls first); if the database stays down past the drain
-deadline the remaining rows are written to the log as ERROR lines rather than dropped
-silently.
+The rows come from the server's audit layer (``wallet_platform.server.audit_calls``),
+one for every write call, accepted or refused. Rows are written off the hot path by
+:class:`AuditWriter`, a small batching task: the call only appends to a backlog bounded
+in bytes (``audit_backlog``: refused calls' records are dropped and counted when their
+share is full; write calls are refused up front when the whole backlog is). A clean
+shutdown drains every pending row (the server stops accepting calls first); if the
+database stays down past the drain deadline the remaining rows are written to the log
+as ERROR lines rather than dropped silently.
 """
 
 from __future__ import annotations
@@ -34,90 +16,17 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import grpc
 from sqlalchemy import text
 
-from wallet_platform.clock import Clock, utcnow
-from wallet_platform.errors import ResourceExhaustedError
 from wallet_platform.observability.audit_backlog import DROP_LOG_SECONDS, AuditBacklog
-from wallet_platform.observability.audit_ids import AUDIT_ID_HEADER, trusted_audit_id
-from wallet_platform.observability.audit_request import (
-    MAX_REFUSED_MESSAGE,
-    MAX_TEXT,
-    REFUSED_STATUSES,
-    request_json,
-    request_summary,
-)
-from wallet_platform.observability.logs import audit_id_var
-from wallet_platform.server.builder import abort_with
-from wallet_platform.server.handlers import with_behaviour
-from wallet_platform.server.security import caller_identity
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import audit_log
-
-if TYPE_CHECKING:
-    from wallet_platform.server.authority import Authority
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKLOG_BYTES = 64 * 1024 * 1024
-
-_WALLET = "/wallet.v1.WalletService/"
-_TRANSFER = "/wallet.v1.TransferService/"
-
-# The write RPCs: every call to one of these is audited.
-WRITE_METHODS: frozenset[str] = frozenset(
-    {
-        _WALLET + "CreateWallet",
-        _WALLET + "Deposit",
-        _WALLET + "Withdraw",
-        _WALLET + "FreezeWallet",
-        _WALLET + "UnfreezeWallet",
-        _WALLET + "DebitForTransfer",
-        _WALLET + "CreditForTransfer",
-        _WALLET + "RefundForTransfer",
-        _TRANSFER + "CreateTransfer",
-    }
-)
-# A wallet.v1 RPC whose name starts with one of these is a write too (e.g. a DLQ replay
-# RPC added later): better an extra audit row than a missing one.
-WRITE_NAME_PREFIXES = (
-    "Create",
-    "Deposit",
-    "Withdraw",
-    "Freeze",
-    "Unfreeze",
-    "Debit",
-    "Credit",
-    "Refund",
-    "Replay",
-    "Purge",
-    "Delete",
-    "Update",
-    "Set",
-)
-
-
-class AuditBacklogFullError(ResourceExhaustedError):
-    reason = "AUDIT_BACKLOG_FULL"
-
-
-def is_write_method(method: str) -> bool:
-    if method in WRITE_METHODS:
-        return True
-    if not method.startswith("/wallet.v1."):
-        return False
-    return method.rsplit("/", 1)[-1].startswith(WRITE_NAME_PREFIXES)
-
-
-def _status_name(code: Any) -> str:
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return "OK" if code is None else str(code)
-
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("audit_id", "varchar"),
@@ -285,78 +194,3 @@ class AuditWriter:
             failures = 0
             self.backlog.remove_first(len(batch))
             await self._notify(len(batch))
-
-
-def audit(
-    method: str,
-    handler: grpc.RpcMethodHandler,
-    writer: AuditWriter,
-    authority: Authority | None = None,
-    clock: Clock = utcnow,
-    *,
-    certificates: bool = True,
-) -> grpc.RpcMethodHandler:
-    """``handler`` recording each call (see the module docstring); reads pass unchanged.
-
-    Built once per method by the plumbing interceptor (``wallet_platform.server.plumbing``),
-    outside the auth check so refused calls are recorded too. ``certificates=False``
-    on a plaintext server (no client certificate to name the caller by).
-    """
-    if not handler.unary_unary or not is_write_method(method):
-        return handler
-    inner = handler.unary_unary
-    tokens = authority.tokens if authority else None  # names the caller
-
-    async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        audit_id = str(uuid.uuid4())
-        started_at = clock()
-        t0 = time.perf_counter()
-        context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
-        reset = audit_id_var.set(trusted_audit_id(context, authority) or audit_id)
-        status = "OK"
-        error_message: str | None = None
-        try:
-            if not writer.accepting_writes:
-                await abort_with(
-                    context,
-                    AuditBacklogFullError(
-                        "the audit trail cannot be written right now (database slow or "
-                        "down); nothing was changed, retry later with the same request_id"
-                    ),
-                )
-            response = await inner(request, context)
-            code = context.code()
-            status = _status_name(code)
-            if status != "OK":
-                error_message = context.details() or None
-            return response
-        except asyncio.CancelledError:
-            status = "CANCELLED"
-            raise
-        except BaseException as error:
-            code = context.code()
-            status = _status_name(code) if code is not None else "UNKNOWN"
-            if status == "OK":
-                status = "UNKNOWN"
-            error_message = context.details() or str(error) or type(error).__name__
-            raise
-        finally:
-            audit_id_var.reset(reset)
-            refused = status in REFUSED_STATUSES
-            limit = MAX_REFUSED_MESSAGE if refused else MAX_TEXT
-            writer.submit(
-                {
-                    "audit_id": audit_id,
-                    "method": method,
-                    "request_json": request_summary(request) if refused else request_json(request),
-                    "caller": caller_identity(context, tokens, certificates=certificates)[:128],
-                    "peer": (context.peer() or "")[:128],
-                    "status_code": status,
-                    "error_message": error_message[:limit] if error_message else None,
-                    "started_at": started_at,
-                    "duration_ms": int((time.perf_counter() - t0) * 1000),
-                },
-                refused=refused,
-            )
-
-    return with_behaviour(handler, audited)

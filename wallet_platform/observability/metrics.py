@@ -2,8 +2,8 @@
 
 Four sources:
 
-- :func:`measure` (installed by ``wallet_platform.server.plumbing``) counts every RPC and times
-  it, by service, method and status code (the RED metrics of each server).
+- the RPC series (:data:`RPC_HANDLED`, :data:`RPC_LATENCY`, :data:`RPC_IN_FLIGHT`), fed by
+  ``wallet_platform.server.rpc_metrics`` for every call: the RED metrics of each server.
 - :class:`StateCollector` periodically reads the platform's state from the database
   and the broker: sagas by state and the age of the oldest unfinished one, the outbox
   backlog and the age of its oldest pending row, per-consumer lag (ready messages in
@@ -22,11 +22,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import grpc
 from prometheus_client import (
     Counter,
     Gauge,
@@ -36,10 +35,9 @@ from prometheus_client import (
 )
 from sqlalchemy import and_, column, exists, func, not_, select, table
 
+from wallet_platform import topology as event_names
 from wallet_platform.clock import Clock, ensure_utc, utcnow
-from wallet_platform.messaging import topology as event_names
 from wallet_platform.observability import limit_metrics
-from wallet_platform.server.handlers import responses, with_behaviour
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import inbox, outbox, transfers, wallet_events
 
@@ -152,94 +150,8 @@ TERMINAL_SAGA_STATES = ("COMPLETED", "FAILED", "COMPENSATED")
 _bus = table("bus_messages", column("queue"), column("state"))
 # consumer name (inbox.consumer) -> (its queue, its dead-letter queue)
 CONSUMERS: dict[str, tuple[str, str]] = {
-    "analytics": (event_names.ANALYTICS_QUEUE, event_names.ANALYTICS_DLQ),
-    "fraud": (event_names.FRAUD_QUEUE, event_names.FRAUD_DLQ),
+    name: (queue, event_names.QUEUES[queue]) for name, queue in event_names.CONSUMER_QUEUES.items()
 }
-
-
-def split_method(method: str) -> tuple[str, str]:
-    """``/wallet.v1.WalletService/Deposit`` -> (``wallet.v1.WalletService``, ``Deposit``)."""
-    service, _, name = method.lstrip("/").rpartition("/")
-    return service or "unknown", name or method
-
-
-def _code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        name = code.name
-        return "UNKNOWN" if failed and name == "OK" else name
-    return "UNKNOWN" if failed else "OK"
-
-
-class _MethodSeries:
-    """One method's labelled series, looked up once (``labels()`` locks and hashes)."""
-
-    def __init__(self, method: str) -> None:
-        self.service, self.name = split_method(method)
-        self.in_flight = RPC_IN_FLIGHT.labels(self.service, self.name)
-        self._by_code: dict[str, tuple[Any, Any]] = {}
-
-    def observe(self, context: grpc.aio.ServicerContext, started: float, outcome: str) -> None:
-        code = "CANCELLED" if outcome == "cancelled" else _code_name(context, outcome != "ok")
-        series = self._by_code.get(code)
-        if series is None:
-            series = (
-                RPC_HANDLED.labels(self.service, self.name, code),
-                RPC_LATENCY.labels(self.service, self.name, code),
-            )
-            self._by_code[code] = series
-        series[0].inc()
-        series[1].observe(time.perf_counter() - started)
-
-
-def measure(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``handler`` counted and timed (unary and server-streaming); the outermost layer.
-
-    Built once per method by the server's plumbing interceptor
-    (``wallet_platform.server.plumbing``), so it sees every final status, refusals included.
-    """
-    series = _MethodSeries(method)
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            outcome = "failed"
-            series.in_flight.inc()
-            try:
-                response = await inner_uu(request, context)
-                outcome = "ok"
-                return response
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            finally:
-                series.in_flight.dec()
-                series.observe(context, started, outcome)
-
-        return with_behaviour(handler, unary_unary)
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            outcome = "failed"
-            series.in_flight.inc()
-            try:
-                async for item in responses(inner_us(request, context)):
-                    yield item
-                outcome = "ok"
-            except (asyncio.CancelledError, GeneratorExit):
-                outcome = "cancelled"
-                raise
-            finally:
-                series.in_flight.dec()
-                series.observe(context, started, outcome)
-
-        return with_behaviour(handler, unary_stream)
-    return handler
 
 
 def _age(now: datetime, then: Any) -> float:

@@ -12,8 +12,8 @@ A server authorises calls with every mechanism it is configured for:
 - neither: no authorisation. With mutual TLS every verified certificate may call
   everything (``exposure`` warns at start-up); without it, anyone who can connect.
 
-What a role may do is decided by ``security.METHOD_ROLES`` alone; what a wallet
-prefix allows by ``tenancy.WALLET_FIELDS``.
+What a role may do, and which request fields a wallet prefix applies to, are decided
+by one table alone: ``rpc_policy.POLICIES``.
 """
 
 from __future__ import annotations

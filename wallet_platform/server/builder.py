@@ -1,9 +1,12 @@
 """The gRPC server builder every process uses.
 
-``create_server(settings, components)`` returns a started-ready ``grpc.aio.Server``
-and the bound port (bind port 0 in tests). Every server gets gRPC health
-(``grpc.health.v1.Health``), server reflection, and the error interceptor that turns
-domain errors into status codes with ``google.rpc`` details, in one place.
+``create_server(listen, components)`` builds a ``grpc.aio.Server`` (not started yet)
+bound to ``listen`` (port 0 in tests) and returns it with the bound port and its health
+servicer. Every server gets gRPC health (``grpc.health.v1.Health``), server reflection,
+and error mapping (:func:`map_errors`): servicers raise domain errors, and this one
+place turns them into status codes with ``google.rpc`` details
+(``wallet_platform.server.status``). The plumbing interceptor applies the mapping
+itself; :class:`ErrorInterceptor` applies it after a server's own interceptors.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.server.handlers import responses, with_behaviour
 from wallet_platform.server.status import rich_status
-from wallet_platform.storage.database import is_connection_error
+from wallet_platform.storage.connection_errors import is_connection_error
 
 log = logging.getLogger(__name__)
 

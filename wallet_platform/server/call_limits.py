@@ -8,7 +8,7 @@ interceptor (``wallet_platform.server.plumbing``), keeps two separate budgets:
   on one client connection (told apart by the peer address). Each stream holds its
   slot until it ends for any reason (finished, client cancel, deadline, server stop);
 - **unary calls** in flight: at most ``WALLET_MAX_UNARY_CALLS``. Health ``Check``
-  is never refused, so probes answer under load.
+  is never refused (``rpc_policy``: not ``capped``), so probes answer under load.
 
 Past a cap a new call ends at once with RESOURCE_EXHAUSTED and ErrorInfo reason
 ``TOO_MANY_STREAMS`` or ``TOO_MANY_CALLS``. The budgets are separate on purpose:
@@ -28,9 +28,7 @@ from wallet_platform.observability.limit_metrics import LIMIT_REFUSALS, OPEN_STR
 from wallet_platform.server.builder import abort_with
 from wallet_platform.server.handlers import responses, with_behaviour
 from wallet_platform.server.limits import ServerLimits
-
-# Never refused by the unary cap: load balancers and orchestrators probe it under load.
-UNCAPPED_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+from wallet_platform.server.rpc_policy import policy
 
 
 class TooManyStreamsError(ResourceExhaustedError):
@@ -98,7 +96,7 @@ class CallLimiter:
         """``handler`` holding a slot of its budget while it runs (built once per method)."""
         if handler.response_streaming:
             return self._wrap_stream(handler)
-        if method in UNCAPPED_METHODS:
+        if not policy(method).capped:
             return handler
         return self._wrap_unary(handler)
 

@@ -1,12 +1,12 @@
 """What every server gets besides its own components: metrics, audit and auth.
 
-``runtime.start_server`` builds one :class:`ServerPlumbing` per process, installs its
+``process.start_server`` builds one :class:`ServerPlumbing` per process, installs its
 interceptors in front of the service's own, starts it before the server accepts
 calls and stops it after the server has drained (so the audit rows of the last calls
 are written before the database closes).
 
 All of it is ONE interceptor (:class:`PlumbingInterceptor`) whose layers wrap each
-method's handler once, cached per method (``grpc_server.WrappingInterceptor``): four
+method's handler once, cached per method (``builder.WrappingInterceptor``): four
 interceptors building closures and handler objects on every call cost measurable CPU
 per request (docs/benchmarks.md). Layer order (outermost first): metrics (sees every
 final status), audit (records refused calls too), call limits (streams and unary calls
@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from wallet_platform.observability.audit import AuditWriter, audit
-from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector, measure
+from wallet_platform.observability.audit import AuditWriter
+from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector
+from wallet_platform.server.audit_calls import audit
 from wallet_platform.server.authority import Authority, authority_from_settings
 from wallet_platform.server.builder import WrappingInterceptor, map_errors
 from wallet_platform.server.call_limits import CallLimiter
 from wallet_platform.server.limits import ServerLimits
+from wallet_platform.server.rpc_metrics import measure
 from wallet_platform.server.security import guard
 
 if TYPE_CHECKING:

@@ -2,8 +2,8 @@
 
 A Python process saturates one core at a few thousand gRPC calls per second, so a
 stateless server scales out by running N copies that share the listening port:
-every worker binds the same ``HOST:PORT`` with ``SO_REUSEPORT`` (set in
-``grpc_server.create_server``) and the kernel spreads incoming *connections* over
+every worker binds the same ``HOST:PORT`` with ``SO_REUSEPORT`` (set by
+``builder.create_server`` with ``reuse_port``) and the kernel spreads incoming *connections* over
 them. The parent applies the migrations once, forks the workers before any gRPC or
 database object exists (gRPC is not fork-safe once started), forwards SIGINT/SIGTERM
 to them, and restarts a worker that dies unexpectedly.

@@ -14,8 +14,8 @@ grant grammar of ``grants``). The subject names the caller in the audit trail;
 without one the caller is ``token:<hash prefix>`` so the token itself never reaches a
 log or a table.
 
-The method -> role table (:data:`METHOD_ROLES`) is the only place that decides what a
-role may call; an RPC missing from it needs ``admin`` (new RPCs are closed until
+What a role may call is decided by one table, ``rpc_policy.POLICIES`` (with what else
+each RPC demands); an RPC missing from it needs ``admin`` (new RPCs are closed until
 someone decides otherwise).
 """
 
@@ -30,63 +30,25 @@ import grpc
 
 from wallet_platform.server.cert_roles import COMMON_NAME, peer_property
 from wallet_platform.server.grants import (
-    ADMIN,
-    OPERATOR,
-    ORCHESTRATOR,
-    READER,
-    WRITER,
     Principal,
     parse_grant,
     spec_entries,
 )
 from wallet_platform.server.handlers import with_behaviour
+from wallet_platform.server.rpc_policy import policy
 
 if TYPE_CHECKING:
     from wallet_platform.server.authority import Authority
 
 TOKENS_VARIABLE = "WALLET_AUTH_TOKENS"
 
-_WALLET = "/wallet.v1.WalletService/"
-_TRANSFER = "/wallet.v1.TransferService/"
-
-# The one table of who may call what (full gRPC method name -> required role).
-METHOD_ROLES: Mapping[str, str] = {
-    _WALLET + "CreateWallet": WRITER,
-    _WALLET + "GetWallet": READER,
-    _WALLET + "Deposit": WRITER,
-    _WALLET + "Withdraw": WRITER,
-    _WALLET + "ListWalletEvents": READER,
-    _WALLET + "FreezeWallet": OPERATOR,
-    _WALLET + "UnfreezeWallet": OPERATOR,
-    _WALLET + "DebitForTransfer": ORCHESTRATOR,
-    _WALLET + "CreditForTransfer": ORCHESTRATOR,
-    _WALLET + "RefundForTransfer": ORCHESTRATOR,
-    _TRANSFER + "CreateTransfer": WRITER,
-    _TRANSFER + "GetTransfer": READER,
-    _TRANSFER + "ListTransfers": READER,
-    _TRANSFER + "GetTransferSummary": READER,
-    _TRANSFER + "WatchTransfers": READER,
-    "/wallet.v1.AnalyticsService/GetWalletStats": READER,
-    "/wallet.v1.FraudService/ListFraudAlerts": READER,
-}
-DEFAULT_ROLE = ADMIN
-
-# Always open: load balancers and grpcurl must work without credentials.
-OPEN_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
-)
-
 AUTHORIZATION_HEADER = "authorization"
 ANONYMOUS = "anonymous"
 
 
 def required_role(method: str) -> str | None:
-    """The role ``method`` needs, or None when it is open to everyone."""
-    if method.startswith(OPEN_PREFIXES):
-        return None
-    return METHOD_ROLES.get(method, DEFAULT_ROLE)
+    """The role ``method`` needs, or None when it is open to everyone (``rpc_policy``)."""
+    return policy(method).role
 
 
 def token_fingerprint(token: str) -> str:

@@ -2,9 +2,10 @@
 
 A token or certificate granted ``writer[acme-]`` (``wallet_platform.server.grants``)
 may only name wallets whose id starts with ``acme-``, so one team's service can
-neither move nor read another team's money. :data:`WALLET_FIELDS` lists, per RPC,
-every request field that holds a wallet id; for a tenant-limited caller each of them
-must start with the prefix, else ``PERMISSION_DENIED``. An empty field fails too: for
+neither move nor read another team's money. The RPC table (``rpc_policy``) lists, per
+RPC, every request field that holds a wallet id (``wallet_fields``); for a
+tenant-limited caller each of them must start with the prefix, else
+``PERMISSION_DENIED``. An empty field fails too: for
 the list and watch RPCs an empty filter means "every wallet", which is exactly what
 a tenant may not ask for.
 
@@ -12,38 +13,16 @@ RPCs whose reach cannot be checked from the request alone are refused to
 tenant-limited callers rather than filtered: ``GetTransfer`` (a transfer id says
 nothing about its wallets; use ``ListTransfers`` or ``WatchTransfers`` with
 ``wallet_id``), ``GetTransferSummary`` (counts over every wallet), RPCs with a
-streamed request, and any RPC missing from the table (new RPCs are closed to tenants
-until someone lists their wallet fields). Callers without a prefix are not affected.
+streamed request, and any RPC whose row lists no wallet fields (new RPCs are closed to
+tenants until someone lists them). Callers without a prefix are not affected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from wallet_platform.server.grants import Principal
-
-_WALLET = "/wallet.v1.WalletService/"
-_TRANSFER = "/wallet.v1.TransferService/"
-
-# Full gRPC method name -> the request fields holding wallet ids (all are checked).
-WALLET_FIELDS: Mapping[str, tuple[str, ...]] = {
-    _WALLET + "CreateWallet": ("wallet_id",),
-    _WALLET + "GetWallet": ("wallet_id",),
-    _WALLET + "Deposit": ("wallet_id",),
-    _WALLET + "Withdraw": ("wallet_id",),
-    _WALLET + "ListWalletEvents": ("wallet_id",),
-    _WALLET + "FreezeWallet": ("wallet_id",),
-    _WALLET + "UnfreezeWallet": ("wallet_id",),
-    _WALLET + "DebitForTransfer": ("wallet_id", "to_wallet_id"),
-    _WALLET + "CreditForTransfer": ("wallet_id",),
-    _WALLET + "RefundForTransfer": ("wallet_id",),
-    _TRANSFER + "CreateTransfer": ("from_wallet_id", "to_wallet_id"),
-    _TRANSFER + "ListTransfers": ("wallet_id",),
-    _TRANSFER + "WatchTransfers": ("wallet_id",),
-    "/wallet.v1.AnalyticsService/GetWalletStats": ("wallet_id",),
-    "/wallet.v1.FraudService/ListFraudAlerts": ("wallet_id",),
-}
+from wallet_platform.server.rpc_policy import policy
 
 _SHOWN = 64  # longest wallet id quoted back in a refusal
 
@@ -57,7 +36,7 @@ def tenant_refusal(principal: Principal, method: str, request: Any) -> str | Non
     if prefix is None:
         return None
     name = method.rsplit("/", 1)[-1]
-    fields = WALLET_FIELDS.get(method)
+    fields = policy(method).wallet_fields
     if not fields or request is None:
         return f"{principal.subject} is limited to wallets {prefix}*: {name} is not available"
     for field in fields:

@@ -20,11 +20,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from wallet_platform.config import Settings
-from wallet_platform.errors import UnavailableError
+from wallet_platform.storage.connection_errors import translate_connection_errors
+from wallet_platform.storage.unit_of_work import BACKEND_INFO_KEY, PipelineUnitOfWork
 
 READONLY = "wallet_readonly"
 
@@ -124,10 +124,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-# Where each pooled PostgreSQL connection records its server process.
-BACKEND_INFO_KEY = "backend"
-
-
 def _remember_backends(engine: AsyncEngine) -> None:
     """Each new connection records ``(pid, backend_start)`` of its server process in
     its pool record: enough to end exactly that process later (a unit of work whose
@@ -145,12 +141,6 @@ def _remember_backends(engine: AsyncEngine) -> None:
         finally:
             cursor.close()
             dbapi_connection.rollback()  # no transaction left open by this read
-
-
-def backend_of(connection_info: dict[Any, Any]) -> tuple[int, Any] | None:
-    """``(pid, backend_start)`` recorded for a pooled connection (PostgreSQL only)."""
-    found = connection_info.get(BACKEND_INFO_KEY)
-    return (int(found[0]), found[1]) if found else None
 
 
 class Database:
@@ -220,8 +210,6 @@ class Database:
         :meth:`outbox_committed` after the block. (The block form of
         :class:`~wallet_platform.storage.unit_of_work.PipelineUnitOfWork`.)
         """
-        from wallet_platform.storage.unit_of_work import PipelineUnitOfWork
-
         async with PipelineUnitOfWork(self) as uow:
             yield uow.conn
             await uow.commit()
@@ -233,26 +221,3 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-def is_connection_error(error: BaseException) -> bool:
-    """True when the database itself is unreachable (as opposed to a bad statement)."""
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    if isinstance(error, OperationalError):
-        text = str(error.orig).lower()
-        return any(
-            marker in text
-            for marker in ("connection", "could not connect", "server closed", "terminating")
-        )
-    return isinstance(error, ConnectionError | OSError)
-
-
-@asynccontextmanager
-async def translate_connection_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except (DBAPIError, OSError) as error:
-        if is_connection_error(error):
-            raise UnavailableError(f"database unavailable: {type(error).__name__}") from error
-        raise

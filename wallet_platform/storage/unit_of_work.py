@@ -49,8 +49,7 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
 from wallet_platform.errors import UnavailableError
-from wallet_platform.storage.database import (
-    backend_of,
+from wallet_platform.storage.connection_errors import (
     is_connection_error,
     translate_connection_errors,
 )
@@ -62,6 +61,16 @@ log = logging.getLogger(__name__)
 
 # How long ending a stalled unit of work's server-side backend may take.
 TERMINATE_TIMEOUT_SECONDS = 5.0
+
+# Where each pooled PostgreSQL connection records its server process (the engine's
+# connect hook in ``database`` writes it).
+BACKEND_INFO_KEY = "backend"
+
+
+def backend_of(connection_info: dict[Any, Any]) -> tuple[int, Any] | None:
+    """``(pid, backend_start)`` recorded for a pooled connection (PostgreSQL only)."""
+    found = connection_info.get(BACKEND_INFO_KEY)
+    return (int(found[0]), found[1]) if found else None
 
 
 class UnitOfWork:

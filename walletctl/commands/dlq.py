@@ -93,7 +93,7 @@ def _lib() -> Any:
 def _letter(letter: Any, with_body: bool = False) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
-    from wallet_events.messages import UndecodableMessageError, decode
+    from wallet_platform.messaging.events import UndecodableMessageError, decode
 
     data: dict[str, Any] = {
         "queue": letter.queue,

@@ -25,7 +25,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         common,
         run,
         "check the ledger invariants; exit 1 on any drift",
-        "Check the invariants of DESIGN.md against the database (--database-url / "
+        "Check the invariants of docs/architecture.md against the database (--database-url / "
         "WALLET_DATABASE_URL) in one consistent snapshot. Exit 0 when clean "
         "(warnings allowed), 1 on drift, 3 when the database is unreachable.\n\n"
         f"checks:\n{checks}",

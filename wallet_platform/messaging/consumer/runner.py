@@ -43,7 +43,7 @@ from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.bus import Delivery, PoisonMessageError, error_text
 from wallet_platform.messaging.consumer.projection import Projection, Translated
 from wallet_platform.observability.logs import log_context
-from wallet_platform.storage.database import is_connection_error
+from wallet_platform.storage.connection_errors import is_connection_error
 
 log = logging.getLogger(__name__)
 

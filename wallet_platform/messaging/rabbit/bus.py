@@ -48,7 +48,7 @@ from wallet_platform.messaging.rabbit.topology import (
     check_queue_type,
     declare_topology,
 )
-from wallet_platform.messaging.topology import EXCHANGE, QUEUES
+from wallet_platform.topology import EXCHANGE, QUEUES
 
 log = logging.getLogger(__name__)
 

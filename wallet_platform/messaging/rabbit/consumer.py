@@ -52,7 +52,7 @@ from wallet_platform.messaging.rabbit.messages import (
     header_str,
 )
 from wallet_platform.messaging.rabbit.topology import QUORUM, declare_queue, queue_arguments
-from wallet_platform.messaging.topology import DEAD_LETTER_EXCHANGE, QUEUES
+from wallet_platform.topology import DEAD_LETTER_EXCHANGE, QUEUES
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import aio_pika
 from pamqp.commands import Basic
 
 from wallet_platform.messaging.bus import HEADER_ATTEMPT
-from wallet_platform.messaging.topology import CONTENT_TYPE
+from wallet_platform.topology import CONTENT_TYPE
 
 HEADER_ROUTING_KEY = "x-wallet-routing-key"  # the original key, kept on retried copies
 # Set by quorum queues: how often this message was delivered and not settled before.

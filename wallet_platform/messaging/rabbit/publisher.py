@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractChannel
 
 from wallet_platform.messaging.bus import OutgoingMessage, PublishError, error_text
 from wallet_platform.messaging.rabbit.messages import amqp_properties
-from wallet_platform.messaging.topology import EXCHANGE
+from wallet_platform.topology import EXCHANGE
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 

@@ -1,4 +1,4 @@
-"""Declaring the broker layout (:mod:`wallet_platform.messaging.topology`) on RabbitMQ.
+"""Declaring the broker layout (:mod:`wallet_platform.topology`) on RabbitMQ.
 
 Queue type (``WALLET_AMQP_QUEUE_TYPE``): **quorum** by default, for the two consumer
 queues and both DLQs: replicated (on a cluster), durable by design, and with the
@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 from aiormq.exceptions import ChannelPreconditionFailed
 
 from wallet_platform.messaging.bus import DEFAULT_MAX_ATTEMPTS
-from wallet_platform.messaging.topology import (
+from wallet_platform.topology import (
     BINDING_KEY,
     DEAD_LETTER_EXCHANGE,
     EXCHANGE,

@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from wallet_platform.server.security import ORCHESTRATOR
+from wallet_platform.channels import AUDIT_ID_HEADER
+from wallet_platform.server.grants import ORCHESTRATOR
 
 if TYPE_CHECKING:
     from wallet_platform.server.authority import Authority
-
-AUDIT_ID_HEADER = "x-audit-id"
 
 
 def _valid_uuid(value: str | None) -> str | None:

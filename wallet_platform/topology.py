@@ -24,3 +24,5 @@ QUEUES: dict[str, str] = {
     FRAUD_QUEUE: FRAUD_DLQ,
 }
 DLQ_TO_QUEUE: dict[str, str] = {dlq: queue for queue, dlq in QUEUES.items()}
+# Each consumer's name (its ``inbox.consumer`` rows, its metrics label) -> its queue.
+CONSUMER_QUEUES: dict[str, str] = {"analytics": ANALYTICS_QUEUE, "fraud": FRAUD_QUEUE}
