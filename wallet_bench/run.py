@@ -7,15 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from wallet_bench.checks import (
-    Check,
-    LogReader,
-    api_stats_mismatches,
-    check_api,
-    check_log,
-    verdict,
-    wait_for_drain,
-)
+from wallet_bench.api_checks import api_stats_mismatches, check_api, wait_for_drain
+from wallet_bench.checks import Check, LogReader, check_log, verdict
 from wallet_bench.client import DEFAULT_CONNECTIONS, Clients, Targets
 from wallet_bench.load import Ledger, LoadConfig, LoadGenerator
 
