@@ -153,6 +153,12 @@ class CheckContext:
         rows = self.rows(sql, **params)
         return next(iter(rows[0].values())) if rows else None
 
+    def add_rows(self, result: CheckResult, sql: str, **params: Value) -> CheckResult:
+        """Count every row ``sql`` returns as a problem of ``result``; returns it."""
+        for row in self.rows(sql, **params):
+            result.add(row, self.limit)
+        return result
+
     def count_by(self, sql: str, **params: Value) -> dict[str, int]:
         """``{key: n}`` from a query selecting ``key`` and ``n`` (a GROUP BY's counts)."""
         return {str(row["key"]): as_int(row["n"]) for row in self.rows(sql, **params)}

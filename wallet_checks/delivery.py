@@ -38,17 +38,16 @@ def _outbox_mine(ctx: CheckContext) -> str:
 
 def outbox_row_per_event(ctx: CheckContext) -> CheckResult:
     r = ctx.result("outbox_row_per_event")
-    for row in ctx.rows(
+    return ctx.add_rows(
+        r,
         f"""
         SELECT e.event_id, e.wallet_id, e.sequence, e.type
         FROM wallet_events e
         LEFT JOIN outbox o ON o.message_id = e.event_id
         WHERE o.id IS NULL AND {ctx.scope("e.wallet_id")}
         ORDER BY e.occurred_at
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+        """,
+    )
 
 
 def outbox_drained(ctx: CheckContext) -> CheckResult:

@@ -22,6 +22,7 @@ from sqlalchemy import inspect
 from saga_orchestrator.domain import TransferState
 from wallet_checks.context import CheckContext, CheckResult, as_int
 from wallet_checks.effects_sql import TRANSFER_EVENTS, type_list
+from wallet_checks.sagas import transfer_events_without
 from wallet_service.holds import OPEN, POSTED, VOIDED
 
 # Which hold states each saga state allows ('' = no hold). An unfinished saga may be a
@@ -87,19 +88,7 @@ def holds_match_events(ctx: CheckContext) -> CheckResult:
 
 
 def transfer_events_have_hold(ctx: CheckContext) -> CheckResult:
-    r = ctx.result("transfer_events_have_hold")
-    for row in ctx.rows(
-        f"""
-        SELECT e.event_id, e.wallet_id, e.type, e.amount, e.transfer_id
-        FROM wallet_events e
-        LEFT JOIN transfer_holds h ON h.transfer_id = e.transfer_id
-        WHERE e.type IN ({type_list(TRANSFER_EVENTS)})
-          AND h.transfer_id IS NULL AND {ctx.scope("e.wallet_id")}
-        ORDER BY e.transfer_id, e.type
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+    return transfer_events_without(ctx, "transfer_events_have_hold", "transfer_holds")
 
 
 def _allowed_pairs_sql() -> str:
@@ -128,7 +117,8 @@ def holds_match_transfers(ctx: CheckContext) -> CheckResult:
         """
     )[0]
     r.facts["money_in_flight"] = {k: as_int(v) for k, v in in_flight.items()}
-    for row in ctx.rows(
+    return ctx.add_rows(
+        r,
         f"""
         SELECT COALESCE(t.transfer_id, h.transfer_id) AS transfer_id,
                t.state AS transfer_state, h.state AS hold_state,
@@ -146,7 +136,5 @@ def holds_match_transfers(ctx: CheckContext) -> CheckResult:
         LEFT JOIN transfers t ON t.transfer_id = h.transfer_id
         WHERE t.transfer_id IS NULL AND {ctx.scope("h.from_wallet_id")}
         ORDER BY transfer_id
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+        """,
+    )

@@ -40,7 +40,8 @@ def balance_equals_event_sum(ctx: CheckContext) -> CheckResult:
 
 def balance_equals_last_event(ctx: CheckContext) -> CheckResult:
     r = ctx.result("balance_equals_last_event")
-    for row in ctx.rows(
+    return ctx.add_rows(
+        r,
         f"""
         SELECT w.wallet_id, w.balance, w.version,
                m.last_sequence, last.balance_after AS last_balance_after
@@ -56,30 +57,28 @@ def balance_equals_last_event(ctx: CheckContext) -> CheckResult:
                OR w.version <> m.last_sequence)
           AND {ctx.scope("w.wallet_id")}
         ORDER BY w.wallet_id
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+        """,
+    )
 
 
 def sequences_gap_free(ctx: CheckContext) -> CheckResult:
     r = ctx.result("sequences_gap_free")
-    for row in ctx.rows(
+    return ctx.add_rows(
+        r,
         f"""
         SELECT wallet_id, COUNT(*) AS events, MIN(sequence) AS first_sequence,
                MAX(sequence) AS last_sequence
         FROM wallet_events WHERE {ctx.scope("wallet_id")} GROUP BY wallet_id
         HAVING MIN(sequence) <> 1 OR MAX(sequence) <> COUNT(*)
         ORDER BY wallet_id
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+        """,
+    )
 
 
 def event_chain(ctx: CheckContext) -> CheckResult:
     r = ctx.result("event_chain")
-    for row in ctx.rows(
+    return ctx.add_rows(
+        r,
         f"""
         SELECT wallet_id, sequence, type, amount, balance_after, previous_balance
         FROM (
@@ -91,25 +90,22 @@ def event_chain(ctx: CheckContext) -> CheckResult:
         ) chained
         WHERE balance_after <> previous_balance + delta
         ORDER BY wallet_id, sequence
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+        """,
+    )
 
 
 def no_negative_balance(ctx: CheckContext) -> CheckResult:
     r = ctx.result("no_negative_balance")
-    for row in ctx.rows(
+    return ctx.add_rows(
+        r,
         f"""
         SELECT 'wallet' AS source, wallet_id, balance, NULL AS sequence
         FROM wallets WHERE balance < 0 AND {ctx.scope("wallet_id")}
         UNION ALL
         SELECT 'event' AS source, wallet_id, balance_after AS balance, sequence
         FROM wallet_events WHERE balance_after < 0 AND {ctx.scope("wallet_id")}
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+        """,
+    )
 
 
 def conservation(ctx: CheckContext) -> CheckResult:

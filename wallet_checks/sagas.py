@@ -91,7 +91,8 @@ def no_step_applied_twice(ctx: CheckContext) -> CheckResult:
     ):
         r.add(row, ctx.limit)
     settlements = type_list((types.TRANSFER_CREDITED, types.TRANSFER_REFUNDED))
-    for row in ctx.rows(
+    return ctx.add_rows(
+        r,
         f"""
         SELECT transfer_id, 'credit and refund' AS type, COUNT(*) AS times
         FROM wallet_events
@@ -99,26 +100,28 @@ def no_step_applied_twice(ctx: CheckContext) -> CheckResult:
         GROUP BY transfer_id
         HAVING COUNT(DISTINCT type) > 1
         ORDER BY transfer_id
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+        """,
+    )
 
 
-def transfer_events_have_transfer(ctx: CheckContext) -> CheckResult:
-    r = ctx.result("transfer_events_have_transfer")
-    for row in ctx.rows(
+def transfer_events_without(ctx: CheckContext, name: str, table: str) -> CheckResult:
+    """Check ``name``: the transfer events (debit, credit, refund) whose transfer has no
+    row in ``table`` (``transfers``: the saga; ``transfer_holds``: the ledger's hold)."""
+    return ctx.add_rows(
+        ctx.result(name),
         f"""
         SELECT e.event_id, e.wallet_id, e.type, e.amount, e.transfer_id
         FROM wallet_events e
-        LEFT JOIN transfers t ON t.transfer_id = e.transfer_id
+        LEFT JOIN {table} known ON known.transfer_id = e.transfer_id
         WHERE e.type IN ({type_list(TRANSFER_EVENTS)})
-          AND t.transfer_id IS NULL AND {ctx.scope("e.wallet_id")}
-        ORDER BY e.transfer_id
-        """
-    ):
-        r.add(row, ctx.limit)
-    return r
+          AND known.transfer_id IS NULL AND {ctx.scope("e.wallet_id")}
+        ORDER BY e.transfer_id, e.type
+        """,
+    )
+
+
+def transfer_events_have_transfer(ctx: CheckContext) -> CheckResult:
+    return transfer_events_without(ctx, "transfer_events_have_transfer", "transfers")
 
 
 def sagas_finished(ctx: CheckContext) -> CheckResult:
