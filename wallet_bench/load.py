@@ -24,10 +24,13 @@ from typing import Any
 
 import grpc
 
+from saga_orchestrator.domain import TERMINAL_STATES, TransferState
 from wallet.v1 import transfer_pb2, wallet_pb2
 from wallet_bench.client import Clients
 from wallet_bench.progress import ProgressBar
 from wallet_bench.stats import RunStats
+from wallet_events import types
+from wallet_events.effects import COUNT_COUNTERS, EFFECTS, TOTAL_COUNTERS
 
 OPERATIONS = ("deposit", "withdraw", "transfer")
 DEFINITE_CODES = frozenset(
@@ -39,10 +42,20 @@ DEFINITE_CODES = frozenset(
         grpc.StatusCode.OUT_OF_RANGE,
     }
 )
-TERMINAL = {
-    transfer_pb2.TRANSFER_STATE_COMPLETED: "COMPLETED",
-    transfer_pb2.TRANSFER_STATE_FAILED: "FAILED",
-    transfer_pb2.TRANSFER_STATE_COMPENSATED: "COMPENSATED",
+# The events a terminal transfer leaves in the log, on its source ("from") and
+# destination ("to"): a compensated transfer's refund gives its debit back.
+TRANSFER_EVENTS_BY_STATE: dict[str, tuple[tuple[str, str], ...]] = {
+    TransferState.COMPLETED: (("from", types.TRANSFER_DEBITED), ("to", types.TRANSFER_CREDITED)),
+    TransferState.COMPENSATED: (
+        ("from", types.TRANSFER_DEBITED),
+        ("from", types.TRANSFER_REFUNDED),
+    ),
+    TransferState.FAILED: (),
+}
+# The API's terminal transfer states (TRANSFER_STATE_<name>) -> the saga's state name.
+TERMINAL: dict[int, str] = {
+    transfer_pb2.TransferState.Value(f"TRANSFER_STATE_{state}"): str(state)
+    for state in TERMINAL_STATES
 }
 
 
@@ -118,38 +131,29 @@ class Ledger:
     replay_mismatches: list[str] = field(default_factory=list)
 
     def expected_wallets(self, config: LoadConfig) -> dict[str, dict[str, int]]:
-        """Per wallet: balance and the analytics totals the log must produce."""
-        zero = {
-            "balance": 0,
-            "total_deposited": 0,
-            "total_withdrawn": 0,
-            "total_transferred_in": 0,
-            "total_transferred_out": 0,
-            "deposit_count": 0,
-            "withdrawal_count": 0,
-            "transfer_in_count": 0,
-            "transfer_out_count": 0,
-        }
+        """Per wallet: balance and the analytics totals the log must produce.
+
+        Each acknowledged write and each terminal transfer is turned into the events it
+        leaves in the log, added up with the events' one effects table.
+        """
+        zero = {"balance": 0, **dict.fromkeys((*TOTAL_COUNTERS, *COUNT_COUNTERS), 0)}
         wallets = {config.wallet_id(i): dict(zero) for i in range(config.wallets)}
+
+        def apply(wallet_id: str, event_type: str, amount: int) -> None:
+            row, effect = wallets[wallet_id], EFFECTS[event_type]
+            row["balance"] += effect.signed_amount(amount)
+            if effect.total is not None and effect.count is not None:
+                row[effect.total] += effect.stats_sign * amount
+                row[effect.count] += effect.stats_sign
+
         for op in self.acked.values():
-            row = wallets[op.wallet_id]
             if op.kind in ("deposit", "fund"):
-                row["balance"] += op.amount
-                row["total_deposited"] += op.amount
-                row["deposit_count"] += 1
+                apply(op.wallet_id, types.FUNDS_DEPOSITED, op.amount)
             elif op.kind == "withdraw":
-                row["balance"] -= op.amount
-                row["total_withdrawn"] += op.amount
-                row["withdrawal_count"] += 1
+                apply(op.wallet_id, types.FUNDS_WITHDRAWN, op.amount)
         for op, state in self.transfers.values():
-            if state == "COMPLETED":
-                sender, receiver = wallets[op.wallet_id], wallets[op.to_wallet_id]
-                sender["balance"] -= op.amount
-                sender["total_transferred_out"] += op.amount
-                sender["transfer_out_count"] += 1
-                receiver["balance"] += op.amount
-                receiver["total_transferred_in"] += op.amount
-                receiver["transfer_in_count"] += 1
+            for wallet_id, event_type in TRANSFER_EVENTS_BY_STATE.get(state, ()):
+                apply(op.to_wallet_id if wallet_id == "to" else op.wallet_id, event_type, op.amount)
         return wallets
 
     def transfer_states(self) -> Counter[str]:
@@ -280,7 +284,9 @@ class LoadGenerator:
         self._note_success(op, response)
         if op.kind == "transfer":
             state = TERMINAL.get(response.transfer.state)
-            return (state if state != "COMPLETED" else "OK") if state else "UNFINISHED", response
+            if state is None:
+                return "UNFINISHED", response
+            return ("OK" if state == TransferState.COMPLETED else state), response
         return "OK", response
 
     def _note_success(self, op: Op, response: Any) -> None:
