@@ -1,6 +1,6 @@
 """Checks through the public API only, and waiting for the consumers to drain.
 
-The client ledger's prediction (:meth:`wallet_bench.load.Ledger.expected_wallets`) is
+The client ledger's prediction (:meth:`wallet_bench.ledger.Ledger.expected_wallets`) is
 read back over gRPC: balances and statistics must be what the acknowledged writes and
 terminal transfers add up to. Without a database URL these are the run's only checks.
 """
@@ -18,7 +18,7 @@ import grpc
 from wallet.v1 import analytics_pb2, wallet_pb2
 from wallet_bench.checks import STAT_FIELDS, Check, LogReader, verdict
 from wallet_bench.client import Clients
-from wallet_bench.load import Ledger, LoadConfig
+from wallet_bench.ledger import Ledger, LoadConfig
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 Two independent witnesses are compared with the platform's state:
 
-- the client ledger (:class:`wallet_bench.load.Ledger`): every acknowledged write and
+- the client ledger (:class:`wallet_bench.ledger.Ledger`): every acknowledged write and
   every terminal transfer, hence each wallet's exact expected balance and statistics;
 - the database (when its URL is given): the ledger's invariants of :mod:`wallet_checks`
   (the ones ``walletctl reconcile`` runs), narrowed to the run's own wallets
@@ -25,7 +25,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, create_engine, func, select
 from sqlalchemy.pool import NullPool
 
-from wallet_bench.load import Ledger, LoadConfig
+from wallet_bench.ledger import Ledger, LoadConfig
 from wallet_bench.stats import percentile
 from wallet_checks.context import CheckOptions, CheckResult, as_int
 from wallet_checks.runner import run_checks

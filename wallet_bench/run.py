@@ -10,7 +10,8 @@ from typing import Any
 from wallet_bench.api_checks import api_stats_mismatches, check_api, wait_for_drain
 from wallet_bench.checks import Check, LogReader, check_log, verdict
 from wallet_bench.client import DEFAULT_CONNECTIONS, Clients, Targets
-from wallet_bench.load import Ledger, LoadConfig, LoadGenerator
+from wallet_bench.ledger import Ledger, LoadConfig
+from wallet_bench.load import LoadGenerator
 
 
 @dataclass

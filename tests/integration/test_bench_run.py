@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from wallet_bench.checks import LogReader, check_log
 from wallet_bench.client import Targets
-from wallet_bench.load import LoadConfig
+from wallet_bench.ledger import LoadConfig
 from wallet_bench.run import bench_run, render
 from wallet_platform.config import Settings
 from wallet_platform.server.process import start_server

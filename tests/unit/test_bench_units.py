@@ -9,10 +9,11 @@ import pytest
 
 from wallet.v1 import transfer_pb2, wallet_pb2
 from wallet_bench.checks import LogSnapshot, check_log
-from wallet_bench.load import Ledger, LoadConfig, Op, _replay_problem, parse_mix
+from wallet_bench.ledger import Ledger, LoadConfig, Op, parse_mix
+from wallet_bench.load import _replay_problem
 from wallet_bench.run import RunReport
 from wallet_bench.stats import RunStats, percentile
-from wallet_bench.suite import render_verdicts, verdicts
+from wallet_bench.targets import render_verdicts, verdicts
 from wallet_checks.context import CheckResult
 from wallet_checks.runner import CHECKS
 from wallet_platform.server.prefork import listen_port
