@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 import grpc
 
 from wallet_platform.observability.audit import AuditWriter, audit
-from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector, measure
+from wallet_platform.observability.metrics import MetricsHttpServer
+from wallet_platform.observability.rpc_metrics import measure
+from wallet_platform.observability.state_metrics import StateCollector, state_sources
 from wallet_platform.server.authority import Authority, authority_from_settings
 from wallet_platform.server.builder import WrappingInterceptor, map_errors
 from wallet_platform.server.call_limits import CallLimiter
@@ -107,7 +109,7 @@ class ServerPlumbing:
             runtime.extras[METRICS_HTTP] = self.metrics_http
             self.collector = StateCollector(
                 runtime.db,
-                role=runtime.role,
+                state_sources(runtime),
                 amqp_url=settings.amqp_url,
                 audit_pending=lambda: self.audit_writer.pending,
             )
