@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import threading
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import disable_created_metrics, start_http_server
 
@@ -71,8 +72,8 @@ class MetricsHttpServer:
         self.host = host
         self.port = port
         self.ports_to_try = max(1, ports_to_try)
-        self._server: Any = None
-        self._thread: Any = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
         # The *_created series double the output and no dashboard uses them.

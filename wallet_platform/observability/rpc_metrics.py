@@ -72,7 +72,7 @@ class _MethodSeries:
     def __init__(self, method: str) -> None:
         self.service, self.name = split_method(method)
         self.in_flight = RPC_IN_FLIGHT.labels(self.service, self.name)
-        self._by_code: dict[str, tuple[Any, Any]] = {}
+        self._by_code: dict[str, tuple[Counter, Histogram]] = {}
 
     def observe(self, context: grpc.aio.ServicerContext, started: float, outcome: str) -> None:
         code = "CANCELLED" if outcome == "cancelled" else _code_name(context, outcome != "ok")

@@ -83,7 +83,7 @@ _bus = table("bus_messages", column("queue"), column("state"))
 STATE_SOURCES = "metrics_state_sources"
 
 
-def _age(now: datetime, then: Any) -> float:
+def _age(now: datetime, then: datetime | None) -> float:
     if then is None:
         return 0.0
     return max(0.0, (now - ensure_utc(then)).total_seconds())
