@@ -27,7 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from wallet_bench.ledger import Ledger, LoadConfig
 from wallet_bench.stats import percentile
-from wallet_checks.context import CheckOptions, CheckResult, as_int
+from wallet_checks.context import CheckOptions, CheckResult, as_int, like_prefix
 from wallet_checks.runner import run_checks
 from wallet_events.effects import COUNT_COUNTERS, TOTAL_COUNTERS
 from wallet_platform.storage.database import sync_url
@@ -143,7 +143,7 @@ class LogReader:
                 row.wallet_id: int(row.balance)
                 for row in conn.execute(
                     select(wallets.c.wallet_id, wallets.c.balance).where(
-                        wallets.c.wallet_id.like(self.prefix + "%")
+                        wallets.c.wallet_id.like(like_prefix(self.prefix), escape="!")
                     )
                 )
             }
@@ -152,7 +152,7 @@ class LogReader:
                     row.request_id: int(row.n)
                     for row in conn.execute(
                         select(wallet_events.c.request_id, func.count().label("n"))
-                        .where(wallet_events.c.wallet_id.like(self.prefix + "%"))
+                        .where(wallet_events.c.wallet_id.like(like_prefix(self.prefix), escape="!"))
                         .group_by(wallet_events.c.request_id)
                     )
                 }
@@ -172,7 +172,7 @@ class LogReader:
         query = (
             select(inbox.c.consumer, wallet_events.c.occurred_at, inbox.c.processed_at)
             .select_from(inbox.join(wallet_events, inbox.c.message_id == wallet_events.c.event_id))
-            .where(wallet_events.c.wallet_id.like(self.prefix + "%"))
+            .where(wallet_events.c.wallet_id.like(like_prefix(self.prefix), escape="!"))
         )
         if since is not None:
             query = query.where(wallet_events.c.occurred_at >= since)

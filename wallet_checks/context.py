@@ -83,6 +83,13 @@ class CheckResult:
             self.examples.append(example)
 
 
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (``ESCAPE '!'``) for the strings starting with ``prefix`` exactly:
+    its own ``%`` and ``_`` match only themselves."""
+    escaped = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"{escaped}%"
+
+
 def as_datetime(value: object) -> datetime | None:
     """A UTC datetime from what a driver returns (SQLite text, naive or aware values)."""
     if value is None:
@@ -131,11 +138,11 @@ class CheckContext:
         """SQL true for the rows of the selected wallets (``column`` holds a wallet id)."""
         if self.options.wallet_prefix is None:
             return "1 = 1"
-        return f"{column} LIKE :wallet_prefix"
+        return f"{column} LIKE :wallet_prefix ESCAPE '!'"
 
     def rows(self, sql: str, **params: Value) -> list[Row]:
         if ":wallet_prefix" in sql:
-            params["wallet_prefix"] = f"{self.options.wallet_prefix}%"
+            params["wallet_prefix"] = like_prefix(self.options.wallet_prefix or "")
         statement = text(sql)
         typed = [
             bindparam(name, type_=DateTime(timezone=True))

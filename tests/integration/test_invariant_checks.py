@@ -335,6 +335,14 @@ def test_narrowed_to_a_prefix_the_checks_see_only_those_wallets(database_url: st
         "conservation",
     }
     assert failing(database_url, ledger, wallet_prefix="t-") == {}
+    # the prefix is literal: "_" is no wildcard, so "t_" leaves the broken "tx" out ...
+    ledger.wallets["tx"] = {**ledger.wallets["other"], "wallet_id": "tx"}
+    assert failing(database_url, ledger, wallet_prefix="t_") == {}
+    # ... and takes in "t_x"
+    ledger.wallets["t_x"] = ledger.wallets.pop("tx") | {"wallet_id": "t_x"}
+    found = failing(database_url, ledger, wallet_prefix="t_")
+    assert [e["wallet_id"] for e in found["balance_equals_event_sum"].examples] == ["t_x"]
+    del ledger.wallets["t_x"]
     ledger.wallets["t-b"]["balance"] = 31
     found = failing(database_url, ledger, wallet_prefix="t-")
     assert [e["wallet_id"] for e in found["balance_equals_event_sum"].examples] == ["t-b"]
