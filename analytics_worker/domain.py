@@ -5,18 +5,9 @@ whole definition. The live projection turns each event into a :class:`StatsDelta
 with it, and the rebuild turns the same table into SQL ``CASE`` expressions over
 ``wallet_events``, so the two cannot disagree.
 
-Semantics (also in ``docs/analytics-and-fraud.md``):
-
-- ``funds_deposited``: +amount to ``total_deposited``, +1 ``deposit_count``.
-- ``funds_withdrawn``: +amount to ``total_withdrawn``, +1 ``withdrawal_count``.
-- ``transfer_credited``: +amount to ``total_transferred_in``, +1 ``transfer_in_count``.
-- ``transfer_debited``: +amount to ``total_transferred_out``, +1 ``transfer_out_count``.
-- ``transfer_refunded`` (a compensated transfer gives the debit back): -amount from
-  ``total_transferred_out`` and -1 from ``transfer_out_count``. The outgoing figures
-  are therefore "net of refunds": a compensated transfer counts as never sent.
-- every wallet log entry (also ``wallet_created``, ``wallet_frozen``,
-  ``wallet_unfrozen``): +1 ``events_applied``; ``last_activity_at`` becomes the latest
-  event time (``occurred_at``) seen, whatever the arrival order.
+Beyond the table (semantics in ``docs/analytics-and-fraud.md``): every wallet log
+entry adds 1 to ``events_applied``, and ``last_activity_at`` becomes the latest event
+time (``occurred_at``) seen, whatever the arrival order.
 
 Messages that are not wallet log entries (saga milestones, fraud alerts) change nothing.
 """

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from saga_orchestrator.domain import TERMINAL_STATES, TransferState
 from saga_orchestrator.engine.runner import RetryPolicy, SagaRunner
 from saga_orchestrator.gateway import GrpcWalletGateway, WalletGateway
 from saga_orchestrator.grpc_api import TransferServicer
@@ -25,6 +26,7 @@ from saga_orchestrator.watch_feed import TransferFeed
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform.channels import CallMetadata, make_channel
 from wallet_platform.config import Settings
+from wallet_platform.observability.state_metrics import SagaSource, register_state_source
 from wallet_platform.runtime import Runtime
 from wallet_platform.server.builder import Component
 
@@ -115,5 +117,6 @@ def build_components(runtime: Runtime, *, gateway: WalletGateway | None = None) 
         lookup_timeout=settings.saga_step_deadline_ms / 1000,
     )
     feed = TransferFeed(repository, notifier)
+    register_state_source(runtime, SagaSource(tuple(TransferState), TERMINAL_STATES))
     servicer = TransferServicer(service, feed)
     return [SagaComponent(service, runner, sweeper, servicer, gateway, feed)]

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from wallet_bench.client import DEFAULT_CONNECTIONS, Targets
-from wallet_bench.load import LoadConfig, parse_mix
+from wallet_bench.ledger import LoadConfig, parse_mix
 from wallet_bench.run import bench_run, render
 from wallet_platform.config import load_settings
 

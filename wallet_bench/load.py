@@ -5,7 +5,8 @@ what was definitely rejected, what is still unknown after a timeout). At the end
 unknown outcomes are resolved by resending the same ``request_id`` (the idempotent
 retry a real client makes), unfinished transfers are polled to a terminal state, and
 the ledger then predicts every wallet's balance and statistics exactly: that
-prediction is what :mod:`wallet_bench.checks` compares the platform against.
+prediction (:mod:`wallet_bench.ledger`) is what :mod:`wallet_bench.checks` compares
+the platform against.
 
 A share of requests (``retry_share``) is sent twice with the same ``request_id``; the
 second answer must be the stored outcome of the first (``replayed``, same event, same
@@ -17,19 +18,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from saga_orchestrator.domain import TERMINAL_STATES, TransferState
 from wallet.v1 import transfer_pb2, wallet_pb2
 from wallet_bench.client import Clients
+from wallet_bench.ledger import OPERATIONS, Ledger, LoadConfig, Op
 from wallet_bench.progress import ProgressBar
 from wallet_bench.stats import RunStats
 
-OPERATIONS = ("deposit", "withdraw", "transfer")
 DEFINITE_CODES = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -39,121 +38,10 @@ DEFINITE_CODES = frozenset(
         grpc.StatusCode.OUT_OF_RANGE,
     }
 )
-TERMINAL = {
-    transfer_pb2.TRANSFER_STATE_COMPLETED: "COMPLETED",
-    transfer_pb2.TRANSFER_STATE_FAILED: "FAILED",
-    transfer_pb2.TRANSFER_STATE_COMPENSATED: "COMPENSATED",
+TERMINAL: dict[int, str] = {
+    transfer_pb2.TransferState.Value(f"TRANSFER_STATE_{state}"): str(state)
+    for state in TERMINAL_STATES
 }
-
-
-def parse_mix(text: str) -> dict[str, int]:
-    """``deposit=60,withdraw=20,transfer=20`` -> weights (unknown names are an error)."""
-    weights: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        name = name.strip()
-        if name not in OPERATIONS:
-            raise ValueError(f"unknown operation {name!r} in mix (use {', '.join(OPERATIONS)})")
-        weight = int(value) if value else 1
-        if weight < 0:
-            raise ValueError(f"negative weight for {name}")
-        weights[name] = weight
-    if not any(weights.values()):
-        raise ValueError("the mix needs at least one operation with a positive weight")
-    return weights
-
-
-@dataclass
-class LoadConfig:
-    """One run's shape (the CLI flags)."""
-
-    duration_s: float | None = 10.0
-    requests: int | None = None
-    concurrency: int = 32
-    mix: dict[str, int] = field(
-        default_factory=lambda: {"deposit": 60, "withdraw": 20, "transfer": 20}
-    )
-    wallets: int = 1000
-    hot_skew: float = 0.0  # share of picks that land on the hot wallets
-    hot_wallets: int = 10
-    retry_share: float = 0.0
-    initial_balance: int = 1_000_000
-    max_amount: int = 1_000
-    currency: str = "USD"
-    deadline_s: float = 10.0
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    label: str = "load"
-    progress: bool = True
-    seed: int | None = None
-
-    @property
-    def wallet_prefix(self) -> str:
-        return f"wb-{self.run_id}-"
-
-    def wallet_id(self, index: int) -> str:
-        return f"{self.wallet_prefix}{index}"
-
-
-@dataclass
-class Op:
-    """One logical write and its idempotency key."""
-
-    kind: str
-    request_id: str
-    wallet_id: str
-    amount: int
-    to_wallet_id: str = ""
-
-
-@dataclass
-class Ledger:
-    """What the client knows happened (the ground truth the checks compare against)."""
-
-    acked: dict[str, Op] = field(default_factory=dict)
-    rejected: dict[str, tuple[Op, str]] = field(default_factory=dict)
-    unknown: dict[str, Op] = field(default_factory=dict)
-    transfers: dict[str, tuple[Op, str]] = field(default_factory=dict)  # id -> (op, state)
-    unfinished_transfers: dict[str, Op] = field(default_factory=dict)
-    replays: int = 0
-    replay_mismatches: list[str] = field(default_factory=list)
-
-    def expected_wallets(self, config: LoadConfig) -> dict[str, dict[str, int]]:
-        """Per wallet: balance and the analytics totals the log must produce."""
-        zero = {
-            "balance": 0,
-            "total_deposited": 0,
-            "total_withdrawn": 0,
-            "total_transferred_in": 0,
-            "total_transferred_out": 0,
-            "deposit_count": 0,
-            "withdrawal_count": 0,
-            "transfer_in_count": 0,
-            "transfer_out_count": 0,
-        }
-        wallets = {config.wallet_id(i): dict(zero) for i in range(config.wallets)}
-        for op in self.acked.values():
-            row = wallets[op.wallet_id]
-            if op.kind in ("deposit", "fund"):
-                row["balance"] += op.amount
-                row["total_deposited"] += op.amount
-                row["deposit_count"] += 1
-            elif op.kind == "withdraw":
-                row["balance"] -= op.amount
-                row["total_withdrawn"] += op.amount
-                row["withdrawal_count"] += 1
-        for op, state in self.transfers.values():
-            if state == "COMPLETED":
-                sender, receiver = wallets[op.wallet_id], wallets[op.to_wallet_id]
-                sender["balance"] -= op.amount
-                sender["total_transferred_out"] += op.amount
-                sender["transfer_out_count"] += 1
-                receiver["balance"] += op.amount
-                receiver["total_transferred_in"] += op.amount
-                receiver["transfer_in_count"] += 1
-        return wallets
-
-    def transfer_states(self) -> Counter[str]:
-        return Counter(state for _, state in self.transfers.values())
 
 
 def _code_name(error: grpc.aio.AioRpcError) -> str:
@@ -280,7 +168,9 @@ class LoadGenerator:
         self._note_success(op, response)
         if op.kind == "transfer":
             state = TERMINAL.get(response.transfer.state)
-            return (state if state != "COMPLETED" else "OK") if state else "UNFINISHED", response
+            if state is None:
+                return "UNFINISHED", response
+            return ("OK" if state == TransferState.COMPLETED else state), response
         return "OK", response
 
     def _note_success(self, op: Op, response: Any) -> None:

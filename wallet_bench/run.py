@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from wallet_bench.checks import (
-    Check,
-    LogReader,
-    api_stats_mismatches,
-    check_api,
-    check_log,
-    verdict,
-    wait_for_drain,
-)
+from wallet_bench.api_checks import api_stats_mismatches, check_api, wait_for_drain
+from wallet_bench.checks import Check, LogReader, check_log, verdict
 from wallet_bench.client import DEFAULT_CONNECTIONS, Clients, Targets
-from wallet_bench.load import Ledger, LoadConfig, LoadGenerator
+from wallet_bench.ledger import Ledger, LoadConfig
+from wallet_bench.load import LoadGenerator
+from wallet_platform.config import Settings
+
+
+class Probe(Protocol):
+    """Measures the load window (the suite's CPU meter)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -48,13 +51,13 @@ class RunReport:
 async def bench_run(
     config: LoadConfig,
     targets: Targets,
-    settings: Any,
+    settings: Settings,
     *,
     database_url: str = "",
     connections: int = DEFAULT_CONNECTIONS,
     check: bool = True,
     drain_timeout_s: float = 60.0,
-    probe: Any = None,
+    probe: Probe | None = None,
 ) -> RunReport:
     """Run the load described by ``config`` against ``targets`` and check the result.
 

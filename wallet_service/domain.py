@@ -15,6 +15,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 
+from wallet_events.effects import EFFECTS
+from wallet_events.types import (
+    FUNDS_DEPOSITED,
+    FUNDS_WITHDRAWN,
+    TRANSFER_CREDITED,
+    TRANSFER_DEBITED,
+    TRANSFER_REFUNDED,
+    WALLET_CREATED,
+    WALLET_FROZEN,
+    WALLET_UNFROZEN,
+)
 from wallet_platform.errors import (
     BalanceOverflowError,
     CurrencyMismatchError,
@@ -26,15 +37,6 @@ INT64_MAX = 2**63 - 1
 ACTIVE = "ACTIVE"
 FROZEN = "FROZEN"
 
-# wallet_events.type values (see wallet_events.types for the full vocabulary).
-WALLET_CREATED = "wallet_created"
-FUNDS_DEPOSITED = "funds_deposited"
-FUNDS_WITHDRAWN = "funds_withdrawn"
-TRANSFER_DEBITED = "transfer_debited"
-TRANSFER_CREDITED = "transfer_credited"
-TRANSFER_REFUNDED = "transfer_refunded"
-WALLET_FROZEN = "wallet_frozen"
-WALLET_UNFROZEN = "wallet_unfrozen"
 
 STATUS_EVENTS = (WALLET_CREATED, WALLET_FROZEN, WALLET_UNFROZEN)
 
@@ -70,18 +72,19 @@ class WalletEvent:
 
 
 class Movement(Enum):
-    """Each kind of balance change: its event type, direction and freeze rule."""
+    """Each kind of balance change: its event type and freeze rule. Its direction
+    (``sign``) is the event type's, from the events' effects table."""
 
-    DEPOSIT = (FUNDS_DEPOSITED, +1, False)
-    WITHDRAW = (FUNDS_WITHDRAWN, -1, False)
-    TRANSFER_DEBIT = (TRANSFER_DEBITED, -1, False)
-    TRANSFER_CREDIT = (TRANSFER_CREDITED, +1, False)
+    DEPOSIT = (FUNDS_DEPOSITED, False)
+    WITHDRAW = (FUNDS_WITHDRAWN, False)
+    TRANSFER_DEBIT = (TRANSFER_DEBITED, False)
+    TRANSFER_CREDIT = (TRANSFER_CREDITED, False)
     # A refund undoes the platform's own debit, so a freeze must not trap the money.
-    TRANSFER_REFUND = (TRANSFER_REFUNDED, +1, True)
+    TRANSFER_REFUND = (TRANSFER_REFUNDED, True)
 
-    def __init__(self, event_type: str, sign: int, allowed_when_frozen: bool) -> None:
+    def __init__(self, event_type: str, allowed_when_frozen: bool) -> None:
         self.event_type = event_type
-        self.sign = sign
+        self.sign = EFFECTS[event_type].balance_sign
         self.allowed_when_frozen = allowed_when_frozen
 
     @property

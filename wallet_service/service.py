@@ -65,6 +65,7 @@ from wallet_platform.errors import (
 from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.events import wallet_event_outbox_row
 from wallet_platform.observability.logs import audit_id_var
+from wallet_platform.storage.connection_errors import is_contention
 from wallet_platform.storage.database import Database
 from wallet_service import domain, holds, moves, pg_fast_path, repository
 from wallet_service.group_commit import GroupCommitter, MoveRequest
@@ -83,10 +84,6 @@ UNRECORDED_ERRORS: tuple[type[WalletPlatformError], ...] = (
     UnavailableError,
     *holds.UNRECORDED_ERRORS,
 )
-
-# PostgreSQL SQLSTATEs after which the transaction was rolled back and a retry is safe:
-# serialization failure, deadlock, lock timeout, statement timeout / cancel.
-TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
 
 
 @dataclass
@@ -474,7 +471,4 @@ class WalletService:
 
 def is_transient(failure: DBAPIError) -> bool:
     """A lock or statement timeout, deadlock or SQLite lock: safe to retry, never stored."""
-    sqlstate = getattr(failure.orig, "sqlstate", None)
-    if sqlstate in TRANSIENT_SQLSTATES:
-        return True
-    return "database is locked" in str(failure.orig)
+    return is_contention(failure)

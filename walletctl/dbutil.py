@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from wallet_checks.context import as_datetime
 from wallet_platform.storage.database import sqlite_path, sync_url
 from walletctl.context import UsageError
+
+__all__ = ["as_datetime", "masked", "snapshot", "snapshot_engine"]
 
 
 def masked(url: str) -> str:
@@ -71,16 +73,3 @@ def snapshot(url: str) -> Iterator[Connection]:
                 yield connection
     finally:
         engine.dispose()
-
-
-def as_datetime(value: Any) -> datetime | None:
-    """A UTC datetime from what a driver returns (SQLite text, naive or aware values)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)

@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from wallet_bench.checks import LogReader, check_log
 from wallet_bench.client import Targets
-from wallet_bench.load import LoadConfig
+from wallet_bench.ledger import LoadConfig
 from wallet_bench.run import bench_run, render
 from wallet_platform.config import Settings
 from wallet_platform.server.process import start_server
@@ -122,9 +122,10 @@ async def test_a_bench_run_passes_every_check_and_the_checker_catches_planted_vi
     assert config.wallet_id(0) in verdict["conservation"].examples[0]
     assert not verdict["balances_match_client"].ok
     assert not verdict["sagas_terminal"].ok
-    assert "still DEBITED" in verdict["sagas_terminal"].examples[0]
+    assert verdict["sagas_terminal"].examples[0].startswith("sagas_finished:")
+    assert "state=DEBITED" in verdict["sagas_terminal"].examples[0]
     assert not verdict["holds_match"].ok
-    assert "DEBITED with hold none" in verdict["holds_match"].examples[0]
+    assert "transfer_state=DEBITED  hold_state=None" in verdict["holds_match"].examples[0]
     assert verdict["applied_once"].ok  # untouched invariants still hold
 
 

@@ -20,18 +20,27 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import column, func, insert, select, table, update
 
+from saga_orchestrator.domain import TERMINAL_STATES, TransferState
 from tests.eventually import eventually
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform import topology
 from wallet_platform.channels import make_channel
 from wallet_platform.clock import ensure_utc, utcnow
 from wallet_platform.config import Settings
-from wallet_platform.observability.metrics import METRIC_NAMES, MetricsHttpServer, StateCollector
+from wallet_platform.observability.metrics import METRIC_NAMES, MetricsHttpServer
+from wallet_platform.observability.state_metrics import (
+    ConsumerSource,
+    OutboxSource,
+    SagaSource,
+    StateCollector,
+    state_sources,
+)
 from wallet_platform.server.plumbing import METRICS_HTTP
 from wallet_platform.server.process import start_server
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import inbox, outbox, transfers, wallet_events
 from wallet_service.bootstrap import build_components
+from wallet_stack.main import build_stack
 
 BUS = table("bus_messages", column("id"), column("queue"), column("state"))
 
@@ -78,6 +87,8 @@ async def test_rpc_metrics_are_served_over_http(settings: Settings):
     )
     try:
         assert running.runtime.extras[METRICS_HTTP].port == port
+        # The wallet service reports its own part of the state: the outbox it writes.
+        assert [source.name for source in state_sources(running.runtime)] == ["outbox"]
         labels = {"grpc_service": "wallet.v1.WalletService", "grpc_method": "Deposit"}
         ok_before = sample("wallet_grpc_server_handled_total", **labels, grpc_code="OK")
         bad_before = sample(
@@ -177,7 +188,13 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
                     )
                 ).scalar()
 
-        collector = StateCollector(db, role="stack", clock=lambda: now)
+        sources = [
+            SagaSource(tuple(TransferState), TERMINAL_STATES),
+            OutboxSource(),
+            ConsumerSource("analytics", topology.ANALYTICS_QUEUE, topology.ANALYTICS_DLQ),
+            ConsumerSource("fraud", topology.FRAUD_QUEUE, topology.FRAUD_DLQ),
+        ]
+        collector = StateCollector(db, sources, clock=lambda: now)
         await collector.collect_once()
         await collector.stop()
     finally:
@@ -221,7 +238,8 @@ async def test_queue_depths_from_rabbitmq(amqp_url: str, tmp_path):
 
         migrate.upgrade(settings.database_url)
         db = Database.from_settings(settings)
-        collector = StateCollector(db, role="analytics-worker", amqp_url=amqp_url)
+        analytics = ConsumerSource("analytics", topology.ANALYTICS_QUEUE, topology.ANALYTICS_DLQ)
+        collector = StateCollector(db, [analytics], amqp_url=amqp_url)
         try:
 
             async def ready() -> float:
@@ -238,6 +256,15 @@ async def test_queue_depths_from_rabbitmq(amqp_url: str, tmp_path):
         finally:
             await collector.stop()
             await db.dispose()
+
+
+async def test_a_stack_reports_the_state_of_every_part_it_runs(settings: Settings):
+    running = await start_server(settings, build_stack, role="stack")
+    try:
+        names = sorted(source.name for source in state_sources(running.runtime))
+    finally:
+        await running.stop()
+    assert names == ["analytics", "fraud", "outbox", "sagas"]
 
 
 async def test_forked_workers_each_get_a_metrics_port():

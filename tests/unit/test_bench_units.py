@@ -3,14 +3,19 @@ replay comparison and the verdicts table."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from wallet.v1 import transfer_pb2, wallet_pb2
 from wallet_bench.checks import LogSnapshot, check_log
-from wallet_bench.load import Ledger, LoadConfig, Op, _replay_problem, parse_mix
+from wallet_bench.ledger import Ledger, LoadConfig, Op, parse_mix
+from wallet_bench.load import _replay_problem
 from wallet_bench.run import RunReport
 from wallet_bench.stats import RunStats, percentile
-from wallet_bench.suite import render_verdicts, verdicts
+from wallet_bench.targets import render_verdicts, verdicts
+from wallet_checks.context import CheckResult
+from wallet_checks.runner import CHECKS
 from wallet_platform.server.prefork import listen_port
 
 
@@ -66,61 +71,53 @@ def test_the_expected_wallets_follow_acknowledged_writes_and_completed_transfers
     assert b["withdrawal_count"] == 1 and b["total_withdrawn"] == 30
 
 
-def _event(wallet: str, sequence: int, kind: str, amount: int, balance: int, **extra: object):
-    return {
-        "event_id": f"{wallet}-{sequence}",
-        "wallet_id": wallet,
-        "sequence": sequence,
-        "type": kind,
-        "amount": amount,
-        "balance_after": balance,
-        "transfer_id": extra.get("transfer_id"),
-        "request_id": extra.get("request_id", f"{wallet}-{sequence}"),
-    }
+def _results(**problems: list[dict[str, object]]) -> dict[str, CheckResult]:
+    """Every shared check's result, clean except the ones given offending rows."""
+    results = {}
+    for name in CHECKS:
+        result = CheckResult(name, "")
+        for row in problems.get(name, []):
+            result.add(row, limit=20)  # type: ignore[arg-type]
+        results[name] = result
+    results["conservation"].facts["USD"] = {
+        "balances": 10, "deposits": 10, "withdrawals": 0, "in_flight": 0,
+    }  # fmt: skip
+    results["balance_equals_event_sum"].facts["wallets"] = 1
+    results["holds_match_events"].facts["holds"] = {}
+    results["transfers_net_zero"].facts["transfers"] = {}
+    return results
 
 
-def test_check_log_on_a_consistent_snapshot_and_on_a_gap_in_the_sequence() -> None:
+def test_check_log_groups_the_shared_checks_under_the_bench_verdicts() -> None:
     config = LoadConfig(wallets=1, run_id="gap")
     wallet = config.wallet_id(0)
     ledger = Ledger()
+    ledger.acked[f"{wallet}:fund"] = Op("fund", f"{wallet}:fund", wallet, 1000)
     ledger.acked["r2"] = Op("deposit", "r2", wallet, 10)
-    events = [
-        _event(wallet, 1, "wallet_created", 0, 0),
-        _event(wallet, 2, "funds_deposited", 10, 10, request_id="r2"),
-    ]
-    stats = {
-        wallet: dict.fromkeys(
-            (
-                "total_deposited",
-                "total_withdrawn",
-                "total_transferred_in",
-                "total_transferred_out",
-                "deposit_count",
-                "withdrawal_count",
-                "transfer_in_count",
-                "transfer_out_count",
-            ),
-            0,
-        )
-    }
-    stats[wallet].update(total_deposited=10, deposit_count=1)
-    snapshot = LogSnapshot(
-        balances={wallet: (10, 2)},
-        events=events,
-        transfers={},
-        outbox_ids={e["event_id"] for e in events},
-        outbox_pending=0,
-        stats=stats,
-    )
-    assert all(check.ok for check in check_log(snapshot, ledger, config))
+    clean = LogSnapshot(_results(), {wallet: 1010}, Counter({"r2": 1, f"{wallet}:fund": 1}))
+    checks = {c.name: c for c in check_log(clean, ledger, config)}
+    assert all(check.ok for check in checks.values()), checks
+    assert checks["conservation"].detail.startswith("1 wallets: USD: balances 10")
 
-    events[1]["sequence"] = 3  # a hole in the log
-    snapshot.balances[wallet] = (10, 3)
-    snapshot.outbox_ids.discard(events[0]["event_id"])
-    verdict = {c.name: c for c in check_log(snapshot, ledger, config)}
+    gap = {"wallet_id": wallet, "events": 2, "first_sequence": 1, "last_sequence": 3}
+    lost = {"event_id": "e1", "wallet_id": wallet, "sequence": 1, "type": "wallet_created"}
+    broken = LogSnapshot(
+        _results(sequences_gap_free=[gap], outbox_row_per_event=[lost]),
+        {wallet: 1010},
+        Counter({"r2": 2, f"{wallet}:fund": 1}),
+    )
+    verdict = {c.name: c for c in check_log(broken, ledger, config)}
     assert not verdict["conservation"].ok
-    assert "sequences" in verdict["conservation"].examples[0]
+    assert verdict["conservation"].examples == [
+        f"sequences_gap_free: wallet_id={wallet}  events=2  first_sequence=1  last_sequence=3"
+    ]
     assert not verdict["outbox_complete"].ok
+    assert not verdict["applied_once"].ok  # r2 twice in the log
+    assert {name for name, c in verdict.items() if not c.ok} == {
+        "conservation",
+        "outbox_complete",
+        "applied_once",
+    }
 
 
 def test_a_replay_must_return_the_stored_outcome() -> None:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import grpc
 
 from wallet_platform.observability.audit import AuditWriter
-from wallet_platform.observability.metrics import MetricsHttpServer, StateCollector
+from wallet_platform.observability.metrics import MetricsHttpServer
+from wallet_platform.observability.state_metrics import StateCollector, state_sources
 from wallet_platform.server.audit_calls import audit
 from wallet_platform.server.authority import Authority, authority_from_settings
 from wallet_platform.server.builder import WrappingInterceptor, map_errors
@@ -109,7 +110,7 @@ class ServerPlumbing:
             runtime.extras[METRICS_HTTP] = self.metrics_http
             self.collector = StateCollector(
                 runtime.db,
-                role=runtime.role,
+                state_sources(runtime),
                 amqp_url=settings.amqp_url,
                 audit_pending=lambda: self.audit_writer.pending,
             )

@@ -1,4 +1,4 @@
-"""Counting and timing every RPC into the RED series of ``observability.metrics``.
+"""Counting and timing every RPC into the RED series of ``observability.rpc_metrics``.
 
 :func:`measure` is the outermost layer of the server plumbing
 (``wallet_platform.server.plumbing``), so it sees every call's final status, refusals by
@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from wallet_platform.observability.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY
+from wallet_platform.observability.rpc_metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY
 from wallet_platform.server.handlers import responses, with_behaviour
 
 

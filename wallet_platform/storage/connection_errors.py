@@ -14,6 +14,19 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from wallet_platform.errors import UnavailableError
 
+# PostgreSQL SQLSTATEs after which the transaction was rolled back and running it again
+# is safe: serialization failure, deadlock, lock timeout, statement timeout / cancel.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
+
+
+def is_contention(error: BaseException) -> bool:
+    """True when the database was busy, not wrong: a transient SQLSTATE (above) or
+    SQLite's lock. The transaction was rolled back; the same work may simply retry."""
+    original = error.orig if isinstance(error, DBAPIError) else error
+    if getattr(original, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        return True
+    return "database is locked" in str(original)
+
 
 def is_connection_error(error: BaseException) -> bool:
     """True when the database itself is unreachable (as opposed to a bad statement)."""

@@ -1,6 +1,6 @@
 """``walletctl reconcile``: check the ledger's invariants against the database.
 
-The checks live in :mod:`walletctl.reconcile` (reused by ``wallet-bench``); this module
+The checks live in :mod:`wallet_checks` (shared with ``wallet-bench``); this module
 only parses options, runs them and prints the report. Exit 0 when clean (warnings
 allowed), 1 on any drift, 3 when the database cannot be reached.
 """
@@ -11,8 +11,8 @@ import argparse
 import asyncio
 from typing import Any
 
+from wallet_checks.catalog import CHECK_DESCRIPTIONS as CHECKS
 from walletctl import exitcodes
-from walletctl.check_catalog import CHECK_DESCRIPTIONS as CHECKS
 from walletctl.commands import leaf, positive_int
 from walletctl.context import Context, UsageError
 

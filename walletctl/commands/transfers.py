@@ -11,17 +11,17 @@ import argparse
 import time
 from typing import Any
 
+from saga_orchestrator.domain import TERMINAL_STATES
 from wallet.v1 import transfer_pb2
 from walletctl import exitcodes, render
 from walletctl.amount_input import add_amount_arguments, minor_units
 from walletctl.commands import MORE_HINT, fetch_pages, group, leaf, positive_int
 from walletctl.context import Context
 
-TERMINAL = {
-    transfer_pb2.TRANSFER_STATE_COMPLETED,
-    transfer_pb2.TRANSFER_STATE_FAILED,
-    transfer_pb2.TRANSFER_STATE_COMPENSATED,
-}
+# The saga's terminal states, as the API's TRANSFER_STATE_<name> values.
+TERMINAL = frozenset(
+    transfer_pb2.TransferState.Value(f"TRANSFER_STATE_{state}") for state in TERMINAL_STATES
+)
 STATE_NAMES = [
     v.name.removeprefix("TRANSFER_STATE_")
     for v in transfer_pb2.TransferState.DESCRIPTOR.values
@@ -105,11 +105,8 @@ def _transfer_text(data: dict[str, Any]) -> str:
 
 
 def _exit_for(transfer: transfer_pb2.Transfer) -> int:
-    if transfer.state in (
-        transfer_pb2.TRANSFER_STATE_FAILED,
-        transfer_pb2.TRANSFER_STATE_COMPENSATED,
-    ):
-        return exitcodes.FAILED
+    if transfer.state in TERMINAL and transfer.state != transfer_pb2.TRANSFER_STATE_COMPLETED:
+        return exitcodes.FAILED  # the money did not move
     return exitcodes.OK
 
 

@@ -12,7 +12,9 @@ from wallet_platform.messaging.bus import DEFAULT_MAX_ATTEMPTS, EventBus
 from wallet_platform.messaging.consumer.projection import Projection
 from wallet_platform.messaging.consumer.runner import ConsumerRunner
 from wallet_platform.messaging.factory import get_bus
+from wallet_platform.observability.state_metrics import ConsumerSource, register_state_source
 from wallet_platform.runtime import Runtime
+from wallet_platform.topology import QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,10 @@ def consumer_component(
     prefetch: int = CONSUMER_PREFETCH,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> ConsumerComponent:
-    """The component that consumes ``projection.queue`` from this process's bus."""
+    """The component that consumes ``projection.queue`` from this process's bus; it
+    reports the consumer's lag and queue depths in this process's metrics."""
+    queue = projection.queue
+    register_state_source(runtime, ConsumerSource(projection.consumer_name, queue, QUEUES[queue]))
     return ConsumerComponent(
         runtime, projection, name, prefetch=prefetch, max_attempts=max_attempts
     )

@@ -36,14 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-
 from wallet_platform.errors import UnavailableError
 from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.bus import Delivery, PoisonMessageError, error_text
 from wallet_platform.messaging.consumer.projection import Projection, Translated
 from wallet_platform.observability.logs import log_context
-from wallet_platform.storage.connection_errors import is_connection_error
+from wallet_platform.storage.connection_errors import is_connection_error, is_contention
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,6 @@ UNIT_OF_WORK_BACKSTOP_SECONDS = 30.0
 CONTENTION_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0, 5.0, 5.0)
 # The database unreachable: retried until it is back, this far apart at most.
 UNREACHABLE_RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-_CONTENTION_SQLSTATES = {"40001", "40P01", "55P03", "57014"}
 
 
 def is_unreachable(error: BaseException) -> bool:
@@ -73,12 +70,7 @@ def is_unreachable(error: BaseException) -> bool:
 
 def is_transient(error: BaseException) -> bool:
     """Errors worth retrying as they are: the database was unreachable or busy."""
-    if is_unreachable(error):
-        return True
-    original = error.orig if isinstance(error, DBAPIError) else error
-    if getattr(original, "sqlstate", None) in _CONTENTION_SQLSTATES:
-        return True
-    return "database is locked" in str(original)
+    return is_unreachable(error) or is_contention(error)
 
 
 # What the writer reports for each delivery: None (committed; ``applied`` says if it

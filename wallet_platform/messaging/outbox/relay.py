@@ -31,6 +31,7 @@ from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.bus import EventBus, PublishError, error_text
 from wallet_platform.messaging.factory import get_bus
 from wallet_platform.messaging.outbox.store import claim_pending
+from wallet_platform.observability.state_metrics import OutboxSource, register_state_source
 from wallet_platform.runtime import Runtime
 from wallet_platform.storage.database import Database
 
@@ -230,5 +231,7 @@ class OutboxRelay:
 
 
 def relay_component(runtime: Runtime) -> OutboxRelay:
-    """The relay of this process (``wallet-service`` and ``wallet-stack``)."""
+    """The relay of this process (``wallet-service`` and ``wallet-stack``); it reports
+    the outbox backlog in this process's metrics."""
+    register_state_source(runtime, OutboxSource())
     return OutboxRelay(runtime)

@@ -1,7 +1,7 @@
-"""The names and one-line meanings of the reconcile checks, in report order.
+"""The names and one-line meanings of the invariant checks, in report order.
 
-Kept apart from :mod:`walletctl.reconcile` (which needs SQLAlchemy) so that building
-the CLI's help does not import the database stack.
+Kept apart from the checks themselves (which need SQLAlchemy) so that building
+``walletctl``'s help does not import the database stack.
 """
 
 from __future__ import annotations
