@@ -13,6 +13,9 @@ plus :data:`WRITE_NAME_PREFIXES` for write RPCs added later). For each call it
   except for calls refused before they could act: those get a fixed-size summary
   (``audit_request``), since anyone can send them with any body.
 
+A batch call (``BatchDeposit``...) gets its own row plus one row per item
+(``audit_batch``), each under the item's own audit id.
+
 A call that arrives with ``x-audit-id`` (the orchestrator's step calls, sent by
 ``wallet_platform.channels``) still gets its own row, but the id it stamps on events is
 the incoming one when the caller may set it (``audit_ids``: a caller holding the
@@ -43,6 +46,7 @@ from sqlalchemy import text
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.errors import ResourceExhaustedError
 from wallet_platform.observability.audit_backlog import DROP_LOG_SECONDS, AuditBacklog
+from wallet_platform.observability.audit_batch import batch_request_json, item_rows
 from wallet_platform.observability.audit_ids import AUDIT_ID_HEADER, trusted_audit_id
 from wallet_platform.observability.audit_request import (
     MAX_REFUSED_MESSAGE,
@@ -52,6 +56,7 @@ from wallet_platform.observability.audit_request import (
     request_summary,
 )
 from wallet_platform.observability.logs import audit_id_var
+from wallet_platform.server.batches import is_batch_method
 from wallet_platform.server.builder import abort_with
 from wallet_platform.server.handlers import with_behaviour
 from wallet_platform.server.security import caller_identity
@@ -80,6 +85,9 @@ WRITE_METHODS: frozenset[str] = frozenset(
         _WALLET + "CreditForTransfer",
         _WALLET + "RefundForTransfer",
         _TRANSFER + "CreateTransfer",
+        _WALLET + "BatchDeposit",
+        _WALLET + "BatchWithdraw",
+        _WALLET + "BatchApplyTransferSteps",
     }
 )
 # A wallet.v1 RPC whose name starts with one of these is a write too (e.g. a DLQ replay
@@ -306,15 +314,20 @@ def audit(
         return handler
     inner = handler.unary_unary
     tokens = authority.tokens if authority else None  # names the caller
+    # A batch's items get their own rows and audit ids (audit_batch); an incoming
+    # x-audit-id names one transfer, never a batch of them, so a batch ignores it.
+    batch = is_batch_method(method)
 
     async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
         audit_id = str(uuid.uuid4())
         started_at = clock()
         t0 = time.perf_counter()
         context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
-        reset = audit_id_var.set(trusted_audit_id(context, authority) or audit_id)
+        trusted = None if batch else trusted_audit_id(context, authority)
+        reset = audit_id_var.set(trusted or audit_id)
         status = "OK"
         error_message: str | None = None
+        response: Any = None
         try:
             if not writer.accepting_writes:
                 await abort_with(
@@ -344,19 +357,26 @@ def audit(
             audit_id_var.reset(reset)
             refused = status in REFUSED_STATUSES
             limit = MAX_REFUSED_MESSAGE if refused else MAX_TEXT
-            writer.submit(
-                {
-                    "audit_id": audit_id,
-                    "method": method,
-                    "request_json": request_summary(request) if refused else request_json(request),
-                    "caller": caller_identity(context, tokens, certificates=certificates)[:128],
-                    "peer": (context.peer() or "")[:128],
-                    "status_code": status,
-                    "error_message": error_message[:limit] if error_message else None,
-                    "started_at": started_at,
-                    "duration_ms": int((time.perf_counter() - t0) * 1000),
-                },
-                refused=refused,
-            )
+            row = {
+                "audit_id": audit_id,
+                "method": method,
+                "request_json": (
+                    request_summary(request)
+                    if refused
+                    else batch_request_json(method, request)
+                    if batch
+                    else request_json(request)
+                ),
+                "caller": caller_identity(context, tokens, certificates=certificates)[:128],
+                "peer": (context.peer() or "")[:128],
+                "status_code": status,
+                "error_message": error_message[:limit] if error_message else None,
+                "started_at": started_at,
+                "duration_ms": int((time.perf_counter() - t0) * 1000),
+            }
+            writer.submit(row, refused=refused)
+            if batch and status == "OK" and response is not None:
+                for item_row, item_refused in item_rows(method, request, response, row):
+                    writer.submit(item_row, refused=item_refused)
 
     return with_behaviour(handler, audited)

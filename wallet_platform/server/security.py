@@ -61,6 +61,10 @@ METHOD_ROLES: Mapping[str, str] = {
     _WALLET + "DebitForTransfer": ORCHESTRATOR,
     _WALLET + "CreditForTransfer": ORCHESTRATOR,
     _WALLET + "RefundForTransfer": ORCHESTRATOR,
+    # A batch needs the role of its items' single RPC (wallet_platform.server.batches).
+    _WALLET + "BatchDeposit": WRITER,
+    _WALLET + "BatchWithdraw": WRITER,
+    _WALLET + "BatchApplyTransferSteps": ORCHESTRATOR,
     _TRANSFER + "CreateTransfer": WRITER,
     _TRANSFER + "GetTransfer": READER,
     _TRANSFER + "ListTransfers": READER,
