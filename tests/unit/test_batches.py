@@ -1,0 +1,81 @@
+"""The batch table: items, their single RPCs, tenancy per item, the size cap, audit ids."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from wallet.v1 import wallet_pb2 as pb
+from wallet_platform.errors import InvalidArgumentError
+from wallet_platform.observability.audit import is_write_method
+from wallet_platform.server.batches import (
+    BATCH_METHODS,
+    MAX_BATCH_ITEMS,
+    batch_items,
+    item_audit_id,
+)
+from wallet_platform.server.grants import Principal
+from wallet_platform.server.tenancy import WALLET_FIELDS, tenant_refusal
+from wallet_service.grpc_batches import check_size
+
+WALLET = "/wallet.v1.WalletService/"
+ACME = Principal("acme", frozenset({"admin"}), "acme-")
+
+
+def steps(*operations: pb.StepOperation) -> pb.BatchApplyTransferStepsRequest:
+    return pb.BatchApplyTransferStepsRequest(operations=operations)
+
+
+def test_every_batch_is_a_write_and_its_items_are_single_rpcs_tenancy_knows():
+    for method, shape in BATCH_METHODS.items():
+        assert is_write_method(method)
+        assert all(single in WALLET_FIELDS for single in shape.kinds.values())
+
+
+def test_step_items_name_their_single_rpc_or_none():
+    debit = pb.DebitForTransferRequest(wallet_id="a", to_wallet_id="b")
+    items = batch_items(
+        WALLET + "BatchApplyTransferSteps",
+        steps(pb.StepOperation(debit=debit), pb.StepOperation()),
+    )
+    assert [(i.index, i.method, i.request) for i in items] == [
+        (0, WALLET + "DebitForTransfer", debit),
+        (1, None, None),
+    ]
+
+
+def test_a_tenant_is_refused_for_any_foreign_item():
+    deposits = pb.BatchDepositRequest(
+        requests=[pb.DepositRequest(wallet_id="acme-1"), pb.DepositRequest(wallet_id="beta-1")]
+    )
+    refusal = tenant_refusal(ACME, WALLET + "BatchDeposit", deposits)
+    assert refusal is not None and "requests[1].wallet_id='beta-1'" in refusal
+    del deposits.requests[1]
+    assert tenant_refusal(ACME, WALLET + "BatchDeposit", deposits) is None
+    leak = pb.StepOperation(
+        debit=pb.DebitForTransferRequest(wallet_id="acme-1", to_wallet_id="beta-1")
+    )
+    refusal = tenant_refusal(ACME, WALLET + "BatchApplyTransferSteps", steps(leak))
+    assert refusal is not None and "operations[0].to_wallet_id" in refusal
+    refusal = tenant_refusal(ACME, WALLET + "BatchApplyTransferSteps", steps(pb.StepOperation()))
+    assert refusal is not None and "operations[0]" in refusal
+    unlimited = Principal("root", frozenset({"admin"}), None)
+    assert tenant_refusal(unlimited, WALLET + "BatchApplyTransferSteps", steps(leak)) is None
+
+
+@pytest.mark.parametrize("count", [0, MAX_BATCH_ITEMS + 1])
+def test_the_size_cap(count):
+    with pytest.raises(InvalidArgumentError) as refused:
+        check_size([None] * count, "requests")
+    assert refused.value.field == "requests"
+    check_size([None], "requests")
+    check_size([None] * MAX_BATCH_ITEMS, "requests")
+
+
+def test_item_audit_ids_are_stable_distinct_uuids():
+    batch = str(uuid.uuid4())
+    ids = [item_audit_id(batch, i) for i in range(MAX_BATCH_ITEMS)]
+    assert len(set(ids)) == MAX_BATCH_ITEMS and batch not in ids
+    assert ids == [item_audit_id(batch, i) for i in range(MAX_BATCH_ITEMS)]
+    assert all(len(i) == 36 for i in ids)
