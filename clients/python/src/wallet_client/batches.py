@@ -81,6 +81,9 @@ class BatchSender:
     policy: RetryPolicy
     chunk_size: int = MAX_BATCH_ITEMS
     sleep: Callable[[float], None] = time.sleep
+    #: Called after each chunk with the outcomes so far (the later ones still empty)
+    #: and how many items are done: for progress reports.
+    on_chunk: Callable[[list[ItemOutcome], int], None] | None = None
 
     def run(self, items: Sequence[MoveItem], new_key: Callable[[], str]) -> list[ItemOutcome]:
         if not 1 <= self.chunk_size <= MAX_BATCH_ITEMS:
@@ -97,6 +100,8 @@ class BatchSender:
         for start in range(0, len(keyed), self.chunk_size):
             indices = list(range(start, min(start + self.chunk_size, len(keyed))))
             failure = self._chunk(keyed, indices, outcomes)
+            if self.on_chunk is not None:
+                self.on_chunk(outcomes, indices[-1] + 1)
             if failure is not None:
                 for outcome in outcomes[start:]:
                     outcome.error = failure
