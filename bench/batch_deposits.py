@@ -26,6 +26,8 @@ import asyncio
 import json
 import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +54,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batches-in-flight", type=int, default=2)
     parser.add_argument("--wallets", type=int, default=1000)
+    parser.add_argument("--modes", default="single,batch", help="which runs, in order")
+    parser.add_argument("--py-spy", metavar="FILE", help="profile the service's batch run")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
 
@@ -124,6 +128,15 @@ async def _batches(stub: Any, plan: list[tuple[str, int]], size: int, in_flight:
     await asyncio.gather(*(worker() for _ in range(in_flight)))
 
 
+def _profiler(service: procs.Service, out: str) -> subprocess.Popen[bytes]:
+    """py-spy on the service (raw folded stacks), until SIGINT."""
+    command = [str(procs.BIN_DIR / "py-spy"), "record", "-p", str(service.process.pid)]
+    command += ["-r", "100", "-f", "raw", "-o", out, "--nonblocking"]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached before the load starts
+    return spy
+
+
 async def _run(args: argparse.Namespace, service: procs.Service) -> dict[str, Any]:
     rng = random.Random(7)
     async with grpc.aio.insecure_channel(service.target) as channel:
@@ -135,15 +148,19 @@ async def _run(args: argparse.Namespace, service: procs.Service) -> dict[str, An
             )
         expected = dict.fromkeys(wallets, 0)
         results: dict[str, Any] = {}
-        for name in ("single", "batch"):
+        for name in args.modes.split(","):
             plan = [(rng.choice(wallets), rng.randint(1, 1000)) for _ in range(args.deposits)]
             for wallet_id, amount in plan:
                 expected[wallet_id] += amount
+            spy = _profiler(service, args.py_spy) if name == "batch" and args.py_spy else None
             with Window(service) as window:
                 if name == "single":
                     await _singles(stub, plan, args.concurrency)
                 else:
                     await _batches(stub, plan, args.batch_size, args.batches_in_flight)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             results[name] = window.report(len(plan))
         for wallet_id in wallets:
             got = await stub.GetWallet(pb.GetWalletRequest(wallet_id=wallet_id))
@@ -186,7 +203,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for mode in ("single", "batch"):
+        for mode in args.modes.split(","):
             row = results[mode]
             cpu = ", ".join(f"{k} {v}" for k, v in row["cpu_ms_per_deposit"].items())
             print(f"{mode:6} {row['deposits_per_s']:>8} deposits/s   CPU ms/deposit: {cpu}")
