@@ -243,3 +243,60 @@ async def test_a_batch_is_one_call_for_the_call_limit(settings, database):
         assert running.runtime.extras[CALL_LIMITER].unary_in_flight == 0
     finally:
         await running.stop(grace=1)
+
+
+async def test_undecodable_batch_bytes_are_invalid_argument_for_everyone(server, database):
+    await setup_wallets(server, "acme-1")
+    # Invalid UTF-8 inside an item's wallet_id: the whole message does not decode.
+    body = b"\x0a\x06\x0a\x04\xff\xfe\xfd\xfc"
+    for token, code in (
+        ("t-write", grpc.StatusCode.INVALID_ARGUMENT),
+        ("t-acme", DENIED),  # a tenant cannot be checked against undecodable items
+    ):
+        async with stub_as(server, token) as channel:
+            raw = channel.unary_unary(
+                "/wallet.v1.WalletService/BatchDeposit",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await raw(body)
+            assert refused.value.code() == code, token
+    await server.runtime.extras[AUDIT_WRITER].flush()
+    async with database.read() as conn:
+        statuses = sorted(
+            row.status_code
+            for row in (
+                await conn.execute(select(audit_log).where(audit_log.c.method.like("%Batch%")))
+            ).all()
+        )
+    assert statuses == ["INVALID_ARGUMENT", "PERMISSION_DENIED"]
+
+
+async def test_a_batch_reserves_audit_room_for_its_item_rows(server, database):
+    await setup_wallets(server, "w-1")
+    writer = server.runtime.extras[AUDIT_WRITER]
+    await writer.flush()
+    backlog = writer.backlog
+    # Other batches in flight hold all but 20 KB of the backlog.
+    held = backlog.max_bytes - backlog.bytes - 20_000
+    assert backlog.reserve(held)
+    try:
+        async with stub_as(server, "t-write") as channel:
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.BatchDeposit(deposits(*["w-1"] * 100))  # ~70 KB of item rows
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "audit trail" in (refused.value.details() or "")
+            single = await stub.Deposit(
+                pb.DepositRequest(wallet_id="w-1", amount=1, request_id="s")
+            )
+            assert single.wallet.balance == 1001
+            backlog.release(held)
+            held = 0
+            answer = await stub.BatchDeposit(deposits(*["w-1"] * 100))
+            assert all(r.WhichOneof("result") == "response" for r in answer.results)
+    finally:
+        backlog.release(held)
+    assert backlog.reserved == 0
+    assert (await balances(database))["w-1"] == 1001 + 500

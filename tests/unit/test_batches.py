@@ -79,3 +79,15 @@ def test_item_audit_ids_are_stable_distinct_uuids():
     assert len(set(ids)) == MAX_BATCH_ITEMS and batch not in ids
     assert ids == [item_audit_id(batch, i) for i in range(MAX_BATCH_ITEMS)]
     assert all(len(i) == 36 for i in ids)
+
+
+def test_reservations_count_towards_a_full_backlog():
+    from wallet_platform.observability.audit_backlog import AuditBacklog
+
+    backlog = AuditBacklog(10_000)
+    assert backlog.reserve(6_000) and not backlog.full
+    assert not backlog.reserve(5_000)  # two batches cannot both promise themselves the room
+    assert backlog.reserve(4_000) and backlog.full
+    backlog.release(4_000)
+    backlog.release(6_000)
+    assert backlog.reserved == 0 and not backlog.full

@@ -46,7 +46,11 @@ from sqlalchemy import text
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.errors import ResourceExhaustedError
 from wallet_platform.observability.audit_backlog import DROP_LOG_SECONDS, AuditBacklog
-from wallet_platform.observability.audit_batch import batch_request_json, item_rows
+from wallet_platform.observability.audit_batch import (
+    batch_request_json,
+    item_rows,
+    item_rows_bytes,
+)
 from wallet_platform.observability.audit_ids import AUDIT_ID_HEADER, trusted_audit_id
 from wallet_platform.observability.audit_request import (
     MAX_REFUSED_MESSAGE,
@@ -56,7 +60,7 @@ from wallet_platform.observability.audit_request import (
     request_summary,
 )
 from wallet_platform.observability.logs import audit_id_var
-from wallet_platform.server.batches import is_batch_method
+from wallet_platform.server.batches import is_batch_method, is_batch_request
 from wallet_platform.server.builder import abort_with
 from wallet_platform.server.handlers import with_behaviour
 from wallet_platform.server.security import caller_identity
@@ -323,13 +327,19 @@ def audit(
         started_at = clock()
         t0 = time.perf_counter()
         context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
+        batch_call = batch and is_batch_request(method, request)
         trusted = None if batch else trusted_audit_id(context, authority)
         reset = audit_id_var.set(trusted or audit_id)
         status = "OK"
         error_message: str | None = None
         response: Any = None
+        reserved = 0
         try:
-            if not writer.accepting_writes:
+            if batch_call and writer.accepting_writes:
+                wanted = item_rows_bytes(method, request)
+                reserved = wanted if writer.backlog.reserve(wanted) else -1
+            if not writer.accepting_writes or reserved < 0:
+                reserved = 0
                 await abort_with(
                     context,
                     AuditBacklogFullError(
@@ -364,7 +374,7 @@ def audit(
                     request_summary(request)
                     if refused
                     else batch_request_json(method, request)
-                    if batch
+                    if batch_call
                     else request_json(request)
                 ),
                 "caller": caller_identity(context, tokens, certificates=certificates)[:128],
@@ -375,8 +385,9 @@ def audit(
                 "duration_ms": int((time.perf_counter() - t0) * 1000),
             }
             writer.submit(row, refused=refused)
-            if batch and status == "OK" and response is not None:
+            if batch_call and status == "OK" and response is not None:
                 for item_row, item_refused in item_rows(method, request, response, row):
                     writer.submit(item_row, refused=item_refused)
+            writer.backlog.release(reserved)
 
     return with_behaviour(handler, audited)

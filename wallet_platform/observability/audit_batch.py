@@ -15,7 +15,8 @@ their own rows) and, when it was answered, one row per item:
 - caller, peer, start time and duration: the batch call's.
 
 A batch refused as a whole (bad size, a tenant's foreign wallet, a missing role) has
-only its own row: none of its items ran.
+only its own row: none of its items ran. Before it runs, a batch reserves backlog room
+for its item rows (:func:`item_rows_bytes`, ``audit_backlog``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from google.rpc import code_pb2
 
+from wallet_platform.observability.audit_backlog import ROW_OVERHEAD_BYTES
 from wallet_platform.observability.audit_request import (
     MAX_REFUSED_MESSAGE,
     MAX_TEXT,
@@ -66,3 +68,15 @@ def batch_request_json(method: str, request: Any) -> str:
     """The batch row's request: how many items and bytes (the items have their own rows)."""
     items = len(getattr(request, BATCH_METHODS[method].items_field))
     return json.dumps({"items": items, "request_bytes": request.ByteSize()}, sort_keys=True)
+
+
+# A row's columns besides the request (ids, method, caller, peer, status), in bytes.
+_ROW_COLUMNS_BYTES = 200
+
+
+def item_rows_bytes(method: str, request: Any) -> int:
+    """About how much backlog a batch's item rows take (``audit_backlog.row_bytes``):
+    per item the row overhead and its other columns, plus its request as JSON (about
+    twice its protobuf size)."""
+    items = len(getattr(request, BATCH_METHODS[method].items_field))
+    return items * (ROW_OVERHEAD_BYTES + _ROW_COLUMNS_BYTES) + 2 * request.ByteSize()

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 MAX_BATCH_ITEMS = 1000
 
 _WALLET = "/wallet.v1.WalletService/"
@@ -73,6 +75,12 @@ class BatchItem:
 
 def is_batch_method(method: str) -> bool:
     return method in BATCH_METHODS
+
+
+def is_batch_request(method: str, request: Any) -> bool:
+    """Whether ``request`` is a decoded request of the batch RPC ``method`` (undecodable
+    bytes reach the layers as a placeholder, refused later as INVALID_ARGUMENT)."""
+    return method in BATCH_METHODS and isinstance(request, Message)
 
 
 def batch_items(method: str, request: Any) -> list[BatchItem]:

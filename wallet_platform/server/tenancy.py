@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from wallet_platform.server.batches import BATCH_METHODS, batch_items
+from wallet_platform.server.batches import BATCH_METHODS, batch_items, is_batch_request
 from wallet_platform.server.grants import Principal
 
 _WALLET = "/wallet.v1.WalletService/"
@@ -64,7 +64,7 @@ def tenant_refusal(principal: Principal, method: str, request: Any) -> str | Non
     if prefix is None:
         return None
     name = method.rsplit("/", 1)[-1]
-    if method in BATCH_METHODS and request is not None:
+    if is_batch_request(method, request):
         return _batch_refusal(principal, method, request)
     fields = WALLET_FIELDS.get(method)
     if not fields or request is None:
