@@ -10,7 +10,8 @@ and its outcome becomes its result: the single call's response, or the
 ``google.rpc.Status`` the single call would have ended with (``builder.error_status``).
 Items are independent: one refused item leaves its neighbours alone.
 
-Items run concurrently (``asyncio.gather``), so the group commit
+Items run concurrently (``asyncio.gather``; at most ``MAX_ITEMS_IN_FLIGHT`` items of all
+batch calls of the process at once), so the group commit
 (``wallet_service.group_commit``) folds them into a few transactions. Concurrent items
 have no order between them, so two items of one batch acting on the same idempotency
 key or hold would race; the first of them runs and every later one is refused with
@@ -38,7 +39,7 @@ from google.rpc import status_pb2
 from wallet.v1 import wallet_pb2
 from wallet_platform.errors import InvalidArgumentError
 from wallet_platform.observability.logs import audit_id_var
-from wallet_platform.server.batches import MAX_BATCH_ITEMS, item_audit_id
+from wallet_platform.server.batches import MAX_BATCH_ITEMS, MAX_ITEMS_IN_FLIGHT, item_audit_id
 from wallet_platform.server.builder import error_status
 
 _WALLET = "/wallet.v1.WalletService/"
@@ -71,33 +72,54 @@ def _repeat(field: str, index: int, name: str, key: str, first: int) -> InvalidA
 
 
 async def run_items(
-    method: str, calls: Sequence[Callable[[], Awaitable[Any]] | BaseException]
+    method: str,
+    calls: Sequence[Callable[[], Awaitable[Any]] | BaseException],
+    slots: asyncio.Semaphore,
 ) -> list[Outcome]:
     """Run every call concurrently; each outcome is a response or its error's status.
 
     An entry that is already an exception (refused before running) becomes its status.
-    ``method`` names the single RPC in the log of an unexpected error.
+    Each running item holds one of the process's ``slots`` (``MAX_ITEMS_IN_FLIGHT``):
+    an item's task is created only once it has one, so many concurrent batches wait
+    for slots instead of holding a task per item each. ``method`` names the single RPC
+    in the log of an unexpected error.
     """
     batch_audit_id = audit_id_var.get()
+    outcomes: list[Outcome | None] = [None] * len(calls)
+    tasks: list[asyncio.Task[None]] = []
 
-    async def one(index: int, call: Callable[[], Awaitable[Any]] | BaseException) -> Outcome:
-        if isinstance(call, BaseException):
-            return error_status(call, method)
+    async def one(index: int, call: Callable[[], Awaitable[Any]]) -> None:
         if batch_audit_id is not None:  # set in this item's task only
             audit_id_var.set(item_audit_id(batch_audit_id, index))
         try:
-            response: Message = await call()
+            outcomes[index] = await call()
         except Exception as error:
-            return error_status(error, method)
-        return response
+            outcomes[index] = error_status(error, method)
 
-    return list(await asyncio.gather(*(one(i, call) for i, call in enumerate(calls))))
+    try:
+        for index, call in enumerate(calls):
+            if isinstance(call, BaseException):
+                outcomes[index] = error_status(call, method)
+                continue
+            await slots.acquire()
+            task = asyncio.create_task(one(index, call))
+            task.add_done_callback(lambda _: slots.release())  # also when cancelled
+            tasks.append(task)
+        await asyncio.gather(*tasks)
+    except BaseException:  # the call was cancelled (client gone, deadline, stop)
+        for task in tasks:
+            task.cancel()
+        raise
+    answered = [outcome for outcome in outcomes if outcome is not None]
+    assert len(answered) == len(calls)  # every item has run to an outcome
+    return answered
 
 
 class BatchMethods:
     """The three batch RPCs over the servicer's single-call methods."""
 
     def __init__(self, deposit: Single, withdraw: Single, steps: dict[str, Single]) -> None:
+        self._slots = asyncio.Semaphore(MAX_ITEMS_IN_FLIGHT)  # shared by every batch call
         self._deposit = deposit
         self._withdraw = withdraw
         self._steps = steps  # "debit" / "credit" / "refund" -> the step RPC
@@ -126,7 +148,7 @@ class BatchMethods:
                 calls.append(_repeat("requests", index, "request_id", item.request_id, first))
             else:
                 calls.append(_bound(single, item, context))
-        return await run_items(method, calls)
+        return await run_items(method, calls, self._slots)
 
     async def apply_steps(self, request: Any, context: Context) -> Any:
         check_size(request.operations, "operations")
@@ -150,7 +172,7 @@ class BatchMethods:
                 calls.append(_repeat("operations", index, "transfer_id", step.transfer_id, first))
             else:
                 calls.append(_bound(self._steps[kind], step, context))
-        outcomes = await run_items(_WALLET + "BatchApplyTransferSteps", calls)
+        outcomes = await run_items(_WALLET + "BatchApplyTransferSteps", calls, self._slots)
         return wallet_pb2.BatchApplyTransferStepsResponse(
             results=[_step_result(kind, o) for kind, o in zip(kinds, outcomes, strict=True)]
         )

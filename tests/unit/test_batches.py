@@ -91,3 +91,48 @@ def test_reservations_count_towards_a_full_backlog():
     backlog.release(4_000)
     backlog.release(6_000)
     assert backlog.reserved == 0 and not backlog.full
+
+
+async def test_items_of_all_batches_share_the_slots_and_always_give_them_back():
+    import asyncio
+
+    from wallet_service.grpc_batches import run_items
+
+    slots = asyncio.Semaphore(3)
+    running = peak = 0
+    release = asyncio.Event()
+
+    async def item(value: int) -> pb.DepositResponse:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        if value == 2:
+            raise InvalidArgumentError("bad", field="amount")
+        return pb.DepositResponse(replayed=bool(value % 2))
+
+    def calls(n: int) -> list:
+        return [(lambda v=v: item(v)) for v in range(n)]
+
+    both = asyncio.gather(run_items("m", calls(5), slots), run_items("m", calls(4), slots))
+    await asyncio.sleep(0.05)
+    assert peak == 3  # two batches of 9 items, never more than 3 running
+    release.set()
+    first, second = await both
+    assert [type(o).__name__ for o in first] == [
+        "DepositResponse", "DepositResponse", "Status", "DepositResponse", "DepositResponse"
+    ]  # fmt: skip
+    assert first[2].code == 3 and [o.replayed for o in second if hasattr(o, "replayed")] == [
+        False, True, True
+    ]  # fmt: skip
+    # A batch cancelled mid-way gives back every slot it held.
+    release.clear()
+    cancelled = asyncio.create_task(run_items("m", calls(5), slots))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    for _ in range(3):  # all three free again: each is taken at once
+        await asyncio.wait_for(slots.acquire(), 1)
+    assert slots.locked()

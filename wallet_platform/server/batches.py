@@ -13,7 +13,10 @@ inside requests read the items through :func:`batch_items`:
 amortise a round trip and a transaction over many items, small enough that one
 batch's response (at most a few hundred bytes per item) stays far below the 4 MiB
 message limit (``builder.MAX_MESSAGE_BYTES``), so a full batch can always be
-answered. A batch is ONE call for the call limits (``call_limits``).
+answered. A batch is ONE call for the call limits (``call_limits``), so the item work
+of concurrent batches is bounded separately: at most :data:`MAX_ITEMS_IN_FLIGHT` items
+of all batch calls run at once in a process (the rest wait their turn), as many as
+``WALLET_MAX_UNARY_CALLS``' default lets single calls run.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 MAX_BATCH_ITEMS = 1000
+MAX_ITEMS_IN_FLIGHT = 1000
 
 _WALLET = "/wallet.v1.WalletService/"
 
