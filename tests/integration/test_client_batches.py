@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 import wallet_client as wc
 from tests.e2e.test_wallet_grpc import wallet_only
+from tests.integration.walletctl_harness import running_stack
+from wallet_platform import failpoints
 from wallet_platform.config import Settings
 from wallet_platform.server.process import RunningServer, start_server
 
@@ -53,3 +56,26 @@ async def test_chunks_outcomes_typed_errors_and_a_replaying_rerun(server):
     refused = [o for o in withdrawn if not o.ok]
     assert len(applied) == 1 and isinstance(refused[0].error, wc.InsufficientFundsError)
     assert balance == 1198 - 1000
+
+
+async def test_a_batch_past_its_deadline_is_sent_again_with_the_same_keys(tmp_path: Path):
+    """The first attempt commits every item, then outlives its deadline; the retry of
+    the whole batch (same request_ids) is a replay of each item."""
+    database_url = f"sqlite:///{tmp_path / 'wallet.db'}"
+    try:
+        async with running_stack(database_url, failpoints="wallet.after_commit=sleep(1500)") as s:
+
+            def scenario() -> list[wc.ItemOutcome]:
+                policy = wc.RetryPolicy(max_attempts=3, initial_backoff=0.01, total_timeout=20)
+                with wc.WalletClient(s.target, timeout=0.5, retry=policy) as client:
+                    client.create_wallet("USD", wallet_id="alice")
+                    items = [wc.MoveItem("alice", 100 + i) for i in range(3)]
+                    outcomes = client.batch_deposit(items)
+                    assert client.get_wallet("alice").wallet.balance == 303
+                    return outcomes
+
+            outcomes = await asyncio.to_thread(scenario)
+    finally:
+        failpoints.configure("")
+    assert all(o.ok and o.replayed for o in outcomes), outcomes
+    assert len({o.request_id for o in outcomes}) == 3

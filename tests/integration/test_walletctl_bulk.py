@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.walletctl_harness import Ctl, running_stack
+from tests.integration.walletctl_harness import Ctl, running_stack, walletctl
 from walletctl import exitcodes
 from walletctl.commands.bulk import derived_key
 
@@ -85,3 +85,15 @@ async def test_a_bad_file_sends_nothing(database_url: str, tmp_path: Path):
         missing = await ctl("bulk", "deposit", "--csv", str(tmp_path / "none.csv"))
         assert missing.code == exitcodes.USAGE and "cannot read" in missing.err
         assert await _balance(ctl, "alice") == 0
+
+
+async def test_rows_without_an_answer_exit_3(tmp_path: Path, unused_tcp_port: int):
+    path = tmp_path / "deposits.csv"
+    path.write_text("wallet_id,amount\nalice,1\nbob,2\n")
+    result = await walletctl(
+        "bulk", "deposit", "--csv", str(path), "--json", target=f"127.0.0.1:{unused_tcp_port}"
+    )
+    assert result.code == exitcodes.UNAVAILABLE, result
+    assert "run the same command again" in result.err
+    assert result.json["refused_by_reason"] == {"UNAVAILABLE": 2}
+    assert [r["sent"] for r in result.json["refusals"]] == [True, True]
