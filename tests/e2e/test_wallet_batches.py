@@ -21,7 +21,11 @@ from wallet.v1 import wallet_pb2 as pb
 from wallet.v1 import wallet_pb2_grpc
 from wallet_platform.config import Settings
 from wallet_platform.server.batches import MAX_BATCH_ITEMS
+from wallet_platform.server.builder import create_server
 from wallet_platform.server.process import start_server
+from wallet_platform.storage.database import Database
+from wallet_service.bootstrap import WalletComponent
+from wallet_service.service import WalletService
 
 Code = grpc.StatusCode
 
@@ -174,3 +178,30 @@ async def test_a_message_over_the_size_limit_is_refused_by_the_transport(stub):
     await expect(stub.BatchDeposit(pb.BatchDepositRequest(requests=items)), Code.RESOURCE_EXHAUSTED)
     got = await stub.GetWallet(pb.GetWalletRequest(wallet_id=alice))
     assert got.wallet.balance == 0
+
+
+async def test_a_database_that_is_down_makes_each_item_unavailable():
+    """Each item fails as its single call would (UNAVAILABLE, retry with the same key);
+    the batch call itself is answered, and an invalid item keeps its own reason."""
+    database = Database.from_settings(
+        Settings(database_url="postgresql+psycopg://root@127.0.0.1:1/none")
+    )
+    server, port, _health = await create_server(
+        "127.0.0.1:0", [WalletComponent(WalletService(database))]
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            items = [
+                pb.DepositRequest(wallet_id="w", amount=1, request_id="r1"),
+                pb.DepositRequest(wallet_id="w", amount=-1, request_id="r2"),
+            ]
+            answer = await stub.BatchDeposit(pb.BatchDepositRequest(requests=items))
+            single = await single_status(stub.Deposit(items[0]))
+    finally:
+        await server.stop(None)
+        await database.dispose()
+    assert answer.results[0].error == single
+    assert single.code == code_pb2.UNAVAILABLE
+    assert answer.results[1].error.code == code_pb2.INVALID_ARGUMENT
