@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/wallet/v1/*.proto)
 CLIENT := clients/python
 GEN    := $(CLIENT)/src/wallet/v1/__init__.py
 
-.PHONY: install proto stubs lock lock-upgrade lock-check export-lock run test test-fast lint fmt bench clean
+.PHONY: install proto stubs buf-deps lock lock-upgrade lock-check export-lock run test test-fast lint fmt bench clean
 
 install: $(STAMP) $(GEN)
 
@@ -41,7 +41,7 @@ proto: $(STAMP)
 
 # Messages for other languages from protos/ into gen/ (buf.gen.yaml, offline). gRPC
 # stubs for other languages: buf generate --template buf.gen.remote.yaml (needs buf.build).
-stubs: install
+stubs: install buf-deps
 	$(BIN)/buf generate
 
 # Refresh the lock after changing dependencies in either pyproject.toml (keeps every
@@ -65,6 +65,12 @@ export-lock:
 lock-check: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_lock.py
 
+# google/rpc/status.proto (used by the batch RPCs' results) for buf, taken from the
+# installed googleapis-common-protos so buf needs no registry.
+buf-deps: install
+	mkdir -p .buf-deps/google/rpc
+	cp "$$($(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]) / "status.proto")')" .buf-deps/google/rpc/status.proto
+
 run: install
 	$(BIN)/wallet-stack
 
@@ -75,15 +81,20 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: lock-check
+lint: lock-check buf-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	@# The layers and what may import what (pyproject.toml, docs/architecture.md).
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/buf lint
+	@# Against the committed protos, in today's workspace (buf.yaml, google/rpc beside).
 	@if git rev-parse --verify -q HEAD >/dev/null && git cat-file -e HEAD:protos 2>/dev/null; then \
-		$(BIN)/buf breaking --against '.git#ref=HEAD'; \
+		rm -rf .buf-against && mkdir .buf-against && \
+		git archive HEAD protos | tar -x -C .buf-against && \
+		cp -r buf.yaml .buf-deps .buf-against/ && \
+		$(BIN)/buf breaking --against .buf-against; \
+		status=$$?; rm -rf .buf-against; exit $$status; \
 	else echo "buf breaking: no committed protos to compare against"; fi
 	@# The alert rules (deploy/prometheus): promtool comes with Debian's prometheus package.
 	@if command -v promtool >/dev/null 2>&1; then \

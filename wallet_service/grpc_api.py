@@ -1,6 +1,7 @@
 """The WalletService gRPC servicer: protobuf in, one service call, protobuf out.
 
-No rules live here. Domain errors propagate to the server's error mapping
+No rules live here. The batch RPCs run each item through these same methods
+(``grpc_batches``). Domain errors propagate to the server's error mapping
 (``wallet_platform.server.builder.map_errors``), which turns them into status codes
 with error details.
 """
@@ -17,6 +18,7 @@ from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.errors import InvalidArgumentError
 from wallet_platform.observability.logs import log_context
 from wallet_service.domain import Movement
+from wallet_service.grpc_batches import BatchMethods
 from wallet_service.messages import event_to_pb, wallet_to_pb
 from wallet_service.service import WalletService
 
@@ -30,6 +32,15 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     def __init__(self, service: WalletService) -> None:
         self._service = service
+        self._batches = BatchMethods(
+            self.Deposit,
+            self.Withdraw,
+            {
+                "debit": self.DebitForTransfer,
+                "credit": self.CreditForTransfer,
+                "refund": self.RefundForTransfer,
+            },
+        )
 
     async def CreateWallet(self, request: Any, context: Context) -> Any:
         with log_context(request_id=request.request_id):
@@ -91,6 +102,15 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     async def RefundForTransfer(self, request: Any, context: Context) -> Any:
         return await self._step(Movement.TRANSFER_REFUND, request)
+
+    async def BatchDeposit(self, request: Any, context: Context) -> Any:
+        return await self._batches.deposit(request, context)
+
+    async def BatchWithdraw(self, request: Any, context: Context) -> Any:
+        return await self._batches.withdraw(request, context)
+
+    async def BatchApplyTransferSteps(self, request: Any, context: Context) -> Any:
+        return await self._batches.apply_steps(request, context)
 
     async def _step(self, movement: Movement, request: Any) -> Any:
         # Only the debit request has a destination (the hold's); the others read it

@@ -22,6 +22,7 @@ from walletctl import exitcodes, render
 from walletctl.client import SERVICES, ClientConfig, CredentialsError
 from walletctl.commands import (
     audit,
+    bulk,
     db,
     dlq,
     insights,
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (
         wallets,
+        bulk,
         transfers,
         sagas,
         insights,

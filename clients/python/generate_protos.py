@@ -38,6 +38,20 @@ def _plugin(name: str) -> str:
     return found
 
 
+def _google_rpc_root() -> Path:
+    """The folder holding ``google/rpc/status.proto`` (the batch results' error type).
+
+    googleapis-common-protos installs the .proto beside its generated modules, and its
+    ``google.rpc.status_pb2`` is what the generated code imports at run time.
+    """
+    import google.rpc
+
+    root = Path(next(iter(google.rpc.__path__))).parent.parent
+    if not (root / "google" / "rpc" / "status.proto").exists():
+        raise SystemExit(f"google/rpc/status.proto not found under {root}")
+    return root
+
+
 def generate() -> None:
     """(Re)write ``src/wallet/`` from the protos; keep it as is when there are none.
 
@@ -55,11 +69,13 @@ def generate() -> None:
 
     shutil.rmtree(GENERATED, ignore_errors=True)  # a removed .proto leaves no module
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    google_rpc = _google_rpc_root()
     out = str(SRC)
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{google_rpc}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

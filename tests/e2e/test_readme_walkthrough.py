@@ -55,6 +55,7 @@ def test_readme_walkthrough_runs_against_wallet_stack(tmp_path: Path) -> None:
     out = result.stdout
     assert "wallet.v1.WalletService" in out and "wallet.v1.TransferService" in out
     assert '"replayed": true' in out
+    assert "WALLET_NOT_FOUND" in out  # the batch's refused item, beside its applied one
     assert "TRANSFER_STATE_COMPLETED" in out
     assert "FRAUD_RULE_LARGE_WITHDRAWAL" in out
     assert '"total_deposited": "3000000"' in out

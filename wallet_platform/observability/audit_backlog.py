@@ -15,7 +15,10 @@ length of its text plus :data:`ROW_OVERHEAD_BYTES` for the Python objects:
   anything, because a money movement without its audit record is worse than a retry.
   The calls already running finish and add their rows, so the backlog may exceed
   ``max_bytes`` by at most those (bounded by ``WALLET_MAX_UNARY_CALLS`` rows of at
-  most ~10 KB).
+  most ~10 KB). A batch call adds a row per item (up to 1,000), so it **reserves**
+  room for them before it runs (:meth:`AuditBacklog.reserve`) and is refused like a
+  write call when there is none; reservations count towards ``full``, so concurrent
+  batches cannot overshoot the bound together.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class AuditBacklog:
         self.rows: list[dict[str, Any]] = []
         self._sizes: list[int] = []
         self.bytes = 0
+        self.reserved = 0  # room promised to running batch calls for their item rows
         self.dropped = 0  # refused-call records dropped since start
         self._dropped_unreported = 0
         self._last_report = float("-inf")  # the first drop is reported at once
@@ -57,7 +61,18 @@ class AuditBacklog:
     @property
     def full(self) -> bool:
         """True when write calls must be refused until the writer catches up."""
-        return self.bytes >= self.max_bytes
+        return self.bytes + self.reserved >= self.max_bytes
+
+    def reserve(self, size: int) -> bool:
+        """Promise ``size`` bytes to a running batch call; False when they do not fit."""
+        if self.bytes + self.reserved + size > self.max_bytes:
+            return False
+        self.reserved += size
+        return True
+
+    def release(self, size: int) -> None:
+        """Give back a reservation (the batch's rows are in the backlog, or it ended)."""
+        self.reserved -= size
 
     def add(self, row: dict[str, Any], *, refused: bool) -> bool:
         """Queue ``row``; a refused call's row is dropped (False) when its share is used."""

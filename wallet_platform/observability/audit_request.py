@@ -52,8 +52,9 @@ def redact(value: Any) -> Any:
     return value
 
 
-def request_json(request: Any) -> str:
-    """The request as compact JSON with secrets redacted (bounded in size)."""
+def request_json(request: Any, extra: dict[str, Any] | None = None) -> str:
+    """The request as compact JSON with secrets redacted (bounded in size); ``extra``
+    adds top-level keys (a batch item's link to its batch)."""
     if isinstance(request, Message):
         try:
             data: Any = MessageToDict(
@@ -65,6 +66,7 @@ def request_json(request: Any) -> str:
             data = MessageToDict(request, preserving_proto_field_name=True)
     else:
         data = {"repr": repr(request)[:MAX_TEXT]}
+    data.update(extra or {})
     text = json.dumps(redact(data), separators=(",", ":"), sort_keys=True, default=str)
     full, keep = text, MAX_REQUEST_JSON - 64
     while len(text) > MAX_REQUEST_JSON:  # escaping may grow the prefix: shrink until it fits
@@ -73,10 +75,11 @@ def request_json(request: Any) -> str:
     return text
 
 
-def request_summary(request: Any) -> str:
+def request_summary(request: Any, extra: dict[str, Any] | None = None) -> str:
     """A refused call's request in at most a few hundred bytes: its serialized size and
-    the identifiers of :data:`SUMMARY_FIELDS` that are well-formed (else ``"[invalid]"``)."""
-    summary: dict[str, Any] = {"omitted": "refused call"}
+    the identifiers of :data:`SUMMARY_FIELDS` that are well-formed (else ``"[invalid]"``),
+    plus ``extra`` (a batch item's link to its batch)."""
+    summary: dict[str, Any] = {"omitted": "refused call", **(extra or {})}
     if isinstance(request, Message):
         summary["request_bytes"] = request.ByteSize()
         for name in SUMMARY_FIELDS:

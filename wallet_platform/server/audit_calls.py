@@ -22,6 +22,9 @@ the incoming one when the caller may set it (``audit_ids``: a caller holding the
 The rows go to ``observability.audit.AuditWriter``, which writes them in batches off
 the hot path; while its backlog is full, write calls are refused up front
 (``AUDIT_BACKLOG_FULL``) rather than run unaudited.
+
+A batch call (``BatchDeposit``...) gets its own row plus one row per item
+(``audit_batch``), each under the item's own audit id.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from wallet_platform.observability.audit_request import (
     request_summary,
 )
 from wallet_platform.observability.logs import audit_id_var
+from wallet_platform.server.audit_batch import batch_request_json, item_rows, item_rows_bytes
 from wallet_platform.server.audit_ids import trusted_audit_id
+from wallet_platform.server.batches import is_batch_method, is_batch_request
 from wallet_platform.server.builder import abort_with
 from wallet_platform.server.handlers import with_behaviour
 from wallet_platform.server.rpc_policy import policy
@@ -89,17 +94,28 @@ def audit(
         return handler
     inner = handler.unary_unary
     tokens = authority.tokens if authority else None  # names the caller
+    # A batch's items get their own rows and audit ids (audit_batch); an incoming
+    # x-audit-id names one transfer, never a batch of them, so a batch ignores it.
+    batch = is_batch_method(method)
 
     async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
         audit_id = str(uuid.uuid4())
         started_at = clock()
         t0 = time.perf_counter()
         context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
-        reset = audit_id_var.set(trusted_audit_id(context, authority) or audit_id)
+        batch_call = batch and is_batch_request(method, request)
+        trusted = None if batch else trusted_audit_id(context, authority)
+        reset = audit_id_var.set(trusted or audit_id)
         status = "OK"
         error_message: str | None = None
+        response: Any = None
+        reserved = 0
         try:
-            if not writer.accepting_writes:
+            if batch_call and writer.accepting_writes:
+                wanted = item_rows_bytes(method, request)
+                reserved = wanted if writer.backlog.reserve(wanted) else -1
+            if not writer.accepting_writes or reserved < 0:
+                reserved = 0
                 await abort_with(
                     context,
                     AuditBacklogFullError(
@@ -127,19 +143,27 @@ def audit(
             audit_id_var.reset(reset)
             refused = status in REFUSED_STATUSES
             limit = MAX_REFUSED_MESSAGE if refused else MAX_TEXT
-            writer.submit(
-                {
-                    "audit_id": audit_id,
-                    "method": method,
-                    "request_json": request_summary(request) if refused else request_json(request),
-                    "caller": caller_identity(context, tokens, certificates=certificates)[:128],
-                    "peer": (context.peer() or "")[:128],
-                    "status_code": status,
-                    "error_message": error_message[:limit] if error_message else None,
-                    "started_at": started_at,
-                    "duration_ms": int((time.perf_counter() - t0) * 1000),
-                },
-                refused=refused,
-            )
+            if refused:
+                request_text = request_summary(request)
+            elif batch_call:
+                request_text = batch_request_json(method, request)
+            else:
+                request_text = request_json(request)
+            row = {
+                "audit_id": audit_id,
+                "method": method,
+                "request_json": request_text,
+                "caller": caller_identity(context, tokens, certificates=certificates)[:128],
+                "peer": (context.peer() or "")[:128],
+                "status_code": status,
+                "error_message": error_message[:limit] if error_message else None,
+                "started_at": started_at,
+                "duration_ms": int((time.perf_counter() - t0) * 1000),
+            }
+            writer.submit(row, refused=refused)
+            if batch_call and status == "OK" and response is not None:
+                for item_row, item_refused in item_rows(method, request, response, row):
+                    writer.submit(item_row, refused=item_refused)
+            writer.backlog.release(reserved)
 
     return with_behaviour(handler, audited)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.server.handlers import responses, with_behaviour
-from wallet_platform.server.status import rich_status
+from wallet_platform.server.status import rich_status, status_proto
 from wallet_platform.storage.connection_errors import is_connection_error
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,26 @@ async def abort_with(context: grpc.aio.ServicerContext, error: WalletPlatformErr
     await context.abort_with_status(_keep_trailers(context, rich_status(error)))
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+def error_status(error: BaseException, method: str) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a call of ``method`` that raised ``error`` ends with.
+
+    Also the result of a refused batch item (``wallet_service.grpc_batches``), so an
+    item fails exactly like its single call: a domain error with its code and details,
+    a lost database connection as UNAVAILABLE, anything else as a bare INTERNAL (logged
+    here, never shown to the caller).
+    """
     translated = _translate(error)
     if translated is None:
         log.exception("unhandled error in %s", method, exc_info=error)
-        status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-        await context.abort_with_status(_keep_trailers(context, rpc_status.to_status(status)))
-        return
+        return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
     if translated.error_reason == "UNAVAILABLE":  # a dependency is down (not a server stop)
         log.warning("%s: %s", method, translated.message)
-    await abort_with(context, translated)
+    return status_proto(translated)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    status = rpc_status.to_status(error_status(error, method))
+    await context.abort_with_status(_keep_trailers(context, status))
 
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]

@@ -65,7 +65,13 @@ POLICIES: Mapping[str, RpcPolicy] = {
     _WALLET + "DebitForTransfer": _write(ORCHESTRATOR, "wallet_id", "to_wallet_id"),
     _WALLET + "CreditForTransfer": _write(ORCHESTRATOR, "wallet_id"),
     _WALLET + "RefundForTransfer": _write(ORCHESTRATOR, "wallet_id"),
+    # A batch needs its items' role; tenants are checked item by item with each item's
+    # single RPC's fields (``tenancy``, ``batches``), so the batch row lists none.
+    _WALLET + "BatchDeposit": _write(WRITER),
+    _WALLET + "BatchWithdraw": _write(WRITER),
+    _WALLET + "BatchApplyTransferSteps": _write(ORCHESTRATOR),
     _TRANSFER + "CreateTransfer": _write(WRITER, "from_wallet_id", "to_wallet_id"),
+    _TRANSFER + "BatchCreateTransfers": _write(WRITER),
     _TRANSFER + "GetTransfer": _read(),  # a transfer id says nothing about its wallets
     _TRANSFER + "ListTransfers": _read("wallet_id"),
     _TRANSFER + "GetTransferSummary": _read(),  # counts over every wallet

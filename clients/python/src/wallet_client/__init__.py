@@ -6,6 +6,7 @@ deadlines, TLS and a bearer token, and raises typed exceptions for the server's
 ``google.rpc.ErrorInfo`` reasons. The generated messages and stubs are ``wallet.v1``.
 """
 
+from wallet_client.batches import MAX_BATCH_ITEMS, ItemOutcome, MoveItem
 from wallet_client.channel import TlsConfig
 from wallet_client.client import WalletClient, new_request_id
 from wallet_client.errors import (
@@ -43,10 +44,12 @@ from wallet_client.errors import (
     WalletNotFoundError,
     WalletStatsNotFoundError,
     WatchTooSlowError,
+    error_from_status,
 )
 from wallet_client.retry import NO_RETRIES, RetryPolicy
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
     "NO_RETRIES",
     "REASONS",
     "AlreadyExistsError",
@@ -65,6 +68,8 @@ __all__ = [
     "InsufficientFundsError",
     "InternalError",
     "InvalidArgumentError",
+    "ItemOutcome",
+    "MoveItem",
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
@@ -85,5 +90,6 @@ __all__ = [
     "WalletNotFoundError",
     "WalletStatsNotFoundError",
     "WatchTooSlowError",
+    "error_from_status",
     "new_request_id",
 ]

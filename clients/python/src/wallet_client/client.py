@@ -14,7 +14,7 @@ fields the server adds later are there without a new client.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from wallet.v1 import (
     wallet_pb2,
     wallet_pb2_grpc,
 )
+from wallet_client.batches import MAX_BATCH_ITEMS, BatchSender, ItemOutcome, MoveItem
 from wallet_client.channel import TlsConfig, auth_metadata, open_channel
 from wallet_client.errors import error_from_rpc
 from wallet_client.retry import RetryPolicy, call_with_retries
@@ -195,6 +196,60 @@ class WalletClient:
             wallet_id=wallet_id, amount=amount, request_id=request_id or ""
         )
         return self.call(self.wallets.Withdraw, request, timeout=timeout)
+
+    def batch_deposit(
+        self,
+        items: Sequence[MoveItem],
+        *,
+        chunk_size: int = MAX_BATCH_ITEMS,
+        timeout: float | None = None,
+    ) -> list[ItemOutcome]:
+        """Deposit every item through ``BatchDeposit`` calls of at most ``chunk_size``
+        items; one outcome per item, in order (see :mod:`wallet_client.batches`)."""
+        return self._batch(
+            self.wallets.BatchDeposit,
+            wallet_pb2.BatchDepositRequest,
+            wallet_pb2.DepositRequest,
+            items,
+            chunk_size,
+            timeout,
+        )
+
+    def batch_withdraw(
+        self,
+        items: Sequence[MoveItem],
+        *,
+        chunk_size: int = MAX_BATCH_ITEMS,
+        timeout: float | None = None,
+    ) -> list[ItemOutcome]:
+        """:meth:`batch_deposit` for withdrawals (``BatchWithdraw``)."""
+        return self._batch(
+            self.wallets.BatchWithdraw,
+            wallet_pb2.BatchWithdrawRequest,
+            wallet_pb2.WithdrawRequest,
+            items,
+            chunk_size,
+            timeout,
+        )
+
+    def _batch(
+        self,
+        rpc: Callable[..., Any],
+        request_type: Any,
+        item_type: Any,
+        items: Sequence[MoveItem],
+        chunk_size: int,
+        timeout: float | None,
+    ) -> list[ItemOutcome]:
+        sender = BatchSender(
+            send=lambda request, deadline: rpc(request, timeout=deadline, metadata=self._metadata),
+            request_type=request_type,
+            item_type=item_type,
+            timeout=timeout or self.timeout,
+            policy=self.retry,
+            chunk_size=chunk_size,
+        )
+        return sender.run(items, new_request_id)
 
     def list_wallet_events(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "wallet.v1"
@@ -234,6 +234,10 @@ def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
         return None
     if status is None:
         return None
+    return _status_info(status)
+
+
+def _status_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -252,6 +256,27 @@ def error_from_rpc(
     reason = info.reason if info and info.reason else code.name
     return exception_class(reason, code)(
         message,
+        code=code,
+        reason=reason,
+        metadata=dict(info.metadata) if info else None,
+        domain=info.domain if info else "",
+        request_id=request_id,
+        attempts=attempts,
+    )
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def error_from_status(
+    status: status_pb2.Status, *, request_id: str | None = None, attempts: int = 1
+) -> WalletError:
+    """The typed exception for a ``google.rpc.Status`` (a refused item of a batch call)."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    info = _status_info(status)
+    reason = info.reason if info and info.reason else code.name
+    return exception_class(reason, code)(
+        status.message or code.name,
         code=code,
         reason=reason,
         metadata=dict(info.metadata) if info else None,
