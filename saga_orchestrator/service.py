@@ -26,12 +26,7 @@ from saga_orchestrator.domain import (
 from saga_orchestrator.engine.runner import SagaRunner
 from saga_orchestrator.gateway import StepFailedError, WalletGateway, WalletInfo
 from saga_orchestrator.notifier import TransferNotifier, TransferWaiter
-from saga_orchestrator.repository import (
-    DuplicateRequestError,
-    Summary,
-    TransferRepository,
-    begun_step,
-)
+from saga_orchestrator.repository import DuplicateRequestError, Summary, TransferRepository
 from wallet_platform import validation
 from wallet_platform.errors import (
     CurrencyMismatchError,
@@ -123,7 +118,7 @@ class TransferService:
             audit_id=audit_id_var.get() or "",
         )
         # The insert also records the first debit call (its 'before' write).
-        transfer = begun_step(transfer, StepName.DEBIT, now)
+        transfer = transfer.begin_step(StepName.DEBIT, now)
         try:
             await self.repository.insert(transfer)
         except DuplicateRequestError:

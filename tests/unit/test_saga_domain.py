@@ -11,14 +11,13 @@ from saga_orchestrator.domain import (
     TRANSITIONS,
     UNFINISHED_STATES,
     InvalidTransitionError,
-    StepError,
     StepName,
     TransferState,
     check_transition,
-    is_final,
     step_request_id,
     transfer_fingerprint,
 )
+from saga_orchestrator.step_errors import StepError, is_final
 
 S = TransferState
 
