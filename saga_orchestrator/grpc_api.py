@@ -7,11 +7,14 @@ maps them to status codes. WatchTransfers streams what the process's one change 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
+from google.rpc import status_pb2
 
+from saga_orchestrator.batch import ItemOutcome, TransferRequest, create_transfers
 from saga_orchestrator.mapping import PROTO_TO_STATE, STATE_TO_PROTO, timestamp, transfer_to_proto
 from saga_orchestrator.service import TransferService
 from saga_orchestrator.watch_feed import TransferFeed, WatchFilter
@@ -19,6 +22,10 @@ from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform import validation
 from wallet_platform.clock import utcnow
 from wallet_platform.errors import InvalidArgumentError
+from wallet_platform.server.builder import platform_error
+from wallet_platform.server.status import internal_status, status_message
+
+log = logging.getLogger(__name__)
 
 
 def _decode_cursor(token: str) -> tuple[datetime, str] | None:
@@ -29,6 +36,26 @@ def _decode_cursor(token: str) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(position["c"]), str(position["t"])
     except (KeyError, TypeError, ValueError):
         raise InvalidArgumentError("page_token is malformed", field="page_token") from None
+
+
+def _item_error(error: Exception) -> status_pb2.Status:
+    """The status the single CreateTransfer would have ended with for ``error``."""
+    translated = platform_error(error)
+    if translated is None:
+        log.error("unhandled error in a BatchCreateTransfers item", exc_info=error)
+        return internal_status()
+    return status_message(translated)
+
+
+def _result(outcome: ItemOutcome) -> transfer_pb2.BatchCreateTransfersResult:
+    if isinstance(outcome, Exception):
+        return transfer_pb2.BatchCreateTransfersResult(error=_item_error(outcome))
+    transfer, replayed = outcome
+    return transfer_pb2.BatchCreateTransfersResult(
+        response=transfer_pb2.CreateTransferResponse(
+            transfer=transfer_to_proto(transfer), replayed=replayed
+        )
+    )
 
 
 def _encode_cursor(after: tuple[datetime, str] | None) -> str:
@@ -50,6 +77,22 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         )
         return transfer_pb2.CreateTransferResponse(
             transfer=transfer_to_proto(transfer), replayed=replayed
+        )
+
+    async def BatchCreateTransfers(
+        self,
+        request: transfer_pb2.BatchCreateTransfersRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> transfer_pb2.BatchCreateTransfersResponse:
+        outcomes = await create_transfers(
+            self.service,
+            [
+                TransferRequest(r.request_id, r.from_wallet_id, r.to_wallet_id, r.amount)
+                for r in request.requests
+            ],
+        )
+        return transfer_pb2.BatchCreateTransfersResponse(
+            results=[_result(outcome) for outcome in outcomes]
         )
 
     async def GetTransfer(

@@ -80,6 +80,8 @@ WRITE_METHODS: frozenset[str] = frozenset(
         _WALLET + "CreditForTransfer",
         _WALLET + "RefundForTransfer",
         _TRANSFER + "CreateTransfer",
+        # One row per call; every transfer it starts carries the call's audit id.
+        _TRANSFER + "BatchCreateTransfers",
     }
 )
 # A wallet.v1 RPC whose name starts with one of these is a write too (e.g. a DLQ replay

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
-from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
@@ -21,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.server.handlers import responses, with_behaviour
-from wallet_platform.server.status import rich_status
+from wallet_platform.server.status import internal_status, rich_status
 from wallet_platform.storage.database import is_connection_error
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,9 @@ class Component(Protocol):
         ...
 
 
-def _translate(error: BaseException) -> WalletPlatformError | None:
+def platform_error(error: BaseException) -> WalletPlatformError | None:
+    """``error`` as the platform error a caller is told (a lost database connection is
+    UNAVAILABLE), or None for an unexpected one (answered INTERNAL)."""
     if isinstance(error, WalletPlatformError):
         return error
     if isinstance(error, DBAPIError | OSError) and is_connection_error(error):
@@ -72,10 +73,10 @@ async def abort_with(context: grpc.aio.ServicerContext, error: WalletPlatformErr
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
-    translated = _translate(error)
+    translated = platform_error(error)
     if translated is None:
         log.exception("unhandled error in %s", method, exc_info=error)
-        status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+        status = internal_status()
         await context.abort_with_status(_keep_trailers(context, rpc_status.to_status(status)))
         return
     if translated.error_reason == "UNAVAILABLE":  # a dependency is down (not a server stop)

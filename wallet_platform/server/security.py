@@ -62,6 +62,7 @@ METHOD_ROLES: Mapping[str, str] = {
     _WALLET + "CreditForTransfer": ORCHESTRATOR,
     _WALLET + "RefundForTransfer": ORCHESTRATOR,
     _TRANSFER + "CreateTransfer": WRITER,
+    _TRANSFER + "BatchCreateTransfers": WRITER,
     _TRANSFER + "GetTransfer": READER,
     _TRANSFER + "ListTransfers": READER,
     _TRANSFER + "GetTransferSummary": READER,

@@ -13,7 +13,9 @@ tenant-limited callers rather than filtered: ``GetTransfer`` (a transfer id says
 nothing about its wallets; use ``ListTransfers`` or ``WatchTransfers`` with
 ``wallet_id``), ``GetTransferSummary`` (counts over every wallet), RPCs with a
 streamed request, and any RPC missing from the table (new RPCs are closed to tenants
-until someone lists their wallet fields). Callers without a prefix are not affected.
+until someone lists their wallet fields). Batch RPCs (:data:`BATCH_WALLET_FIELDS`)
+have every item checked the same way; one foreign item refuses the whole call before
+any item starts. Callers without a prefix are not affected.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ WALLET_FIELDS: Mapping[str, tuple[str, ...]] = {
     "/wallet.v1.FraudService/ListFraudAlerts": ("wallet_id",),
 }
 
+# Batch RPCs: the repeated field of items -> each item's fields holding wallet ids.
+# Every item is checked before any starts; one foreign wallet id refuses the whole call
+# (a credential's reach is a property of the call, not a business outcome of an item).
+BATCH_WALLET_FIELDS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    _TRANSFER + "BatchCreateTransfers": ("requests", ("from_wallet_id", "to_wallet_id")),
+}
+
 _SHOWN = 64  # longest wallet id quoted back in a refusal
 
 
@@ -57,15 +66,28 @@ def tenant_refusal(principal: Principal, method: str, request: Any) -> str | Non
     if prefix is None:
         return None
     name = method.rsplit("/", 1)[-1]
+    batch = BATCH_WALLET_FIELDS.get(method)
+    if batch is not None and request is not None:
+        items_field, item_fields = batch
+        for index, item in enumerate(getattr(request, items_field)):
+            outside = _outside(principal, item, item_fields, f"{items_field}[{index}].")
+            if outside is not None:
+                return f"{principal.subject} is limited to wallets {prefix}*: {name} {outside}"
+        return None
     fields = WALLET_FIELDS.get(method)
     if not fields or request is None:
         return f"{principal.subject} is limited to wallets {prefix}*: {name} is not available"
+    outside = _outside(principal, request, fields, "")
+    if outside is not None:
+        return f"{principal.subject} is limited to wallets {prefix}*: {name} {outside}"
+    return None
+
+
+def _outside(principal: Principal, message: Any, fields: tuple[str, ...], path: str) -> str | None:
+    """The first of ``fields`` of ``message`` naming a wallet the caller does not own."""
     for field in fields:
-        wallet_id = getattr(request, field, "")
+        wallet_id = getattr(message, field, "")
         if not isinstance(wallet_id, str) or not principal.owns(wallet_id):
             shown = str(wallet_id)[:_SHOWN]
-            return (
-                f"{principal.subject} is limited to wallets {prefix}*: "
-                f"{name} {field}={shown!r} is outside them"
-            )
+            return f"{path}{field}={shown!r} is outside them"
     return None
