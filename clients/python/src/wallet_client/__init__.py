@@ -6,6 +6,7 @@ deadlines, TLS and a bearer token, and raises typed exceptions for the server's
 ``google.rpc.ErrorInfo`` reasons. The generated messages and stubs are ``wallet.v1``.
 """
 
+from wallet_client.batch import TransferItem, TransferOutcome
 from wallet_client.channel import TlsConfig
 from wallet_client.client import WalletClient, new_request_id
 from wallet_client.errors import (
@@ -43,6 +44,7 @@ from wallet_client.errors import (
     WalletNotFoundError,
     WalletStatsNotFoundError,
     WatchTooSlowError,
+    error_from_status,
 )
 from wallet_client.retry import NO_RETRIES, RetryPolicy
 
@@ -74,7 +76,9 @@ __all__ = [
     "TlsConfig",
     "TooManyCallsError",
     "TooManyStreamsError",
+    "TransferItem",
     "TransferNotFoundError",
+    "TransferOutcome",
     "UnauthenticatedError",
     "UnavailableError",
     "UnknownCurrencyError",
@@ -85,5 +89,6 @@ __all__ = [
     "WalletNotFoundError",
     "WalletStatsNotFoundError",
     "WatchTooSlowError",
+    "error_from_status",
     "new_request_id",
 ]

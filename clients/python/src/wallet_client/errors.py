@@ -3,7 +3,8 @@
 The platform answers a refused call with a gRPC status plus an ``ErrorInfo`` whose
 ``reason`` is stable and machine-readable (``INSUFFICIENT_FUNDS``, ``REQUEST_ID_REUSED``,
 ...). :data:`REASONS` is the one table from reason to exception class and status code;
-:func:`error_from_rpc` reads a failed call with it. A call without ``ErrorInfo`` (refused
+:func:`error_from_rpc` reads a failed call with it, :func:`error_from_status` a batch
+item's ``google.rpc.Status``. A call without ``ErrorInfo`` (refused
 by authentication, a transport failure, a deadline) is looked up by its status code's
 name, and a reason this client does not know yet falls back to the class of its status
 code, so a newer server never breaks an older client's ``except`` clauses.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "wallet.v1"
@@ -234,6 +235,10 @@ def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
         return None
     if status is None:
         return None
+    return _info_of(status)
+
+
+def _info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -252,6 +257,25 @@ def error_from_rpc(
     reason = info.reason if info and info.reason else code.name
     return exception_class(reason, code)(
         message,
+        code=code,
+        reason=reason,
+        metadata=dict(info.metadata) if info else None,
+        domain=info.domain if info else "",
+        request_id=request_id,
+        attempts=attempts,
+    )
+
+
+def error_from_status(
+    status: status_pb2.Status, *, request_id: str | None = None, attempts: int = 1
+) -> WalletError:
+    """The typed exception for a ``google.rpc.Status`` (a batch item's error): the same
+    class and fields the single call's failure gives."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    info = _info_of(status)
+    reason = info.reason if info and info.reason else code.name
+    return exception_class(reason, code)(
+        status.message or code.name,
         code=code,
         reason=reason,
         metadata=dict(info.metadata) if info else None,
