@@ -22,6 +22,7 @@ from walletctl import exitcodes, render
 from walletctl.client import SERVICES, ClientConfig, CredentialsError
 from walletctl.commands import (
     audit,
+    bulk,
     db,
     dlq,
     insights,
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (
         wallets,
         transfers,
+        bulk,
         sagas,
         insights,
         dlq,
