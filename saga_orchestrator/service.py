@@ -244,9 +244,13 @@ class TransferService:
                 transfer = waiter.latest
             else:
                 transfer = await self._reread(transfer)
-        if not transfer.is_terminal:
-            transfer = await self._reread(transfer)  # as it stands, even if driven elsewhere
-        return transfer
+        if transfer.is_terminal:
+            return transfer
+        if self.runner.is_driving(transfer.transfer_id):
+            # Every change this replica commits is published: the newest is how it
+            # stands, without a read per waiting call (a batch ends many waits at once).
+            return waiter.latest or transfer
+        return await self._reread(transfer)  # as it stands, driven elsewhere
 
     async def _reread(self, transfer: Transfer) -> Transfer:
         fresh = await self.repository.get(transfer.transfer_id)
