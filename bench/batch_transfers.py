@@ -3,13 +3,14 @@
     .venv/bin/python bench/batch_transfers.py --database-url postgresql+psycopg://root@127.0.0.1:5432/postgres
 
 Creates a fresh database beside the one named (dropped at the end), starts
-``wallet-service`` and ``saga-orchestrator`` as separate processes on loopback ports,
-funds ``--wallets`` wallets, then runs the same number of transfers (random pairs, so
-few transfers contend for one wallet) twice: as single CreateTransfer calls with
+``wallet-service`` and ``saga-orchestrator`` as separate processes on loopback ports, funds
+``--wallets`` wallets, then runs the same number of transfers (random pairs, so few
+transfers contend for one wallet) twice: as single CreateTransfer calls with
 ``--concurrency`` in flight, and as BatchCreateTransfers calls of ``--batch`` items
 (``--batch-concurrency`` in flight). For each: the time until every call was answered
-(accepted/s) and until every saga was terminal (completed/s, from
-GetTransferSummary). Bounded: it sends exactly ``--transfers`` transfers per mode.
+(accepted/s) and until every saga was terminal (completed/s, from GetTransferSummary),
+and the CPU each server process spent per transfer. Bounded: it sends exactly
+``--transfers`` transfers per mode.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 
 BIN = Path(sys.executable).parent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``): a cost per transfer
+    that other load on the machine does not distort, unlike a rate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -168,14 +176,21 @@ async def run(args: argparse.Namespace, database_url: str) -> None:
             }
             for name, send in modes.items():
                 items = requests(wallets, args.transfers, rng)
+                cpu_before = [cpu_seconds(p.pid) for p in (saga_proc, wallet_proc)]
                 started = time.perf_counter()
                 answered = await send(items)
                 await all_terminal(stub)
                 finished = time.perf_counter() - started
+                saga_cpu, wallet_cpu = (
+                    (cpu_seconds(p.pid) - before) * 1000 / args.transfers
+                    for p, before in zip((saga_proc, wallet_proc), cpu_before, strict=True)
+                )
                 count = args.transfers
                 print(
                     f"{name}: {count} transfers, accepted {count / answered:,.0f}/s"
-                    f" ({answered:.2f} s), completed {count / finished:,.0f}/s ({finished:.2f} s)",
+                    f" ({answered:.2f} s), completed {count / finished:,.0f}/s ({finished:.2f} s);"
+                    f" CPU per transfer: orchestrator {saga_cpu:.2f} ms,"
+                    f" wallet service {wallet_cpu:.2f} ms",
                     flush=True,
                 )
     finally:
