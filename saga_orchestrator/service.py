@@ -224,7 +224,9 @@ class TransferService:
             transfer = await self.repository.get(transfer_id)  # after subscribing: no gap
             if transfer is None:
                 raise TransferNotFoundError(transfer_id)
-            return await self._wait(waiter, transfer, deadline or self.wait_deadline())
+            if deadline is None:
+                deadline = self.wait_deadline()
+            return await self._wait(waiter, transfer, deadline)
 
     async def _wait(self, waiter: TransferWaiter, transfer: Transfer, deadline: float) -> Transfer:
         """Follow the saga until ``deadline``: pushed changes when this replica drives
