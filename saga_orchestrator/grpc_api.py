@@ -7,6 +7,7 @@ maps them to status codes. WatchTransfers streams what the process's one change 
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -22,8 +23,9 @@ from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform import validation
 from wallet_platform.clock import utcnow
 from wallet_platform.errors import InvalidArgumentError
+from wallet_platform.observability.audit import note_outcome
 from wallet_platform.server.builder import platform_error
-from wallet_platform.server.status import internal_status, status_message
+from wallet_platform.server.status import internal_status, status_message, status_reason
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,14 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 for r in request.requests
             ],
         )
-        return transfer_pb2.BatchCreateTransfersResponse(
-            results=[_result(outcome) for outcome in outcomes]
+        results = [_result(outcome) for outcome in outcomes]
+        refused = collections.Counter(
+            status_reason(r.error) for r in results if r.WhichOneof("result") == "error"
         )
+        if refused:
+            reasons = ", ".join(f"{reason} x{count}" for reason, count in sorted(refused.items()))
+            note_outcome(f"{refused.total()} of {len(results)} items refused: {reasons}")
+        return transfer_pb2.BatchCreateTransfersResponse(results=results)
 
     async def GetTransfer(
         self, request: transfer_pb2.GetTransferRequest, context: grpc.aio.ServicerContext

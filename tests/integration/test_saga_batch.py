@@ -35,8 +35,9 @@ from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_gr
 from wallet_platform import failpoints
 from wallet_platform.channels import make_channel
 from wallet_platform.config import Settings
+from wallet_platform.server.plumbing import AUDIT_WRITER
 from wallet_platform.storage.database import Database
-from wallet_platform.storage.schema import transfers
+from wallet_platform.storage.schema import audit_log, transfers
 
 
 def item(
@@ -320,16 +321,25 @@ async def test_batch_call_is_audited_once_with_its_id_on_every_transfer(
 ) -> None:
     source = await new_wallet(platform.wallets, 100)
     target = await new_wallet(platform.wallets)
+    items = [item(source, target, 1) for _ in range(3)]
+    items += [item(source, "w-nobody", 1), item(source, source, 1), item(source, "w-nobody", 2)]
     call = platform.transfers.BatchCreateTransfers(
-        transfer_pb2.BatchCreateTransfersRequest(
-            requests=[item(source, target, 1) for _ in range(3)]
-        )
+        transfer_pb2.BatchCreateTransfersRequest(requests=items)
     )
     response = await call
     audit_id = dict(await call.trailing_metadata())["x-audit-id"]
-    ids = [r.response.transfer.transfer_id for r in response.results]
+    ids = [r.response.transfer.transfer_id for r in response.results[:3]]
+    writer = platform.saga_server.runtime.extras[AUDIT_WRITER]
+    await writer.flush()
     async with platform.db.read() as conn:
         stamped = (
             await conn.execute(select(transfers.c.audit_id).where(transfers.c.transfer_id.in_(ids)))
         ).scalars()
         assert set(stamped) == {audit_id}
+        rows = (await conn.execute(select(audit_log).where(audit_log.c.audit_id == audit_id))).all()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.method == "/wallet.v1.TransferService/BatchCreateTransfers"
+    assert row.status_code == "OK"
+    # The call succeeded; the row still says which items were refused, and why.
+    assert row.error_message == "3 of 6 items refused: INVALID_ARGUMENT x1, WALLET_NOT_FOUND x2"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -101,6 +102,19 @@ WRITE_NAME_PREFIXES = (
     "Update",
     "Set",
 )
+
+
+# What an accepted call's row says besides OK (see note_outcome); one value per call.
+_outcome_note: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "audit_outcome_note", default=None
+)
+
+
+def note_outcome(text: str) -> None:
+    """Put ``text`` in this call's audit row (``error_message``) although the call
+    succeeded: a batch whose items were refused says how many and why, so the trail
+    shows refusals that did not fail the call."""
+    _outcome_note.set(text)
 
 
 class AuditBacklogFullError(ResourceExhaustedError):
@@ -315,6 +329,7 @@ def audit(
         t0 = time.perf_counter()
         context.set_trailing_metadata(((AUDIT_ID_HEADER, audit_id),))
         reset = audit_id_var.set(trusted_audit_id(context, authority) or audit_id)
+        note_reset = _outcome_note.set(None)
         status = "OK"
         error_message: str | None = None
         try:
@@ -344,6 +359,10 @@ def audit(
             raise
         finally:
             audit_id_var.reset(reset)
+            note = _outcome_note.get()
+            _outcome_note.reset(note_reset)
+            if status == "OK" and note:
+                error_message = note
             refused = status in REFUSED_STATUSES
             limit = MAX_REFUSED_MESSAGE if refused else MAX_TEXT
             writer.submit(

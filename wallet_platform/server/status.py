@@ -55,6 +55,16 @@ def rich_status(error: WalletPlatformError) -> grpc.Status:
     return rpc_status.to_status(status_proto(error))
 
 
+def status_reason(status: status_pb2.Status) -> str:
+    """The ErrorInfo reason of a ``google.rpc.Status`` (its code's name without one)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return str(code_pb2.Code.Name(status.code))
+
+
 def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
     """The ErrorInfo reason of a failed call, for clients that classify errors."""
     status = rpc_status.from_call(call_error)
