@@ -35,16 +35,11 @@ from wallet_client.client import new_request_id
 from wallet_client.retry import RETRYABLE_CODES, RetryPolicy
 from walletctl import exitcodes, render
 from walletctl.commands import group, leaf
+from walletctl.commands.transfers import DID_NOT_MOVE, TERMINAL
 from walletctl.context import Context, UsageError
 
 COLUMNS = ("from_wallet_id", "to_wallet_id", "amount", "request_id")
 REQUIRED = COLUMNS[:3]
-TERMINAL = {
-    transfer_pb2.TRANSFER_STATE_COMPLETED,
-    transfer_pb2.TRANSFER_STATE_FAILED,
-    transfer_pb2.TRANSFER_STATE_COMPENSATED,
-}
-DID_NOT_MOVE = {transfer_pb2.TRANSFER_STATE_FAILED, transfer_pb2.TRANSFER_STATE_COMPENSATED}
 
 
 def chunk_size(raw: str) -> int:

@@ -17,11 +17,11 @@ from walletctl.amount_input import add_amount_arguments, minor_units
 from walletctl.commands import MORE_HINT, fetch_pages, group, leaf, positive_int
 from walletctl.context import Context
 
-TERMINAL = {
-    transfer_pb2.TRANSFER_STATE_COMPLETED,
-    transfer_pb2.TRANSFER_STATE_FAILED,
-    transfer_pb2.TRANSFER_STATE_COMPENSATED,
-}
+# The states a saga ends in; the last two mean the money did not move (exit 1).
+DID_NOT_MOVE = frozenset(
+    {transfer_pb2.TRANSFER_STATE_FAILED, transfer_pb2.TRANSFER_STATE_COMPENSATED}
+)
+TERMINAL = frozenset({transfer_pb2.TRANSFER_STATE_COMPLETED, *DID_NOT_MOVE})
 STATE_NAMES = [
     v.name.removeprefix("TRANSFER_STATE_")
     for v in transfer_pb2.TransferState.DESCRIPTOR.values
@@ -105,10 +105,7 @@ def _transfer_text(data: dict[str, Any]) -> str:
 
 
 def _exit_for(transfer: transfer_pb2.Transfer) -> int:
-    if transfer.state in (
-        transfer_pb2.TRANSFER_STATE_FAILED,
-        transfer_pb2.TRANSFER_STATE_COMPENSATED,
-    ):
+    if transfer.state in DID_NOT_MOVE:
         return exitcodes.FAILED
     return exitcodes.OK
 
