@@ -6,6 +6,7 @@ configured, PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 
 from saga_orchestrator.batch import MAX_BATCH_TRANSFERS
 from saga_orchestrator.group_commit import SagaWrite
+from tests.conftest import requires_postgres
 from tests.integration.test_saga_transfers import (
     COMPLETED,
     FAILED,
@@ -81,19 +83,27 @@ def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
     raise AssertionError(f"no ErrorInfo in {status}")
 
 
-@pytest.fixture
-async def platform(database_url: str) -> AsyncIterator[Platform]:
+@contextlib.asynccontextmanager
+async def running(database_url: str) -> AsyncIterator[Platform]:
     wallet_server = await start_wallet_service(database_url)
     saga_server = await start_orchestrator(saga_settings(database_url, wallet_server.target))
     wallet_channel = grpc.aio.insecure_channel(wallet_server.target)
     saga_channel = grpc.aio.insecure_channel(saga_server.target)
     db = Database.from_settings(Settings(database_url=database_url))
-    yield Platform(wallet_server, saga_server, wallet_channel, saga_channel, db)
-    await wallet_channel.close()
-    await saga_channel.close()
-    await saga_server.stop(grace=1)
-    await wallet_server.stop(grace=1)
-    await db.dispose()
+    try:
+        yield Platform(wallet_server, saga_server, wallet_channel, saga_channel, db)
+    finally:
+        await wallet_channel.close()
+        await saga_channel.close()
+        await saga_server.stop(grace=1)
+        await wallet_server.stop(grace=1)
+        await db.dispose()
+
+
+@pytest.fixture
+async def platform(database_url: str) -> AsyncIterator[Platform]:
+    async with running(database_url) as started:
+        yield started
 
 
 async def test_each_item_is_answered_as_the_single_call_in_request_order(
@@ -247,11 +257,14 @@ async def test_the_wait_is_shared_by_the_batch(database_url: str) -> None:
         await wallet_server.stop(grace=1)
 
 
-async def test_the_inserts_of_a_batch_share_statements(
-    platform: Platform, database_url: str
-) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("the group commit is PostgreSQL's")
+@requires_postgres
+async def test_the_inserts_of_a_batch_share_statements(pg_database_url_fresh: str) -> None:
+    """The group commit is PostgreSQL's: a batch's inserts leave in few statements."""
+    async with running(pg_database_url_fresh) as platform:
+        await check_inserts_share_statements(platform)
+
+
+async def check_inserts_share_statements(platform: Platform) -> None:
     group = platform.saga_server.components[0].service.repository.group  # type: ignore[attr-defined]
     source = await new_wallet(platform.wallets, 100_000)
     target = await new_wallet(platform.wallets)
