@@ -1,8 +1,10 @@
 """``wallet.v1.TransferService`` over gRPC: protobuf <-> domain, nothing else.
 
 Errors are raised as domain errors; ``wallet_platform.server.builder.ErrorInterceptor``
-maps them to status codes. WatchTransfers streams what the process's one change feed
-(``saga_orchestrator.watch_feed``) hands its subscription.
+maps them to status codes. A BatchCreateTransfers item's error is answered in its
+result instead, as the ``google.rpc.Status`` ``wallet_platform.server.status`` makes of
+it (what the single call would have ended with). WatchTransfers streams what the
+process's one change feed (``saga_orchestrator.watch_feed``) hands its subscription.
 """
 
 from __future__ import annotations
