@@ -1,21 +1,24 @@
-"""The transfer saga as pure data: states, allowed transitions, steps, error classes.
+"""The transfer saga as pure data: states, allowed transitions, steps.
 
-No I/O here. The runner asks this module three questions: which step does a state
-call for, which state follows a step's outcome, and is a step error worth retrying.
-The last one is THE classification of WalletService errors: a business rejection
-(insufficient funds, frozen or unknown wallet, currency mismatch, overflow, bad
-input) is final and decides the saga's path; anything else, including errors we do
-not recognise, is transient and retried with the same step ``request_id``. Treating
-an unknown error as final would be unsafe: if the step had in fact been applied, a
-"rejected" credit would be followed by a refund and money would be created.
+No I/O here. The runner asks this module which step a state calls for and which state
+follows a step's outcome (whether a step error is worth retrying is
+``saga_orchestrator.step_errors``). Every change of a saga is decided here too
+(:meth:`Transfer.begin_step`, :meth:`Transfer.record_failure`,
+:meth:`Transfer.succeed_step`, :meth:`Transfer.reject_step`): the repository only
+persists what these return, so the state machine and what each write must contain are
+read in one place.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saga_orchestrator.step_errors import StepError
 
 
 class TransferState(enum.StrEnum):
@@ -32,11 +35,23 @@ class TransferState(enum.StrEnum):
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATES
 
+    @property
+    def progress(self) -> int:
+        """How far along the saga is (a watcher never sees a transfer step back)."""
+        return _PROGRESS.get(self, len(_PROGRESS))
 
+
+# The one declaration of which states end a saga.
 TERMINAL_STATES = frozenset(
     {TransferState.COMPLETED, TransferState.FAILED, TransferState.COMPENSATED}
 )
 UNFINISHED_STATES = frozenset(set(TransferState) - TERMINAL_STATES)
+# Unfinished states in the order a saga passes them; every terminal state ranks after.
+_PROGRESS = {
+    TransferState.PENDING: 0,
+    TransferState.DEBITED: 1,
+    TransferState.COMPENSATING: 2,
+}
 
 # The whole state machine. Anything not listed here is a bug, never a runtime path.
 TRANSITIONS: dict[TransferState, frozenset[TransferState]] = {
@@ -51,6 +66,14 @@ TRANSITIONS: dict[TransferState, frozenset[TransferState]] = {
 
 class InvalidTransitionError(RuntimeError):
     """A programming error: the code tried a transition the state machine forbids."""
+
+
+class LeaseLostError(RuntimeError):
+    """This replica no longer owns the saga (or its state moved on): stop driving it."""
+
+
+class DuplicateRequestError(RuntimeError):
+    """A transfer with this request_id already exists (insert lost the race)."""
 
 
 def check_transition(current: TransferState, new: TransferState) -> None:
@@ -97,63 +120,6 @@ NEXT_STATE: dict[StepName, tuple[TransferState, TransferState | None]] = {
 def step_request_id(transfer_id: str, step: StepName) -> str:
     """The idempotency key of a step: re-running it after a crash replays, never repeats."""
     return f"{transfer_id}:{step.value}"
-
-
-# --- Error classification (the one place) ------------------------------------------
-
-# ErrorInfo reasons that are business rejections: the step was not applied and never
-# will be for this request_id (WalletService stores the rejection for replays).
-FINAL_REASONS = frozenset(
-    {
-        "INSUFFICIENT_FUNDS",
-        "WALLET_FROZEN",
-        "WALLET_NOT_FOUND",
-        "CURRENCY_MISMATCH",
-        "BALANCE_OVERFLOW",
-        # The ledger's transfer holds: the step does not match the money the debit
-        # held, or the hold was already settled. The ledger changed nothing and the
-        # same call will never be accepted.
-        "HOLD_NOT_FOUND",
-        "HOLD_MISMATCH",
-        "HOLD_ALREADY_POSTED",
-        "HOLD_ALREADY_VOIDED",
-        "HOLD_ALREADY_EXISTS",
-    }
-)
-# Status codes that are final even without a recognised reason: the request itself is
-# wrong or rejected, retrying the same request cannot change the answer.
-FINAL_CODES = frozenset(
-    {"FAILED_PRECONDITION", "NOT_FOUND", "INVALID_ARGUMENT", "OUT_OF_RANGE", "ALREADY_EXISTS"}
-)
-
-
-@dataclass(frozen=True)
-class StepError:
-    """A failed step call, reduced to what classification and the record need."""
-
-    code: str  # grpc.StatusCode name, e.g. "UNAVAILABLE"
-    reason: str  # ErrorInfo reason, "" when the server sent none
-    message: str
-
-    def describe(self) -> str:
-        reason = f"/{self.reason}" if self.reason and self.reason != self.code else ""
-        return f"{self.code}{reason}: {self.message}"
-
-
-def is_final(error: StepError, step: StepName) -> bool:
-    """True when the error decides the saga's path; False means retry the same call.
-
-    Transient: UNAVAILABLE, DEADLINE_EXCEEDED, connection loss, and every code not
-    listed as final (INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, ABORTED...): the outcome
-    is unknown, so the only safe move is asking again with the same request_id.
-    A refund is never final: compensation must eventually succeed. A refund the
-    ledger's hold refuses would mean the ledger and the saga disagree about the
-    transfer; it keeps being retried, visible in the saga's last error and in
-    ``walletctl reconcile``, rather than marking money returned that was not.
-    """
-    if step is StepName.REFUND:
-        return False
-    return error.reason in FINAL_REASONS or error.code in FINAL_CODES
 
 
 # --- The transfer as the domain sees it ---------------------------------------------
@@ -237,6 +203,141 @@ class Transfer:
 
     def involves(self, wallet_id: str) -> bool:
         return wallet_id in (self.from_wallet_id, self.to_wallet_id)
+
+    def step(self, name: StepName) -> Step | None:
+        return next((s for s in self.steps if s.name is name), None)
+
+    # --- the changes a saga goes through (the repository persists what they return) --
+
+    def begin_step(
+        self, step: StepName, now: datetime, lease_until: datetime | None = None
+    ) -> Transfer:
+        """The saga with one more call of ``step`` recorded: the 'before' write.
+
+        The first call adds the step (RUNNING, attempts 1), a later one counts one more
+        attempt on it; ``lease_until`` renews the lease. A crash after this write and
+        before the call leaves a saga whose disk says which call may be in flight.
+        """
+        return replace(
+            self,
+            attempts=self.attempts + 1,
+            lease_expires_at=lease_until if lease_until is not None else self.lease_expires_at,
+            steps=_count_call(self.steps, step, now),
+        )
+
+    def record_failure(
+        self, step: StepName, error: str, next_attempt_at: datetime, lease_until: datetime
+    ) -> Transfer:
+        """A call of ``step`` failed transiently: the error stays visible until it works."""
+        return replace(
+            self,
+            last_error=error,
+            next_attempt_at=next_attempt_at,
+            lease_expires_at=lease_until,
+            steps=[replace(s, error=error) if s.name is step else s for s in self.steps],
+        )
+
+    def succeed_step(
+        self, step: StepName, now: datetime, lease_until: datetime | None = None
+    ) -> StepFinish:
+        """``step`` was applied: the saga moves on (see :meth:`_finish`)."""
+        return self._finish(step, StepOutcome.SUCCEEDED, now, lease_until)
+
+    def reject_step(
+        self, step: StepName, error: StepError, now: datetime, lease_until: datetime | None = None
+    ) -> StepFinish:
+        """``step`` was finally rejected (``is_final``): the saga takes its failure path,
+        which records why (``failure_reason``, ``failure_code``)."""
+        return self._finish(
+            step,
+            StepOutcome.REJECTED,
+            now,
+            lease_until,
+            step_error=error.describe(),
+            failure_reason=f"{step.value} rejected: {error.describe()}",
+            failure_code=error.code,
+        )
+
+    def _finish(
+        self,
+        step: StepName,
+        outcome: StepOutcome,
+        now: datetime,
+        lease_until: datetime | None,
+        *,
+        step_error: str = "",
+        failure_reason: str = "",
+        failure_code: str = "",
+    ) -> StepFinish:
+        """The step's outcome and the saga's next state (:data:`NEXT_STATE`), atomically.
+
+        With ``lease_until`` the first call of the step the next state waits for is
+        recorded by the same write (its 'before' write folded in: one write per step
+        boundary) and the lease renewed; a terminal state releases the lease. Transient
+        bookkeeping (attempts, last error, next attempt) starts afresh. A succeeded step
+        keeps the last transient error it overcame (diagnostics).
+        """
+        after_success, after_rejection = NEXT_STATE[step]
+        new_state = after_success if outcome is StepOutcome.SUCCEEDED else after_rejection
+        if new_state is None:
+            raise InvalidTransitionError(f"{step} cannot be rejected")
+        check_transition(self.state, new_state)
+        begin_next = STEP_FOR_STATE.get(new_state) if lease_until is not None else None
+        steps = [
+            replace(s, outcome=outcome, finished_at=now, error=step_error or s.error)
+            if s.name is step
+            else s
+            for s in self.steps
+        ]
+        next_is_new = begin_next is not None and all(s.name is not begin_next for s in steps)
+        if begin_next is not None:
+            steps = _count_call(steps, begin_next, now)
+        terminal = new_state.is_terminal
+        after = replace(
+            self,
+            state=new_state,
+            updated_at=now,
+            attempts=1 if begin_next is not None else 0,
+            last_error="",
+            next_attempt_at=None,
+            failure_reason=failure_reason or self.failure_reason,
+            failure_code=failure_code if failure_reason else self.failure_code,
+            lease_owner=None if terminal else self.lease_owner,
+            lease_expires_at=None
+            if terminal
+            else (lease_until if begin_next is not None else self.lease_expires_at),
+            steps=steps,
+        )
+        return StepFinish(self, after, step, outcome, step_error, begin_next, next_is_new)
+
+
+@dataclass(frozen=True)
+class StepFinish:
+    """A finished step as the domain decided it; the repository writes exactly this.
+
+    ``before`` is the saga as its writer read it (the write is fenced on its state and
+    lease owner), ``after`` the saga once written.
+    """
+
+    before: Transfer
+    after: Transfer
+    step: StepName
+    outcome: StepOutcome
+    step_error: str  # "": the step keeps its error
+    begin_next: StepName | None  # the step whose first call this write records
+    next_is_new: bool  # begin_next has no row yet (else: one more call on its row)
+
+    @property
+    def records_failure(self) -> bool:
+        """The write sets ``failure_reason``/``failure_code`` (a rejection)."""
+        return self.outcome is StepOutcome.REJECTED
+
+
+def _count_call(steps: list[Step], step: StepName, now: datetime) -> list[Step]:
+    """``steps`` with one more call of ``step``: a new RUNNING step, or one more attempt."""
+    if all(s.name is not step for s in steps):
+        return [*steps, Step(step, StepOutcome.RUNNING, 1, "", now, None)]
+    return [replace(s, attempts=s.attempts + 1) if s.name is step else s for s in steps]
 
 
 def transfer_fingerprint(from_wallet_id: str, to_wallet_id: str, amount: int) -> str:

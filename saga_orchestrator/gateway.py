@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from saga_orchestrator.domain import StepError, StepName
+from saga_orchestrator.domain import StepName
+from saga_orchestrator.step_errors import StepError
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.server.status import error_reason
 

@@ -1,18 +1,24 @@
 """``wallet.v1.TransferService`` over gRPC: protobuf <-> domain, nothing else.
 
 Errors are raised as domain errors; the server's error mapping
-(``wallet_platform.server.builder.map_errors``) turns them into status codes.
-WatchTransfers streams what the process's one change feed
+(``wallet_platform.server.builder.map_errors``) turns them into status codes. A
+BatchCreateTransfers item's error is answered in its result instead, as the
+``google.rpc.Status`` ``wallet_platform.server.status`` makes of it (what the single
+call would have ended with). WatchTransfers streams what the process's one change feed
 (``saga_orchestrator.watch_feed``) hands its subscription.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
+from google.rpc import status_pb2
 
+from saga_orchestrator.batch import ItemOutcome, TransferRequest, create_transfers
 from saga_orchestrator.mapping import PROTO_TO_STATE, STATE_TO_PROTO, timestamp, transfer_to_proto
 from saga_orchestrator.service import TransferService
 from saga_orchestrator.watch_feed import TransferFeed, WatchFilter
@@ -20,6 +26,11 @@ from wallet.v1 import transfer_pb2, transfer_pb2_grpc
 from wallet_platform import validation
 from wallet_platform.clock import utcnow
 from wallet_platform.errors import InvalidArgumentError
+from wallet_platform.observability.audit import note_outcome
+from wallet_platform.server.builder import platform_error
+from wallet_platform.server.status import internal_status, status_message, status_reason
+
+log = logging.getLogger(__name__)
 
 
 def _decode_cursor(token: str) -> tuple[datetime, str] | None:
@@ -30,6 +41,26 @@ def _decode_cursor(token: str) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(position["c"]), str(position["t"])
     except (KeyError, TypeError, ValueError):
         raise InvalidArgumentError("page_token is malformed", field="page_token") from None
+
+
+def _item_error(error: Exception) -> status_pb2.Status:
+    """The status the single CreateTransfer would have ended with for ``error``."""
+    translated = platform_error(error)
+    if translated is None:
+        log.error("unhandled error in a BatchCreateTransfers item", exc_info=error)
+        return internal_status()
+    return status_message(translated)
+
+
+def _result(outcome: ItemOutcome) -> transfer_pb2.BatchCreateTransfersResult:
+    if isinstance(outcome, Exception):
+        return transfer_pb2.BatchCreateTransfersResult(error=_item_error(outcome))
+    transfer, replayed = outcome
+    return transfer_pb2.BatchCreateTransfersResult(
+        response=transfer_pb2.CreateTransferResponse(
+            transfer=transfer_to_proto(transfer), replayed=replayed
+        )
+    )
 
 
 def _encode_cursor(after: tuple[datetime, str] | None) -> str:
@@ -52,6 +83,27 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         return transfer_pb2.CreateTransferResponse(
             transfer=transfer_to_proto(transfer), replayed=replayed
         )
+
+    async def BatchCreateTransfers(
+        self,
+        request: transfer_pb2.BatchCreateTransfersRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> transfer_pb2.BatchCreateTransfersResponse:
+        outcomes = await create_transfers(
+            self.service,
+            [
+                TransferRequest(r.request_id, r.from_wallet_id, r.to_wallet_id, r.amount)
+                for r in request.requests
+            ],
+        )
+        results = [_result(outcome) for outcome in outcomes]
+        refused = collections.Counter(
+            status_reason(r.error) for r in results if r.WhichOneof("result") == "error"
+        )
+        if refused:
+            reasons = ", ".join(f"{reason} x{count}" for reason, count in sorted(refused.items()))
+            note_outcome(f"{refused.total()} of {len(results)} items refused: {reasons}")
+        return transfer_pb2.BatchCreateTransfersResponse(results=results)
 
     async def GetTransfer(
         self, request: transfer_pb2.GetTransferRequest, context: grpc.aio.ServicerContext

@@ -26,12 +26,7 @@ from saga_orchestrator.domain import (
 from saga_orchestrator.engine.runner import SagaRunner
 from saga_orchestrator.gateway import StepFailedError, WalletGateway, WalletInfo
 from saga_orchestrator.notifier import TransferNotifier, TransferWaiter
-from saga_orchestrator.repository import (
-    DuplicateRequestError,
-    Summary,
-    TransferRepository,
-    begun_step,
-)
+from saga_orchestrator.repository import DuplicateRequestError, Summary, TransferRepository
 from wallet_platform import validation
 from wallet_platform.errors import (
     CurrencyMismatchError,
@@ -47,6 +42,8 @@ from wallet_platform.observability.logs import audit_id_var
 WAIT_POLL_SECONDS = 0.2
 # Wallets whose currency CreateTransfer remembers (an LRU; a few MB at most).
 WALLET_CACHE_SIZE = 100_000
+# WalletService GetWallet calls in flight at once (cache misses; a batch can have many).
+LOOKUP_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)
@@ -73,11 +70,30 @@ class TransferService:
         self.wait_seconds = wait_seconds
         self.lookup_timeout = lookup_timeout
         self._wallets: collections.OrderedDict[str, WalletInfo] = collections.OrderedDict()
+        self._lookups: dict[str, asyncio.Future[WalletInfo]] = {}
+        self._lookup_slots = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+    def wait_deadline(self) -> float:
+        """When a wait for a saga started now ends (event-loop time)."""
+        return asyncio.get_running_loop().time() + self.wait_seconds
 
     async def create_transfer(
-        self, request_id: str, from_wallet_id: str, to_wallet_id: str, amount: int
+        self,
+        request_id: str,
+        from_wallet_id: str,
+        to_wallet_id: str,
+        amount: int,
+        *,
+        deadline: float | None = None,
     ) -> tuple[Transfer, bool]:
-        """Start a saga (or find the one this request_id started); returns (transfer, replayed)."""
+        """Start a saga (or find the one this request_id started); returns (transfer, replayed).
+
+        The answer waits for the saga to end until ``deadline`` (event-loop time;
+        default: ``wait_seconds`` from now), then gives it as it stands. A batch passes
+        one deadline to all its items (``saga_orchestrator.batch``).
+        """
+        if deadline is None:
+            deadline = self.wait_deadline()
         validation.request_id(request_id)
         validation.wallet_id(from_wallet_id, "from_wallet_id")
         validation.wallet_id(to_wallet_id, "to_wallet_id")
@@ -106,7 +122,7 @@ class TransferService:
         except (WalletNotFoundError, CurrencyMismatchError, UnavailableError):
             existing = await self.repository.get_by_request_id(request_id)
             if existing is not None:
-                return await self._replay(existing, fingerprint), True
+                return await self._replay(existing, fingerprint, deadline), True
             raise
 
         now = self.runner.clock()
@@ -123,7 +139,7 @@ class TransferService:
             audit_id=audit_id_var.get() or "",
         )
         # The insert also records the first debit call (its 'before' write).
-        transfer = begun_step(transfer, StepName.DEBIT, now)
+        transfer = transfer.begin_step(StepName.DEBIT, now)
         try:
             await self.repository.insert(transfer)
         except DuplicateRequestError:
@@ -132,13 +148,13 @@ class TransferService:
             existing = await self.repository.get_by_request_id(request_id)
             if existing is None:  # pragma: no cover - the unique key says it exists
                 raise UnavailableError("transfer insert conflicted; retry") from None
-            return await self._replay(existing, fingerprint), True
+            return await self._replay(existing, fingerprint, deadline), True
         self.notifier.publish(transfer)
         with self.notifier.waiter(transfer.transfer_id) as waiter:
             self.runner.spawn(transfer.transfer_id, transfer, begun=True)
-            return await self._wait(waiter, transfer), False
+            return await self._wait(waiter, transfer, deadline), False
 
-    async def _replay(self, existing: Transfer, fingerprint: str) -> Transfer:
+    async def _replay(self, existing: Transfer, fingerprint: str, deadline: float) -> Transfer:
         if existing.fingerprint != fingerprint:
             raise IdempotencyKeyReusedError(
                 f"request_id {existing.request_id!r} was already used for another transfer "
@@ -147,7 +163,7 @@ class TransferService:
             )
         if existing.is_terminal:
             return existing
-        return await self.wait_for_terminal(existing.transfer_id)
+        return await self.wait_for_terminal(existing.transfer_id, deadline)
 
     def _known_pair(
         self, from_wallet_id: str, to_wallet_id: str
@@ -164,13 +180,33 @@ class TransferService:
     async def _wallet(self, wallet_id: str) -> WalletInfo:
         """The wallet's currency, from WalletService once and then from memory: a
         wallet's currency never changes and wallets are never deleted, so a cached
-        answer cannot go stale (frozen status is not cached; the steps decide it)."""
+        answer cannot go stale (frozen status is not cached; the steps decide it).
+
+        Concurrent lookups of one wallet (a batch's items, simultaneous calls) share
+        one call, and at most :data:`LOOKUP_CONCURRENCY` calls run at once, so a batch
+        naming many new wallets does not flood WalletService.
+        """
         cached = self._wallets.get(wallet_id)
         if cached is not None:
             self._wallets.move_to_end(wallet_id)
             return cached
+        lookup = self._lookups.get(wallet_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up(wallet_id))
+            self._lookups[wallet_id] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(wallet_id, done))
+        # Shielded: one caller giving up (its call cancelled) does not fail the others.
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, wallet_id: str, lookup: asyncio.Future[WalletInfo]) -> None:
+        self._lookups.pop(wallet_id, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: no warning when every waiter gave up
+
+    async def _look_up(self, wallet_id: str) -> WalletInfo:
         try:
-            info = await self.gateway.get_wallet(wallet_id, self.lookup_timeout)
+            async with self._lookup_slots:
+                info = await self.gateway.get_wallet(wallet_id, self.lookup_timeout)
         except StepFailedError as failed:
             if failed.error.code == "NOT_FOUND":
                 raise WalletNotFoundError(wallet_id) from None
@@ -182,18 +218,20 @@ class TransferService:
             self._wallets.popitem(last=False)
         return info
 
-    async def wait_for_terminal(self, transfer_id: str) -> Transfer:
+    async def wait_for_terminal(self, transfer_id: str, deadline: float | None = None) -> Transfer:
         """The transfer once terminal, or as it stands when the wait is over."""
         with self.notifier.waiter(transfer_id) as waiter:
             transfer = await self.repository.get(transfer_id)  # after subscribing: no gap
             if transfer is None:
                 raise TransferNotFoundError(transfer_id)
-            return await self._wait(waiter, transfer)
+            if deadline is None:
+                deadline = self.wait_deadline()
+            return await self._wait(waiter, transfer, deadline)
 
-    async def _wait(self, waiter: TransferWaiter, transfer: Transfer) -> Transfer:
-        """Follow the saga: pushed changes when this replica drives it, else a poll."""
+    async def _wait(self, waiter: TransferWaiter, transfer: Transfer, deadline: float) -> Transfer:
+        """Follow the saga until ``deadline``: pushed changes when this replica drives
+        it, else a poll."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_seconds
         while not transfer.is_terminal:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -208,9 +246,13 @@ class TransferService:
                 transfer = waiter.latest
             else:
                 transfer = await self._reread(transfer)
-        if not transfer.is_terminal:
-            transfer = await self._reread(transfer)  # as it stands, even if driven elsewhere
-        return transfer
+        if transfer.is_terminal:
+            return transfer
+        if self.runner.is_driving(transfer.transfer_id):
+            # Every change this replica commits is published: the newest is how it
+            # stands, without a read per waiting call (a batch ends many waits at once).
+            return waiter.latest or transfer
+        return await self._reread(transfer)  # as it stands, driven elsewhere
 
     async def _reread(self, transfer: Transfer) -> Transfer:
         fresh = await self.repository.get(transfer.transfer_id)

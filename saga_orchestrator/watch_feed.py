@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from saga_orchestrator.domain import Transfer, TransferState
+from saga_orchestrator.domain import Transfer
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import TransferRepository
 from wallet_platform.clock import utcnow
@@ -48,16 +48,6 @@ POLL_OVERLAP = timedelta(seconds=3)
 POLL_BATCH = 500
 MEMORY = 10_000  # transfers whose last state the feed remembers
 SUBSCRIBER_QUEUE = 1000  # changes waiting for one slow client before it is ended
-
-# Progress order: a watcher never sees a transfer step back.
-_RANK = {
-    TransferState.PENDING: 0,
-    TransferState.DEBITED: 1,
-    TransferState.COMPENSATING: 2,
-    TransferState.COMPLETED: 3,
-    TransferState.FAILED: 3,
-    TransferState.COMPENSATED: 3,
-}
 
 
 class WatchTooSlowError(ResourceExhaustedError):
@@ -260,7 +250,7 @@ class TransferFeed:
         seen: collections.OrderedDict[str, int] = collections.OrderedDict()
 
         def is_news(transfer: Transfer) -> bool:
-            rank = _RANK[transfer.state]
+            rank = transfer.state.progress  # a watcher never sees a transfer step back
             previous = seen.get(transfer.transfer_id)
             if previous is not None and previous >= rank:
                 return False

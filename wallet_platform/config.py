@@ -131,7 +131,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "transfer_wait_ms",
         "WALLET_TRANSFER_WAIT_MS",
-        "how long CreateTransfer waits for a terminal state, ms",
+        "how long CreateTransfer waits for a terminal state (BatchCreateTransfers: one "
+        "such wait shared by the whole batch), ms",
         int,
     ),
     Option("saga_lease_ms", "WALLET_SAGA_LEASE_MS", "how long a replica owns a saga, ms", int),

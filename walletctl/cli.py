@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         wallets,
         bulk,
         transfers,
+        bulk,
         sagas,
         insights,
         dlq,

@@ -2,8 +2,9 @@
 
 The loop for one saga is simple because every hard part lives elsewhere:
 
-- *what* to call and where it leads comes from ``domain`` (``STEP_FOR_STATE``,
-  ``NEXT_STATE``, ``is_final``);
+- *what* to call and where it leads is the domain's (``STEP_FOR_STATE``, and
+  ``Transfer.succeed_step``/``reject_step`` decide the next state and what the write
+  holds); whether an error is final is ``step_errors.is_final``;
 - *persistence* is fenced by the lease in ``repository``: the call is recorded before
   it is made (``begin_attempt``) and its outcome with the next state after
   (``finish_step``), so a crash anywhere leaves a saga that the sweeper can resume.
@@ -13,12 +14,10 @@ The loop for one saga is simple because every hard part lives elsewhere:
 - *repeating a call is safe* because each step's request_id is derived from the
   transfer (``<transfer_id>:debit``): WalletService replays the original outcome.
 
-Retries (tenacity): a transient error (see ``domain.is_final``) is retried with
-exponential backoff and jitter, each call bounded by a gRPC deadline, and with no
-overall limit: once a call may have moved money its outcome must be learned, and once
-a saga is DEBITED it must end COMPLETED or COMPENSATED. Every failed call is written
-to the saga (attempts, last error, next attempt time) so a saga that keeps failing is
-visible in GetTransferSummary rather than stuck silently.
+Retries (``engine.retrying``) have no overall limit: once a call may have moved money
+its outcome must be learned. Every failed call is written to the saga (attempts, last
+error, next attempt time) so a saga that keeps failing is visible in
+GetTransferSummary rather than stuck silently.
 """
 
 from __future__ import annotations
@@ -26,153 +25,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_never,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
 from saga_orchestrator.domain import (
-    NEXT_STATE,
     STEP_FOR_STATE,
-    StepError,
+    LeaseLostError,
+    StepFinish,
     StepName,
-    StepOutcome,
     Transfer,
-    TransferState,
-    is_final,
     step_request_id,
 )
+from saga_orchestrator.engine.retrying import (
+    RetryPolicy,
+    StoppingError,
+    describe,
+    first_then_retrying,
+    is_transient_for,
+)
 from saga_orchestrator.gateway import StepCall, StepFailedError, WalletGateway
-from saga_orchestrator.mapping import transfer_to_proto
+from saga_orchestrator.milestones import milestone_outbox_row
 from saga_orchestrator.notifier import TransferNotifier
-from saga_orchestrator.repository import LeaseLostError, TransferRepository
-from wallet.v1 import events_pb2
+from saga_orchestrator.repository import TransferRepository
+from saga_orchestrator.step_errors import StepError
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.failpoints import failpoint
-from wallet_platform.messaging.outbox.rows import outbox_row
 from wallet_platform.observability.logs import log_context
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-# The saga milestone each terminal state publishes through the outbox.
-MILESTONES: dict[TransferState, tuple[str, Any]] = {
-    TransferState.COMPLETED: ("completed", events_pb2.TransferCompleted),
-    TransferState.FAILED: ("failed", events_pb2.TransferFailed),
-    TransferState.COMPENSATED: ("compensated", events_pb2.TransferCompensated),
-}
-
-
-def milestone_outbox_row(transfer: Transfer, now: datetime) -> dict[str, Any] | None:
-    """The outbox row announcing a terminal saga (message_id ``<transfer_id>:<state>``)."""
-    milestone = MILESTONES.get(transfer.state)
-    if milestone is None:
-        return None
-    suffix, message_class = milestone
-    return outbox_row(
-        f"{transfer.transfer_id}:{suffix}",
-        f"wallet.transfer_{suffix}",
-        message_class(transfer=transfer_to_proto(transfer)),
-        now,
-    )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard the runner tries. All durations in seconds."""
-
-    step_deadline: float = 5.0  # gRPC deadline of one call
-    initial_backoff: float = 0.05
-    max_backoff: float = 2.0
-    jitter: float = 0.2
-    lease: float = 15.0  # renewed at every call; must outlast deadline + backoff
-    # Step calls in flight per replica. A bulkhead: after an outage hundreds of sagas
-    # resume at once, and flooding WalletService past its capacity would only make
-    # every call time out and be retried (congestion collapse).
-    max_concurrent_calls: int = 64
-
-    def __post_init__(self) -> None:
-        if self.lease <= self.step_deadline + self.max_backoff:
-            log.warning(
-                "saga lease %.1fs is not longer than a call plus a backoff (%.1fs): "
-                "replicas may duplicate work (still safe, just wasteful)",
-                self.lease,
-                self.step_deadline + self.max_backoff,
-            )
-
-    def wait(self) -> Any:
-        # Exponential growth capped at max_backoff, plus random jitter so sagas that
-        # failed together (one outage) do not retry in lockstep.
-        return wait_exponential(multiplier=self.initial_backoff, max=self.max_backoff) + (
-            wait_random(0, self.jitter)
-        )
-
-
-def _is_transient_for(step: StepName) -> Callable[[BaseException], bool]:
-    """Retry predicate of one step: everything except a final rejection and a lost lease."""
-
-    def predicate(error: BaseException) -> bool:
-        if isinstance(error, LeaseLostError):
-            return False
-        if isinstance(error, StepFailedError):
-            return not is_final(error.error, step)
-        return isinstance(error, Exception)
-
-    return predicate
-
-
-class StoppingError(RuntimeError):
-    """The runner is shutting down; the saga stays leased until ``stop`` releases it."""
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "unknown error"
-    if isinstance(error, StepFailedError):
-        return error.error.describe()
-    return f"{type(error).__name__}: {error}"
-
-
-async def first_then_retrying(
-    body: Callable[[], Awaitable[T]],
-    retryable: Callable[[BaseException], bool],
-    retrying: Callable[[], AsyncRetrying],
-) -> T:
-    """``body()`` under ``retrying()``'s policy, with the first attempt outside tenacity.
-
-    Why: almost every call succeeds at once, and tenacity's per-loop set-up and
-    per-attempt state machine were ~5 % of the orchestrator's CPU (three loops per
-    transfer; docs/benchmarks.md). Only when the first attempt fails with an error
-    ``retryable`` accepts does tenacity take over, and its first attempt re-raises that
-    very error instead of calling ``body`` again: attempt numbers, the ``before_sleep``
-    record of each failure, the waits and ``reraise`` are exactly what the plain
-    tenacity loop gives. ``retryable`` must be the loop's own retry predicate. An error
-    it refuses (and any BaseException) propagates at once, as tenacity with
-    ``reraise=True`` would let it.
-    """
-    try:
-        return await body()
-    except Exception as error:
-        if not retryable(error):
-            raise
-        first: BaseException | None = error
-    async for attempt in retrying():
-        with attempt:
-            if first is not None:
-                failed, first = first, None
-                raise failed
-            return await body()
-    raise AssertionError("unreachable: the retry loop returns or raises")  # pragma: no cover
 
 
 class SagaRunner:
@@ -318,7 +199,7 @@ class SagaRunner:
 
     async def _log_restart(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        log.warning("saga loop failed (%s); resuming from the stored state", _describe(error))
+        log.warning("saga loop failed (%s); resuming from the stored state", describe(error))
 
     def _call_for(self, transfer: Transfer, step: StepName) -> StepCall:
         wallet_id = transfer.to_wallet_id if step is StepName.CREDIT else transfer.from_wallet_id
@@ -349,7 +230,7 @@ class SagaRunner:
             nonlocal current
             error = state.outcome.exception() if state.outcome else None
             delay = state.upcoming_sleep
-            text = _describe(error)
+            text = describe(error)
             log.warning(
                 "%s failed (attempt %d, retry in %.2fs): %s",
                 step.value,
@@ -369,9 +250,9 @@ class SagaRunner:
             except LeaseLostError:
                 raise
             except Exception as record_error:  # the database may be what is failing
-                log.warning("could not record the failure: %s", _describe(record_error))
+                log.warning("could not record the failure: %s", describe(record_error))
 
-        transient = _is_transient_for(step)
+        transient = is_transient_for(step)
 
         def retryable(error: BaseException) -> bool:
             return transient(error) and not self._stopping
@@ -411,52 +292,20 @@ class SagaRunner:
             await failpoint("saga.after_debit")
         elif step is StepName.CREDIT:
             await failpoint("saga.after_credit")
-        new_state = NEXT_STATE[step][0]
-        begin_next = STEP_FOR_STATE.get(new_state)
-        return await self._persist(
-            current.transfer_id,
-            lambda: self.repository.finish_step(
-                current,
-                step,
-                self.owner,
-                outcome=StepOutcome.SUCCEEDED,
-                new_state=new_state,
-                now=self.clock(),
-                outbox_row=milestone_outbox_row,
-                begin_next=begin_next,
-                lease_until=self.lease_until() if begin_next else None,
-            ),
-        ), begin_next is not None
+        return await self._persist(current.succeed_step(step, self.clock(), self.lease_until()))
 
     async def _rejected(
         self, transfer: Transfer, step: StepName, error: StepError
     ) -> tuple[Transfer, bool]:
-        new_state = NEXT_STATE[step][1]
-        assert new_state is not None, f"{step} cannot be rejected"
-        log.info("%s rejected (%s): saga goes %s", step.value, error.describe(), new_state)
-        begin_next = STEP_FOR_STATE.get(new_state)
-        return await self._persist(
-            transfer.transfer_id,
-            lambda: self.repository.finish_step(
-                transfer,
-                step,
-                self.owner,
-                outcome=StepOutcome.REJECTED,
-                new_state=new_state,
-                now=self.clock(),
-                step_error=error.describe(),
-                failure_reason=f"{step.value} rejected: {error.describe()}",
-                failure_code=error.code,
-                outbox_row=milestone_outbox_row,
-                begin_next=begin_next,
-                lease_until=self.lease_until() if begin_next else None,
-            ),
-        ), begin_next is not None
+        finish = transfer.reject_step(step, error, self.clock(), self.lease_until())
+        log.info("%s rejected (%s): saga goes %s", step.value, error.describe(), finish.after.state)
+        return await self._persist(finish)
 
-    async def _persist(
-        self, transfer_id: str, write: Callable[[], Awaitable[Transfer]]
-    ) -> Transfer:
-        updated = await write()
-        log.info("saga %s is %s", transfer_id, updated.state)
+    async def _persist(self, finish: StepFinish) -> tuple[Transfer, bool]:
+        """Write ``finish``; returns the saga and whether its next call is recorded."""
+        updated = await self.repository.finish_step(
+            finish, self.owner, outbox_row=milestone_outbox_row
+        )
+        log.info("saga %s is %s", updated.transfer_id, updated.state)
         self.notifier.publish(updated)
-        return updated
+        return updated, finish.begin_next is not None

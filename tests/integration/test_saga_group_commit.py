@@ -27,14 +27,14 @@ from saga_orchestrator.domain import (
     Transfer,
     TransferState,
 )
-from saga_orchestrator.engine.runner import milestone_outbox_row
 from saga_orchestrator.group_commit import _WRITE_MANY, SagaGroupCommitter, SagaWrite
+from saga_orchestrator.milestones import milestone_outbox_row
 from saga_orchestrator.repository import (
     DuplicateRequestError,
     LeaseLostError,
     TransferRepository,
-    begun_step,
 )
+from saga_orchestrator.step_errors import StepError
 from wallet_platform.config import Settings
 from wallet_platform.errors import UnavailableError
 from wallet_platform.storage.database import Database
@@ -81,49 +81,19 @@ def saga(transfer_id: str, owner: str | None = OWNER, *, debit_begun: bool = Tru
         now=at(0),
         audit_id="00000000-0000-4000-8000-000000000001",
     )
-    return begun_step(transfer, StepName.DEBIT, at(0)) if debit_begun else transfer
+    return transfer.begin_step(StepName.DEBIT, at(0)) if debit_begun else transfer
 
 
 async def succeed(repo: TransferRepository, transfer: Transfer, step: StepName) -> Transfer:
-    nexts = {
-        StepName.DEBIT: (TransferState.DEBITED, StepName.CREDIT),
-        StepName.CREDIT: (TransferState.COMPLETED, None),
-        StepName.REFUND: (TransferState.COMPENSATED, None),
-    }
-    new_state, begin_next = nexts[step]
-    return await repo.finish_step(
-        transfer,
-        step,
-        OWNER,
-        outcome=StepOutcome.SUCCEEDED,
-        new_state=new_state,
-        now=at(len(transfer.steps)),
-        outbox_row=milestone_outbox_row,
-        begin_next=begin_next,
-        lease_until=at(60) if begin_next else None,
-    )
+    """``step`` succeeded; the next step's first call is recorded by the same write."""
+    finish = transfer.succeed_step(step, at(len(transfer.steps)), at(60))
+    return await repo.finish_step(finish, OWNER, outbox_row=milestone_outbox_row)
 
 
 async def reject(repo: TransferRepository, transfer: Transfer, step: StepName) -> Transfer:
-    new_state, begin_next = (
-        (TransferState.FAILED, None)
-        if step is StepName.DEBIT
-        else (TransferState.COMPENSATING, StepName.REFUND)
-    )
-    return await repo.finish_step(
-        transfer,
-        step,
-        OWNER,
-        outcome=StepOutcome.REJECTED,
-        new_state=new_state,
-        now=at(10 + len(transfer.steps)),
-        step_error="FAILED_PRECONDITION/WALLET_FROZEN: frozen",
-        failure_reason=f"{step.value} rejected: frozen",
-        failure_code="FAILED_PRECONDITION",
-        outbox_row=milestone_outbox_row,
-        begin_next=begin_next,
-        lease_until=at(90) if begin_next else None,
-    )
+    error = StepError("FAILED_PRECONDITION", "WALLET_FROZEN", "frozen")
+    finish = transfer.reject_step(step, error, at(10 + len(transfer.steps)), at(90))
+    return await repo.finish_step(finish, OWNER, outbox_row=milestone_outbox_row)
 
 
 # Each scenario: the saga as CreateTransfer inserts it, then its writes in order.
@@ -145,14 +115,7 @@ async def fail_debit_once(repo: TransferRepository, transfer: Transfer) -> Trans
 
 async def debit_without_next(repo: TransferRepository, transfer: Transfer) -> Transfer:
     """A finish that records no next call: the lease keeps its expiry."""
-    return await repo.finish_step(
-        transfer,
-        StepName.DEBIT,
-        OWNER,
-        outcome=StepOutcome.SUCCEEDED,
-        new_state=TransferState.DEBITED,
-        now=at(3),
-    )
+    return await repo.finish_step(transfer.succeed_step(StepName.DEBIT, at(3)), OWNER)
 
 
 async def begin_credit(repo: TransferRepository, transfer: Transfer) -> Transfer:

@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import update
 
 from saga_orchestrator.domain import (
-    StepError,
     StepName,
     StepOutcome,
     Transfer,
@@ -26,6 +25,7 @@ from saga_orchestrator.engine.runner import RetryPolicy, SagaRunner
 from saga_orchestrator.gateway import StepCall, StepFailedError, WalletInfo
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import LeaseLostError, TransferRepository
+from saga_orchestrator.step_errors import StepError
 from saga_orchestrator.sweeper import Sweeper
 from tests.eventually import eventually
 from wallet_platform.clock import utcnow

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_fixed
 
-from saga_orchestrator.engine.runner import first_then_retrying
+from saga_orchestrator.engine.retrying import first_then_retrying
 
 
 class Transient(Exception):

@@ -116,6 +116,33 @@ def test_each_wallet_field_of_each_rpc_must_carry_the_prefix(method):
     assert tenancy.tenant_refusal(unlimited, method, _request(method)) is None
 
 
+def test_every_item_of_a_batch_must_carry_the_prefix():
+    method = "/wallet.v1.TransferService/BatchCreateTransfers"
+
+    def batch(*pairs: tuple[str, str]) -> transfer_pb2.BatchCreateTransfersRequest:
+        return transfer_pb2.BatchCreateTransfersRequest(
+            requests=[
+                transfer_pb2.CreateTransferRequest(from_wallet_id=a, to_wallet_id=b)
+                for a, b in pairs
+            ]
+        )
+
+    inside = [("acme-1", "acme-2"), ("acme-2", "acme-3")]
+    assert tenancy.tenant_refusal(ACME, method, batch(*inside)) is None
+    for index in range(len(inside)):
+        for side in (0, 1):
+            pairs = list(inside)
+            pair = list(pairs[index])
+            pair[side] = "beta-1"
+            pairs[index] = (pair[0], pair[1])
+            refused = tenancy.tenant_refusal(ACME, method, batch(*pairs))
+            field = ("from_wallet_id", "to_wallet_id")[side]
+            assert refused is not None and f"requests[{index}].{field}='beta-1'" in refused
+    assert tenancy.tenant_refusal(ACME, method, None) is not None  # nothing to check
+    unlimited = Principal("ops", frozenset({"admin"}))
+    assert tenancy.tenant_refusal(unlimited, method, batch(("x", "y"))) is None
+
+
 def test_rpcs_whose_reach_is_not_in_the_request_are_closed_to_tenants():
     for method in (
         "/wallet.v1.TransferService/GetTransfer",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from typing import Any
@@ -46,6 +47,19 @@ _INSERT_MANY_PG = text(
     + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _COLUMNS)
     + ") ON CONFLICT (audit_id) DO NOTHING"  # a batch retried after an unknown commit
 )
+
+
+# What an accepted call's row says besides OK (see note_outcome); one value per call.
+outcome_note: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "audit_outcome_note", default=None
+)
+
+
+def note_outcome(text: str) -> None:
+    """Put ``text`` in this call's audit row (``error_message``) although the call
+    succeeded: a batch whose items were refused says how many and why, so the trail
+    shows refusals that did not fail the call (``server.audit_calls`` reads it)."""
+    outcome_note.set(text)
 
 
 def _columns(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:

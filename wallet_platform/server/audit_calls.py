@@ -39,7 +39,7 @@ import grpc
 from wallet_platform.channels import AUDIT_ID_HEADER
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.errors import ResourceExhaustedError
-from wallet_platform.observability.audit import AuditWriter
+from wallet_platform.observability.audit import AuditWriter, outcome_note
 from wallet_platform.observability.audit_request import (
     MAX_REFUSED_MESSAGE,
     MAX_TEXT,
@@ -106,6 +106,7 @@ def audit(
         batch_call = batch and is_batch_request(method, request)
         trusted = None if batch else trusted_audit_id(context, authority)
         reset = audit_id_var.set(trusted or audit_id)
+        note_reset = outcome_note.set(None)
         status = "OK"
         error_message: str | None = None
         response: Any = None
@@ -141,6 +142,10 @@ def audit(
             raise
         finally:
             audit_id_var.reset(reset)
+            note = outcome_note.get()
+            outcome_note.reset(note_reset)
+            if status == "OK" and note:
+                error_message = note
             refused = status in REFUSED_STATUSES
             limit = MAX_REFUSED_MESSAGE if refused else MAX_TEXT
             if refused:

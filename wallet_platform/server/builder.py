@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.server.handlers import responses, with_behaviour
-from wallet_platform.server.status import rich_status, status_proto
+from wallet_platform.server.status import internal_status, rich_status, status_proto
 from wallet_platform.storage.connection_errors import is_connection_error
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ class Component(Protocol):
         ...
 
 
-def _translate(error: BaseException) -> WalletPlatformError | None:
+def platform_error(error: BaseException) -> WalletPlatformError | None:
+    """``error`` as the platform error a caller is told (a lost database connection is
+    UNAVAILABLE), or None for an unexpected one (answered INTERNAL)."""
     if isinstance(error, WalletPlatformError):
         return error
     if isinstance(error, DBAPIError | OSError) and is_connection_error(error):
@@ -82,10 +84,10 @@ def error_status(error: BaseException, method: str) -> status_pb2.Status:
     a lost database connection as UNAVAILABLE, anything else as a bare INTERNAL (logged
     here, never shown to the caller).
     """
-    translated = _translate(error)
+    translated = platform_error(error)
     if translated is None:
         log.exception("unhandled error in %s", method, exc_info=error)
-        return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+        return internal_status()
     if translated.error_reason == "UNAVAILABLE":  # a dependency is down (not a server stop)
         log.warning("%s: %s", method, translated.message)
     return status_proto(translated)

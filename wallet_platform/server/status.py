@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from wallet_platform.errors import InvalidArgumentError, WalletPlatformError
@@ -39,9 +39,30 @@ def status_proto(error: WalletPlatformError) -> status_pb2.Status:
     return status_pb2.Status(code=grpc_code(error).value[0], message=error.message, details=details)
 
 
+def status_message(error: WalletPlatformError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a call failing with ``error`` ends with: what a batch
+    result carries for an item that fails with it."""
+    return status_proto(error)
+
+
+def internal_status() -> status_pb2.Status:
+    """The status of an unexpected failure (a bug): no detail leaves the server."""
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
 def rich_status(error: WalletPlatformError) -> grpc.Status:
     """The status a call that failed with ``error`` ends with."""
     return rpc_status.to_status(status_proto(error))
+
+
+def status_reason(status: status_pb2.Status) -> str:
+    """The ErrorInfo reason of a ``google.rpc.Status`` (its code's name without one)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return str(code_pb2.Code.Name(status.code))
 
 
 def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:

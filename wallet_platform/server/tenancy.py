@@ -16,11 +16,12 @@ nothing about its wallets; use ``ListTransfers`` or ``WatchTransfers`` with
 streamed request, and any RPC whose row lists no wallet fields (new RPCs are closed to
 tenants until someone lists them). Callers without a prefix are not affected.
 
-A batch RPC (``batches``) is checked item by item with the fields of each item's single
-RPC, and ONE item outside the prefix refuses the whole call before any item runs: a
-tenant's client that names another tenant's wallet is misbehaving (or attacking), and
-refusing the call up front keeps "which of my items ran?" from having a partial answer.
-A step item with no step set cannot be checked and refuses the call too.
+A batch RPC is checked item by item with the fields of each item's single RPC, and ONE
+item outside the prefix refuses the whole call before any item runs: a tenant's client
+that names another tenant's wallet is misbehaving (or attacking), and refusing the call
+up front keeps "which of my items ran?" from having a partial answer. The wallet
+batches (``batches``) and ``BatchCreateTransfers`` (:data:`TRANSFER_BATCH`) alike. A
+step item with no step set cannot be checked and refuses the call too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from wallet_platform.server.grants import Principal
 from wallet_platform.server.rpc_policy import policy
 
 _SHOWN = 64  # longest wallet id quoted back in a refusal
+
+# Transfers in a batch: each item is checked as the single CreateTransfer it is (the
+# orchestrator's batch is not one of ``batches``: its items share the call's audit id).
+TRANSFER_BATCH = "/wallet.v1.TransferService/BatchCreateTransfers"
+SINGLE_TRANSFER = "/wallet.v1.TransferService/CreateTransfer"
 
 
 def tenant_refusal(principal: Principal, method: str, request: Any) -> str | None:
@@ -45,6 +51,13 @@ def tenant_refusal(principal: Principal, method: str, request: Any) -> str | Non
     name = method.rsplit("/", 1)[-1]
     if is_batch_request(method, request):
         return _batch_refusal(principal, method, request)
+    if method == TRANSFER_BATCH and request is not None:
+        fields = policy(SINGLE_TRANSFER).wallet_fields
+        for index, item in enumerate(request.requests):
+            refused = _fields_refusal(principal, name, item, fields, f"requests[{index}].")
+            if refused is not None:
+                return refused
+        return None
     fields = policy(method).wallet_fields
     if not fields or request is None:
         return f"{principal.subject} is limited to wallets {prefix}*: {name} is not available"

@@ -1,4 +1,5 @@
-"""``walletctl bulk deposit|withdraw --csv FILE``: many balance changes from a file.
+"""``walletctl bulk deposit|withdraw --csv FILE``: many balance changes from a file
+(``bulk transfer`` is in ``bulk_transfer``).
 
 The file is CSV with a header naming the columns ``wallet_id`` and ``amount``
 (required) and ``currency`` and ``request_id`` (optional, may be empty per row):
@@ -45,6 +46,7 @@ from wallet_client.retry import RetryPolicy
 from wallet_platform.validation import INT64_MAX
 from walletctl import exitcodes
 from walletctl.commands import group, leaf, positive_int
+from walletctl.commands.bulk_transfer import register_transfer
 from walletctl.context import Context, UsageError
 
 REQUIRED = ("wallet_id", "amount")
@@ -66,9 +68,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     _, cmds = group(
         sub,
         "bulk",
-        "deposit or withdraw many amounts from a CSV file",
+        "deposit, withdraw or transfer many amounts from a CSV file",
         __doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
+    register_transfer(cmds, common)
     for name, text in (
         ("deposit", "deposit every row of a CSV file (BatchDeposit)"),
         ("withdraw", "withdraw every row of a CSV file (BatchWithdraw)"),

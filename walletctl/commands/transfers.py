@@ -18,10 +18,12 @@ from walletctl.amount_input import add_amount_arguments, minor_units
 from walletctl.commands import MORE_HINT, fetch_pages, group, leaf, positive_int
 from walletctl.context import Context
 
-# The saga's terminal states, as the API's TRANSFER_STATE_<name> values.
+# The saga's terminal states, as the API's TRANSFER_STATE_<name> values; those other
+# than COMPLETED mean the money did not move (exit 1).
 TERMINAL = frozenset(
     transfer_pb2.TransferState.Value(f"TRANSFER_STATE_{state}") for state in TERMINAL_STATES
 )
+DID_NOT_MOVE = TERMINAL - {transfer_pb2.TRANSFER_STATE_COMPLETED}
 STATE_NAMES = [
     v.name.removeprefix("TRANSFER_STATE_")
     for v in transfer_pb2.TransferState.DESCRIPTOR.values
@@ -105,7 +107,7 @@ def _transfer_text(data: dict[str, Any]) -> str:
 
 
 def _exit_for(transfer: transfer_pb2.Transfer) -> int:
-    if transfer.state in TERMINAL and transfer.state != transfer_pb2.TRANSFER_STATE_COMPLETED:
+    if transfer.state in DID_NOT_MOVE:
         return exitcodes.FAILED  # the money did not move
     return exitcodes.OK
 

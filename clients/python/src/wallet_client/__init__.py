@@ -47,6 +47,7 @@ from wallet_client.errors import (
     error_from_status,
 )
 from wallet_client.retry import NO_RETRIES, RetryPolicy
+from wallet_client.transfer_batches import TransferItem, TransferOutcome
 
 __all__ = [
     "MAX_BATCH_ITEMS",
@@ -79,7 +80,9 @@ __all__ = [
     "TlsConfig",
     "TooManyCallsError",
     "TooManyStreamsError",
+    "TransferItem",
     "TransferNotFoundError",
+    "TransferOutcome",
     "UnauthenticatedError",
     "UnavailableError",
     "UnknownCurrencyError",

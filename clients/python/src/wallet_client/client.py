@@ -35,6 +35,8 @@ from wallet_client.batches import MAX_BATCH_ITEMS, BatchSender, ItemOutcome, Mov
 from wallet_client.channel import TlsConfig, auth_metadata, open_channel
 from wallet_client.errors import error_from_rpc
 from wallet_client.retry import RetryPolicy, call_with_retries
+from wallet_client.transfer_batches import DEFAULT_CHUNK, TransferItem, TransferOutcome
+from wallet_client.transfer_batches import batch_create_transfers as send_batches
 
 R = TypeVar("R")
 M = TypeVar("M", bound=message.Message)
@@ -296,6 +298,38 @@ class WalletClient:
             amount=amount,
         )
         return self.call(self.transfers.CreateTransfer, request, timeout=timeout)
+
+    def batch_create_transfers(
+        self,
+        items: Sequence[TransferItem],
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        timeout: float | None = None,
+        on_chunk: Callable[[int, int], None] | None = None,
+    ) -> list[TransferOutcome]:
+        """Start many transfers with BatchCreateTransfers: one outcome per item, in order.
+
+        Chunks of ``chunk_size``; every item keeps its ``request_id`` (a new key when
+        empty) through every retry, so retrying is safe (see :mod:`wallet_client.batch`).
+        """
+        per_call = timeout or self.timeout
+
+        def send(
+            request: transfer_pb2.BatchCreateTransfersRequest, deadline: float
+        ) -> transfer_pb2.BatchCreateTransfersResponse:
+            return self.transfers.BatchCreateTransfers(
+                request, timeout=deadline, metadata=self._metadata
+            )
+
+        return send_batches(
+            send,
+            items,
+            new_key=new_request_id,
+            policy=self.retry,
+            timeout=per_call,
+            chunk_size=chunk_size,
+            on_chunk=on_chunk,
+        )
 
     def get_transfer(
         self, transfer_id: str, *, timeout: float | None = None

@@ -3,7 +3,8 @@
 The platform answers a refused call with a gRPC status plus an ``ErrorInfo`` whose
 ``reason`` is stable and machine-readable (``INSUFFICIENT_FUNDS``, ``REQUEST_ID_REUSED``,
 ...). :data:`REASONS` is the one table from reason to exception class and status code;
-:func:`error_from_rpc` reads a failed call with it. A call without ``ErrorInfo`` (refused
+:func:`error_from_rpc` reads a failed call with it, :func:`error_from_status` a batch
+item's ``google.rpc.Status``. A call without ``ErrorInfo`` (refused
 by authentication, a transport failure, a deadline) is looked up by its status code's
 name, and a reason this client does not know yet falls back to the class of its status
 code, so a newer server never breaks an older client's ``except`` clauses.
