@@ -140,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (
         wallets,
-        bulk,
         transfers,
         bulk,
         sagas,
