@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from wallet_platform.config import Settings
 from wallet_platform.errors import UnavailableError
@@ -119,6 +120,31 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"options": options, "connect_timeout": 5, **TCP_KEEPALIVE},
+    )
+
+
+def create_probe_engine(settings: Settings, timeout: float) -> AsyncEngine:
+    """A one-connection engine for health probes, apart from the request pool.
+
+    A pool busy with calls must not read as a database that is down, and a probe must
+    not wait behind calls for a connection. ``pool_pre_ping`` replaces a connection a
+    database restart broke, so the first probe after the restart does not fail.
+    """
+    url = async_url(settings.database_url)
+    if sqlite_path(settings.database_url) is not None:
+        return create_async_engine(url, poolclass=NullPool)
+    seconds = max(1, int(timeout))
+    return create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=timeout,
+        pool_pre_ping=True,
+        connect_args={
+            "options": f"-c statement_timeout={seconds * 1000}",
+            "connect_timeout": seconds,
+            **TCP_KEEPALIVE,
+        },
     )
 
 

@@ -75,6 +75,12 @@ class InProcessBus:
         self._consumers: dict[str, _Consumer] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
 
+    @property
+    def connected(self) -> bool:
+        """Always: the queues are tables of the database, whose reachability the
+        health monitor probes on its own."""
+        return True
+
     # --- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
