@@ -103,6 +103,7 @@ WRITE_NAME_PREFIXES = (
 
 class AuditBacklogFullError(ResourceExhaustedError):
     reason = "AUDIT_BACKLOG_FULL"
+    retry_after = 2.0  # the backlog drains once the database takes rows again
 
 
 def is_write_method(method: str) -> bool:

@@ -35,10 +35,12 @@ UNCAPPED_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
 
 class TooManyStreamsError(ResourceExhaustedError):
     reason = "TOO_MANY_STREAMS"
+    retry_after = 5.0  # streams are long-lived: a slot frees up slowly
 
 
 class TooManyCallsError(ResourceExhaustedError):
     reason = "TOO_MANY_CALLS"
+    retry_after = 0.5  # unary calls end within their deadlines: slots free up fast
 
 
 class CallLimiter:

@@ -3,15 +3,18 @@
 :mod:`wallet_platform.errors` names each error's canonical code (a ``google.rpc.Code``
 name) and reason without knowing any transport; this module turns an error into a
 ``grpc.StatusCode`` and a ``google.rpc.Status`` carrying a ``google.rpc.ErrorInfo``
-(the reason, domain ``wallet.v1``, the field) and, for bad input, a
-``google.rpc.BadRequest``. The same ``google.rpc.Status`` message is what a batch RPC
-returns for a refused item, so a single call and a batch item fail identically.
+(the reason, domain ``wallet.v1``, the field), for bad input a
+``google.rpc.BadRequest``, and for an error worth retrying (``UNAVAILABLE``,
+``RESOURCE_EXHAUSTED`` from a limit) a ``google.rpc.RetryInfo`` whose ``retry_delay``
+says how long to wait first (the error's ``retry_after``). The same
+``google.rpc.Status`` message is what a batch RPC returns for a refused item, so a
+single call and a batch item fail identically.
 """
 
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -36,7 +39,16 @@ def status_proto(error: WalletPlatformError) -> status_pb2.Status:
             field=error.field, description=error.message
         )
         details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+    if error.retry_after is not None:
+        details.append(_packed(retry_info(error.retry_after)))
     return status_pb2.Status(code=grpc_code(error).value[0], message=error.message, details=details)
+
+
+def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    """A ``google.rpc.RetryInfo`` asking the client to wait ``seconds`` before retrying."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(round(seconds * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
 def rich_status(error: WalletPlatformError) -> grpc.Status:
@@ -57,7 +69,11 @@ def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None
     return None
 
 
-def _packed(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _packed(
+    message: error_details_pb2.ErrorInfo
+    | error_details_pb2.BadRequest
+    | error_details_pb2.RetryInfo,
+) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

@@ -14,10 +14,12 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "wallet.v1"
+MAX_SERVER_RETRY_DELAY = 60.0  # seconds; a longer RetryInfo is read as this
 
 
 class WalletError(Exception):
@@ -33,6 +35,7 @@ class WalletError(Exception):
         domain: str = "",
         request_id: str | None = None,
         attempts: int = 1,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -45,6 +48,9 @@ class WalletError(Exception):
         self.request_id = request_id
         #: How many times the call was sent (retries included).
         self.attempts = attempts
+        #: Seconds the server asked to wait before trying again (its RetryInfo), or
+        #: None when it sent none (a retry would get the same answer).
+        self.retry_delay = retry_delay
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -227,18 +233,38 @@ def exception_class(reason: str, code: grpc.StatusCode) -> type[WalletError]:
     return known[0] if known else WalletError
 
 
-def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+def _details(error: grpc.RpcError) -> list[any_pb2.Any]:
+    """The ``google.rpc.Status`` details of a failed call (none if it has no status)."""
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return []  # not a finished call (e.g. a test double): nothing to read
     try:
         status = rpc_status.from_call(error)
     except ValueError:  # details that contradict the call's own status: ignore them
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
+        return []
+    return list(status.details) if status is not None else []
+
+
+def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    for detail in _details(error):
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info
+    return None
+
+
+def server_retry_delay(error: grpc.RpcError) -> float | None:
+    """Seconds the server asked to wait before a retry (``RetryInfo``), else None.
+
+    A negative or absurd delay is clamped to ``[0, MAX_SERVER_RETRY_DELAY]``: a server
+    (or something in between) must not stall a client for hours.
+    """
+    for detail in _details(error):
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds = info.retry_delay.ToNanoseconds() / 1e9
+            return min(max(seconds, 0.0), MAX_SERVER_RETRY_DELAY)
     return None
 
 
@@ -258,4 +284,5 @@ def error_from_rpc(
         domain=info.domain if info else "",
         request_id=request_id,
         attempts=attempts,
+        retry_delay=server_retry_delay(error),
     )
