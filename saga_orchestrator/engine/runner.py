@@ -36,8 +36,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_never,
-    wait_exponential,
-    wait_random,
 )
 
 from saga_orchestrator.domain import (
@@ -56,6 +54,7 @@ from saga_orchestrator.mapping import transfer_to_proto
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import LeaseLostError, TransferRepository
 from wallet.v1 import events_pb2
+from wallet_platform.backoff import Backoff
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.outbox.rows import outbox_row
@@ -113,9 +112,7 @@ class RetryPolicy:
     def wait(self) -> Any:
         # Exponential growth capped at max_backoff, plus random jitter so sagas that
         # failed together (one outage) do not retry in lockstep.
-        return wait_exponential(multiplier=self.initial_backoff, max=self.max_backoff) + (
-            wait_random(0, self.jitter)
-        )
+        return Backoff(initial=self.initial_backoff, cap=self.max_backoff).tenacity_wait
 
 
 def _is_transient_for(step: StepName) -> Callable[[BaseException], bool]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from sqlalchemy import text
 
+from wallet_platform import backoff
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.errors import ResourceExhaustedError
 from wallet_platform.observability.audit_backlog import DROP_LOG_SECONDS, AuditBacklog
@@ -281,7 +282,7 @@ class AuditWriter:
                 log.warning(
                     "audit write failed (%s rows pending): %s", len(self.backlog.rows), error
                 )
-                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+                await asyncio.sleep(backoff.AUDIT_WRITE.delay(failures))
                 continue
             failures = 0
             self.backlog.remove_first(len(batch))

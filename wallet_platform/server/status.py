@@ -69,6 +69,24 @@ def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None
     return None
 
 
+def retry_delay(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
+    """The RetryInfo delay (seconds) of a failed call, for the platform's own clients."""
+    if not callable(getattr(call_error, "trailing_metadata", None)):
+        return None  # not a finished call
+    try:
+        status = rpc_status.from_call(call_error)
+    except ValueError:  # details that contradict the call's own status
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return max(0.0, info.retry_delay.ToNanoseconds() / 1e9)
+    return None
+
+
 def _packed(
     message: error_details_pb2.ErrorInfo
     | error_details_pb2.BadRequest
