@@ -79,11 +79,14 @@ class BoundedProbe:
         return True
 
     async def cancel(self) -> None:
+        """End a probe still running (at stop); its outcome no longer matters."""
         task, self._running = self._running, None
-        if task is not None and not task.done():
+        if task is None:
+            return
+        if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, self.timeout)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, self.timeout)
 
 
 def database_probe(engine: AsyncEngine) -> Probe:
