@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from fraud_worker.store import FraudStore, StoredAlert
-from wallet_platform import validation
+from wallet_platform import page_tokens, validation
 from wallet_platform.clock import ensure_utc
 from wallet_platform.errors import InvalidArgumentError
 
@@ -17,16 +17,24 @@ class AlertPage:
     next_page_token: str
 
 
-def _cursor(token: str) -> tuple[datetime, str] | None:
-    position = validation.decode_page_token(token)
+ALERTS_LISTING = "fraud_alerts"
+
+
+def _filters(wallet_id: str) -> dict[str, str]:
+    return {"wallet_id": wallet_id}
+
+
+def _cursor(token: str, wallet_id: str) -> tuple[datetime, str] | None:
+    """The (created_at, alert_id) of the previous page's last alert, from a token
+    issued for the same ``wallet_id`` filter."""
+    position = page_tokens.redeem(token, ALERTS_LISTING, _filters(wallet_id), {"c": str, "a": str})
     if position is None:
         return None
     try:
-        created_at = ensure_utc(datetime.fromisoformat(position["c"]))
-        alert_id = str(position["a"])
-    except (KeyError, TypeError, ValueError):
+        created_at = ensure_utc(datetime.fromisoformat(str(position["c"])))
+    except (ValueError, OverflowError):  # not a time, or one UTC cannot hold
         raise InvalidArgumentError("page_token is malformed", field="page_token") from None
-    return created_at, alert_id
+    return created_at, str(position["a"])
 
 
 class FraudService:
@@ -42,7 +50,7 @@ class FraudService:
         if wallet_id:
             validation.wallet_id(wallet_id)
         size = validation.page_size(page_size)
-        after = _cursor(page_token)
+        after = _cursor(page_token, wallet_id)
         rows = await self._store.list_alerts(
             wallet_id=wallet_id or None, limit=size + 1, after=after
         )
@@ -50,7 +58,9 @@ class FraudService:
         if len(rows) > size:
             rows = rows[:size]
             last = rows[-1]
-            token = validation.encode_page_token(
-                {"c": last.created_at.isoformat(), "a": last.alert_id}
+            token = page_tokens.issue(
+                ALERTS_LISTING,
+                _filters(wallet_id),
+                {"c": last.created_at.isoformat(), "a": last.alert_id},
             )
         return AlertPage(rows, token)

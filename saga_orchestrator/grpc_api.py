@@ -16,45 +16,42 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
-from google.rpc import status_pb2
 
 from saga_orchestrator.batch import ItemOutcome, TransferRequest, create_transfers
 from saga_orchestrator.mapping import PROTO_TO_STATE, STATE_TO_PROTO, timestamp, transfer_to_proto
 from saga_orchestrator.service import TransferService
 from saga_orchestrator.watch_feed import TransferFeed, WatchFilter
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
-from wallet_platform import validation
-from wallet_platform.clock import utcnow
+from wallet_platform import page_tokens, validation
+from wallet_platform.clock import ensure_utc, utcnow
 from wallet_platform.errors import InvalidArgumentError
 from wallet_platform.observability.audit import note_outcome
-from wallet_platform.server.builder import platform_error
-from wallet_platform.server.status import internal_status, status_message, status_reason
+from wallet_platform.server.builder import error_status
+from wallet_platform.server.status import status_reason
 
 log = logging.getLogger(__name__)
 
+TRANSFERS_LISTING = "transfers"
 
-def _decode_cursor(token: str) -> tuple[datetime, str] | None:
-    position = validation.decode_page_token(token)
+
+def _decode_cursor(token: str, filters: page_tokens.Filters) -> tuple[datetime, str] | None:
+    """The previous page's last (created_at, transfer_id), from a token of ``filters``."""
+    position = page_tokens.redeem(token, TRANSFERS_LISTING, filters, {"c": str, "t": str})
     if position is None:
         return None
     try:
-        return datetime.fromisoformat(position["c"]), str(position["t"])
-    except (KeyError, TypeError, ValueError):
+        return ensure_utc(datetime.fromisoformat(str(position["c"]))), str(position["t"])
+    except (ValueError, OverflowError):  # not a time, or one UTC cannot hold
         raise InvalidArgumentError("page_token is malformed", field="page_token") from None
 
 
-def _item_error(error: Exception) -> status_pb2.Status:
-    """The status the single CreateTransfer would have ended with for ``error``."""
-    translated = platform_error(error)
-    if translated is None:
-        log.error("unhandled error in a BatchCreateTransfers item", exc_info=error)
-        return internal_status()
-    return status_message(translated)
+_BATCH_METHOD = "/wallet.v1.TransferService/BatchCreateTransfers"
 
 
 def _result(outcome: ItemOutcome) -> transfer_pb2.BatchCreateTransfersResult:
+    """One item's result: the single call's response, or the status it would end with."""
     if isinstance(outcome, Exception):
-        return transfer_pb2.BatchCreateTransfersResult(error=_item_error(outcome))
+        return transfer_pb2.BatchCreateTransfersResult(error=error_status(outcome, _BATCH_METHOD))
     transfer, replayed = outcome
     return transfer_pb2.BatchCreateTransfersResult(
         response=transfer_pb2.CreateTransferResponse(
@@ -63,10 +60,11 @@ def _result(outcome: ItemOutcome) -> transfer_pb2.BatchCreateTransfersResult:
     )
 
 
-def _encode_cursor(after: tuple[datetime, str] | None) -> str:
+def _encode_cursor(after: tuple[datetime, str] | None, filters: page_tokens.Filters) -> str:
     if after is None:
         return ""
-    return validation.encode_page_token({"c": after[0].isoformat(), "t": after[1]})
+    position = {"c": after[0].isoformat(), "t": after[1]}
+    return page_tokens.issue(TRANSFERS_LISTING, filters, position)
 
 
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
@@ -119,15 +117,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             state = PROTO_TO_STATE.get(request.state)
             if state is None:
                 raise InvalidArgumentError(f"unknown state {request.state}", field="state")
+        filters: page_tokens.Filters = {"state": int(request.state), "wallet_id": request.wallet_id}
         page = await self.service.list_transfers(
             state=state,
             wallet_id=request.wallet_id,
             page_size=request.page_size,
-            after=_decode_cursor(request.page_token),
+            after=_decode_cursor(request.page_token, filters),
         )
         return transfer_pb2.ListTransfersResponse(
             transfers=[transfer_to_proto(t) for t in page.transfers],
-            next_page_token=_encode_cursor(page.next_after),
+            next_page_token=_encode_cursor(page.next_after, filters),
         )
 
     async def GetTransferSummary(

@@ -8,6 +8,10 @@ gRPC edge (:mod:`wallet_platform.server.status`) turns that name into a
 ``google.rpc.BadRequest`` naming the field. An error stored for an idempotent replay is
 rebuilt with :func:`error_from_record`, so the replay carries exactly the original code,
 reason and message.
+
+An error that a later attempt may not meet (a dependency down, a server limit) names
+how long a client should wait first, ``retry_after`` in seconds; the gRPC edge sends it
+as a ``google.rpc.RetryInfo``. ``None`` means a retry cannot change the answer.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ class WalletPlatformError(Exception):
     """Base of every error a client may see. ``reason`` is stable, UPPER_SNAKE."""
 
     reason: ClassVar[str] = "INTERNAL"
+    # Seconds a client should wait before trying again; None: retrying will not help.
+    retry_after: ClassVar[float | None] = None
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -133,6 +139,9 @@ class UnavailableError(WalletPlatformError):
     """A dependency (database, broker, another service) is down; the client may retry."""
 
     reason = "UNAVAILABLE"
+    # About one health probe round (wallet_platform.server.readiness): long enough not
+    # to hammer a dependency that is down, short enough to notice it is back.
+    retry_after = 1.0
 
 
 class UnauthenticatedError(WalletPlatformError):
@@ -147,6 +156,7 @@ class ResourceExhaustedError(WalletPlatformError):
     """A server limit was reached (streams, calls, audit backlog); retry later."""
 
     reason = "RESOURCE_EXHAUSTED"
+    retry_after = 1.0
 
 
 class ReplayedError(WalletPlatformError):

@@ -13,6 +13,10 @@ from typing import Any
 from wallet_platform.config import Settings
 from wallet_platform.storage.database import Database
 
+# The key of the process's one event bus in ``Runtime.extras`` (made by
+# ``messaging.factory``; read by the server's readiness probe too).
+BUS_EXTRA_KEY = "bus"
+
 
 @dataclass
 class Runtime:

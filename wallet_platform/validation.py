@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
-from typing import Any
 
 from wallet_platform.errors import InvalidArgumentError
 
@@ -79,25 +75,3 @@ def page_size(value: int, field: str = "page_size") -> int:
     if value < 0 or value > MAX_PAGE_SIZE:
         raise InvalidArgumentError(f"{field} must be 0-{MAX_PAGE_SIZE}, got {value}", field=field)
     return value or DEFAULT_PAGE_SIZE
-
-
-def encode_page_token(position: dict[str, Any]) -> str:
-    """Opaque cursor: URL-safe base64 of a small JSON object."""
-    raw = json.dumps(position, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str, field: str = "page_token") -> dict[str, Any] | None:
-    """None for the first page; INVALID_ARGUMENT for anything we did not issue."""
-    if not token:
-        return None
-    if len(token) > 512:
-        raise InvalidArgumentError(f"{field} is too long", field=field)
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError):
-        raise InvalidArgumentError(f"{field} is malformed", field=field) from None
-    if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{field} is malformed", field=field)
-    return data

@@ -48,7 +48,7 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_platform import validation
+from wallet_platform import page_tokens, validation
 from wallet_platform.clock import Clock, ensure_utc, utcnow
 from wallet_platform.currency_policy import CurrencyPolicy
 from wallet_platform.errors import (
@@ -84,6 +84,9 @@ UNRECORDED_ERRORS: tuple[type[WalletPlatformError], ...] = (
     UnavailableError,
     *holds.UNRECORDED_ERRORS,
 )
+
+# ListWalletEvents' page tokens (wallet_platform.page_tokens), bound to the wallet.
+EVENTS_LISTING = "wallet_events"
 
 
 @dataclass
@@ -304,24 +307,22 @@ class WalletService:
         next_token = ""
         if len(events) > size:
             events = events[:size]
-            next_token = validation.encode_page_token({"w": wallet_id, "s": events[-1].sequence})
+            next_token = page_tokens.issue(
+                EVENTS_LISTING, {"wallet_id": wallet_id}, {"s": events[-1].sequence}
+            )
         return events, next_token
 
     @staticmethod
     def _decode_token(wallet_id: str, page_token: str) -> int | None:
-        position = validation.decode_page_token(page_token)
+        """The sequence the next page starts below (a token bound to ``wallet_id``)."""
+        position = page_tokens.redeem(
+            page_token, EVENTS_LISTING, {"wallet_id": wallet_id}, {"s": int}
+        )
         if position is None:
             return None
-        sequence = position.get("s")
-        if (
-            position.get("w") != wallet_id
-            or not isinstance(sequence, int)
-            or isinstance(sequence, bool)
-            or sequence < 1
-        ):
-            raise InvalidArgumentError(
-                "page_token does not belong to this wallet's listing", field="page_token"
-            )
+        sequence = int(position["s"])
+        if sequence < 1:
+            raise InvalidArgumentError("page_token is malformed", field="page_token")
         return sequence
 
     # --- the write skeleton ----------------------------------------------------------

@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, wait_exponential, wait_random
+from tenacity import AsyncRetrying
 
 from saga_orchestrator.domain import LeaseLostError, StepName
 from saga_orchestrator.gateway import StepFailedError
 from saga_orchestrator.step_errors import is_final
+from wallet_platform.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,9 @@ class RetryPolicy:
             )
 
     def wait(self) -> Any:
-        # Exponential growth capped at max_backoff, plus random jitter so sagas that
-        # failed together (one outage) do not retry in lockstep.
-        return wait_exponential(multiplier=self.initial_backoff, max=self.max_backoff) + (
-            wait_random(0, self.jitter)
-        )
+        # The platform's one policy: exponential growth capped at max_backoff, with
+        # full jitter so sagas that failed together (one outage) do not retry in lockstep.
+        return Backoff(initial=self.initial_backoff, cap=self.max_backoff).tenacity_wait
 
 
 def is_transient_for(step: StepName) -> Callable[[BaseException], bool]:

@@ -21,9 +21,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_client.errors import server_retry_delay
 from wallet_platform.channels import make_channel
 from wallet_platform.config import Settings
-from wallet_platform.observability.audit import AuditWriter
+from wallet_platform.observability.audit import AuditBacklogFullError, AuditWriter
 from wallet_platform.observability.audit_backlog import REFUSED_SHARE
 from wallet_platform.server.plumbing import AUDIT_WRITER, MIN_AUDIT_BACKLOG_BYTES
 from wallet_platform.server.process import RunningServer, start_server
@@ -183,6 +184,7 @@ async def test_a_slow_database_bounds_the_backlog_and_keeps_every_write_record(
                         accepted += 1
             assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert error_reason(full) == "AUDIT_BACKLOG_FULL"
+            assert server_retry_delay(full) == AuditBacklogFullError.retry_after == 2.0
             # Full means at most max_bytes plus the rows of the calls that were running.
             assert writer.backlog.bytes <= writer.backlog.max_bytes + 50 * 1024
             balance = await stub.GetWallet(wallet_pb2.GetWalletRequest(wallet_id="w"))

@@ -24,8 +24,10 @@ from tests.integration.test_saga_transfers import (
     start_wallet_service,
 )
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
+from wallet_client.errors import server_retry_delay
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
+from wallet_platform.server.call_limits import TooManyCallsError, TooManyStreamsError
 from wallet_platform.server.process import RunningServer, start_server
 from wallet_platform.server.status import error_reason
 from wallet_service.bootstrap import build_components as wallet_components
@@ -70,6 +72,8 @@ async def test_streams_past_the_server_cap_are_refused_and_unary_calls_answer(
             (RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
         }
         assert "(WALLET_MAX_STREAMS)" in refusals[0][2]
+        delays = {server_retry_delay(error) for error in watches.ended() if error is not None}
+        assert delays == {TooManyStreamsError.retry_after} == {5.0}
         for channel in channels:
             await unary_calls_answer(channel)
 
@@ -213,6 +217,7 @@ async def test_unary_calls_past_their_cap_are_refused_but_health_answers(
                 await stub.GetWallet(wallet_pb2.GetWalletRequest(wallet_id="cap"), timeout=5)
             assert refused.value.code() == RESOURCE_EXHAUSTED
             assert error_reason(refused.value) == "TOO_MANY_CALLS"
+            assert server_retry_delay(refused.value) == TooManyCallsError.retry_after == 0.5
             assert "WALLET_MAX_UNARY_CALLS" in (refused.value.details() or "")
             health = health_pb2_grpc.HealthStub(channel)
             checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)

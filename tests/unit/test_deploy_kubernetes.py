@@ -187,13 +187,21 @@ def test_probes_use_the_tls_aware_health_check_on_the_service_port():
         assert port_of(listen) == port
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"grpc": port, "metrics": int(CONFIG["WALLET_METRICS_PORT"])}
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # Readiness follows dependencies (service ""); startup and liveness ask for
+        # the service that does not, so an outage never restarts pods.
+        probe_services = {
+            "startupProbe": ["liveness"],
+            "readinessProbe": [],
+            "livenessProbe": ["liveness"],
+        }
+        for probe, service_args in probe_services.items():
             command = container[probe]["exec"]["command"]
             assert command == [
                 "python",
                 "-m",
                 "wallet_platform.server.healthcheck",
                 f"127.0.0.1:{port}",
+                *service_args,
             ]
         service = SERVICES[name]
         assert service["spec"]["selector"] == DEPLOYMENTS[name]["spec"]["selector"]["matchLabels"]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from wallet.v1 import wallet_pb2
+from wallet_platform import page_tokens
 from wallet_platform.errors import (
     BalanceOverflowError,
     CurrencyMismatchError,
@@ -14,7 +15,6 @@ from wallet_platform.errors import (
     InvalidArgumentError,
     WalletFrozenError,
 )
-from wallet_platform.validation import encode_page_token
 from wallet_service import domain
 from wallet_service.domain import INT64_MAX, Movement
 from wallet_service.messages import event_to_pb, wallet_to_pb
@@ -144,11 +144,12 @@ def test_protobuf_conversion_keeps_every_field():
 @pytest.mark.parametrize(
     "token",
     [
-        encode_page_token({"w": "other", "s": 5}),
-        encode_page_token({"w": "w1", "s": 0}),
-        encode_page_token({"w": "w1", "s": "5"}),
-        encode_page_token({"w": "w1", "s": True}),
-        encode_page_token({"w": "w1"}),
+        page_tokens.issue("wallet_events", {"wallet_id": "other"}, {"s": 5}),
+        page_tokens.issue("transfers", {"wallet_id": "w1"}, {"s": 5}),
+        page_tokens.issue("wallet_events", {"wallet_id": "w1"}, {"s": 0}),
+        page_tokens.issue("wallet_events", {"wallet_id": "w1"}, {"s": "5"}),
+        page_tokens.issue("wallet_events", {"wallet_id": "w1"}, {"s": True}),  # type: ignore[dict-item]
+        page_tokens.issue("wallet_events", {"wallet_id": "w1"}, {}),
         "not-a-token!!",
         "x" * 600,
     ],
@@ -160,6 +161,6 @@ def test_page_tokens_we_did_not_issue_are_invalid(token):
 
 
 def test_page_token_round_trip():
-    token = encode_page_token({"w": "w1", "s": 7})
+    token = page_tokens.issue("wallet_events", {"wallet_id": "w1"}, {"s": 7})
     assert WalletService._decode_token("w1", token) == 7
     assert WalletService._decode_token("w1", "") is None

@@ -76,6 +76,11 @@ Handler = Callable[[Delivery], Awaitable[None]]
 class EventBus(Protocol):
     """Publish with confirmation, consume with ack-after-handler, retry and DLQ."""
 
+    @property
+    def connected(self) -> bool:
+        """Whether the bus can publish and deliver right now (readiness reads it)."""
+        ...
+
     async def start(self) -> None:
         """Connect and declare the topology. Idempotent; each ``start`` pairs with a
         ``close`` (the bus is shared by the components of a process and really closes

@@ -6,9 +6,7 @@ from __future__ import annotations
 from wallet_platform.messaging.bus import EventBus
 from wallet_platform.messaging.inprocess import InProcessBus
 from wallet_platform.messaging.rabbit import RabbitBus
-from wallet_platform.runtime import Runtime
-
-BUS_EXTRA_KEY = "bus"
+from wallet_platform.runtime import BUS_EXTRA_KEY, Runtime
 
 
 def create_bus(runtime: Runtime) -> EventBus:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from wallet_platform import backoff
 from wallet_platform.observability.audit_backlog import DROP_LOG_SECONDS, AuditBacklog
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import audit_log
@@ -203,7 +204,7 @@ class AuditWriter:
                 log.warning(
                     "audit write failed (%s rows pending): %s", len(self.backlog.rows), error
                 )
-                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+                await asyncio.sleep(backoff.AUDIT_WRITE.delay(failures))
                 continue
             failures = 0
             self.backlog.remove_first(len(batch))

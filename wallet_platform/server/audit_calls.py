@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 class AuditBacklogFullError(ResourceExhaustedError):
     reason = "AUDIT_BACKLOG_FULL"
+    retry_after = 2.0  # the backlog drains once the database takes rows again
 
 
 def is_write_method(method: str) -> bool:

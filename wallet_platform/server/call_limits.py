@@ -33,10 +33,12 @@ from wallet_platform.server.rpc_policy import policy
 
 class TooManyStreamsError(ResourceExhaustedError):
     reason = "TOO_MANY_STREAMS"
+    retry_after = 5.0  # streams are long-lived: a slot frees up slowly
 
 
 class TooManyCallsError(ResourceExhaustedError):
     reason = "TOO_MANY_CALLS"
+    retry_after = 0.5  # unary calls end within their deadlines: slots free up fast
 
 
 class CallLimiter:

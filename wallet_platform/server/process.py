@@ -3,7 +3,8 @@
 ``run_server`` is the whole life of a server process: logging, failpoints,
 migrations, the database, the components, the gRPC server, health, then a clean
 stop on SIGINT/SIGTERM (health NOT_SERVING, components stopped, in-flight calls
-given a grace period, connections closed).
+given a grace period, connections closed). Between the two, health follows the
+database and the event bus (:mod:`wallet_platform.server.readiness`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import grpc
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
 from wallet_platform.observability.logs import setup_logging
-from wallet_platform.runtime import Runtime
+from wallet_platform.runtime import BUS_EXTRA_KEY, Runtime
 from wallet_platform.server import exposure, prefork
 from wallet_platform.server.builder import (
     Component,
@@ -29,8 +30,15 @@ from wallet_platform.server.builder import (
     set_health,
 )
 from wallet_platform.server.plumbing import ServerPlumbing
+from wallet_platform.server.readiness import (
+    PROBE_TIMEOUT_SECONDS,
+    BoundedProbe,
+    HealthMonitor,
+    bus_probe,
+    database_probe,
+)
 from wallet_platform.storage import migrate
-from wallet_platform.storage.database import Database
+from wallet_platform.storage.database import Database, create_probe_engine
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +64,10 @@ class RunningServer:
         components: Sequence[Component],
         health_servicer: Any,
         plumbing: ServerPlumbing | None = None,
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.plumbing = plumbing
+        self.monitor = monitor
         self.runtime = runtime
         self.server = server
         self.port = port
@@ -69,6 +79,8 @@ class RunningServer:
         return self.runtime.self_target
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()  # every name NOT_SERVING, probing ended
         await set_health(self.health, serving=False)
         for component in reversed(self.components):
             try:
@@ -79,6 +91,8 @@ class RunningServer:
         if self.plumbing is not None:  # after the drain: the last calls' audit rows
             await self.plumbing.stop()
         await self.runtime.db.dispose()
+        if self.monitor is not None:
+            await self.monitor.dispose()
 
 
 async def start_server(
@@ -120,16 +134,28 @@ async def start_server(
     for component in components:
         await component.start()
     await plumbing.start_collecting()
-    await set_health(health_servicer, serving=True)
     services = [name for c in components for name in getattr(c, "service_names", ())]
-    await set_health(health_servicer, serving=True, names=services)
+    monitor = dependency_monitor(runtime, health_servicer, services)
+    await monitor.start()  # SERVING once the database (and the bus) answer
     log.info(
         "%s listening on %s",
         role,
         runtime.self_target,
         extra={"components": [c.name for c in components]},
     )
-    return RunningServer(runtime, server, port, components, health_servicer, plumbing)
+    return RunningServer(runtime, server, port, components, health_servicer, plumbing, monitor)
+
+
+def dependency_monitor(
+    runtime: Runtime, health_servicer: Any, services: Sequence[str]
+) -> HealthMonitor:
+    """Readiness of ``services`` (and ``""``) from the database and the process's bus."""
+    engine = create_probe_engine(runtime.settings, PROBE_TIMEOUT_SECONDS)
+    probes = [
+        BoundedProbe("database", database_probe(engine)),
+        BoundedProbe("event bus", bus_probe(runtime, BUS_EXTRA_KEY)),
+    ]
+    return HealthMonitor(health_servicer, services, probes, engine=engine)
 
 
 async def serve_forever(

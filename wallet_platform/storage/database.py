@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from wallet_platform.config import Settings
 from wallet_platform.storage.connection_errors import translate_connection_errors
@@ -141,6 +142,31 @@ def _remember_backends(engine: AsyncEngine) -> None:
         finally:
             cursor.close()
             dbapi_connection.rollback()  # no transaction left open by this read
+
+
+def create_probe_engine(settings: Settings, timeout: float) -> AsyncEngine:
+    """A one-connection engine for health probes, apart from the request pool.
+
+    A pool busy with calls must not read as a database that is down, and a probe must
+    not wait behind calls for a connection. ``pool_pre_ping`` replaces a connection a
+    database restart broke, so the first probe after the restart does not fail.
+    """
+    url = async_url(settings.database_url)
+    if sqlite_path(settings.database_url) is not None:
+        return create_async_engine(url, poolclass=NullPool)
+    seconds = max(1, int(timeout))
+    return create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=timeout,
+        pool_pre_ping=True,
+        connect_args={
+            "options": f"-c statement_timeout={seconds * 1000}",
+            "connect_timeout": seconds,
+            **TCP_KEEPALIVE,
+        },
+    )
 
 
 class Database:

@@ -25,13 +25,15 @@ from typing import Any
 import grpc
 
 from wallet.v1 import transfer_pb2
+from wallet_platform.backoff import WATCH_RECONNECT
+from wallet_platform.server.status import retry_delay
 from walletctl import exitcodes, render
 from walletctl.commands import group, leaf, positive_int
 from walletctl.commands.transfers import summary_text
 from walletctl.context import Context
 
 CLEAR = "\x1b[H\x1b[2J"
-RECONNECT_MAX_SECONDS = 5.0
+MAX_SERVER_DELAY_SECONDS = 30.0  # a longer RetryInfo is read as this
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -89,8 +91,9 @@ class StreamReader(threading.Thread):
         self._lock = threading.Lock()
 
     def run(self) -> None:
-        delay = 0.2
+        failures = 0
         while not self._stop_event.is_set():
+            server_delay: float | None = None
             try:
                 call = self.ctx.clients.stream("transfer", "WatchTransfers", self.request, None)
                 with self._lock:
@@ -101,7 +104,7 @@ class StreamReader(threading.Thread):
                 self.state = "connected"
                 for response in call:
                     self.seen += 1
-                    delay = 0.2
+                    failures = 0
                     self.items.put(response.transfer)
                 self.state = "ended by server; reconnecting"
             except grpc.RpcError as error:
@@ -112,9 +115,11 @@ class StreamReader(threading.Thread):
                     self.state = "not offered by the server (summary polling only)"
                     return
                 self.state = f"{code.name if code else 'error'}; reconnecting"
+                server_delay = min(retry_delay(error) or 0.0, MAX_SERVER_DELAY_SECONDS)
             self.reconnects += 1
-            self._stop_event.wait(delay)
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            failures += 1
+            # Never sooner than the server asked (RetryInfo: e.g. too many streams).
+            self._stop_event.wait((server_delay or 0.0) + WATCH_RECONNECT.delay(failures))
 
     def stop(self) -> None:
         self._stop_event.set()

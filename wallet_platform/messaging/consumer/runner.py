@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wallet_platform import backoff
 from wallet_platform.errors import UnavailableError
 from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.bus import Delivery, PoisonMessageError, error_text
@@ -54,11 +55,11 @@ BATCH_LINGER_SECONDS = 0.005
 UNIT_OF_WORK_DEADLINE_SECONDS = 8.0
 UNIT_OF_WORK_BACKSTOP_SECONDS = 30.0
 
-# Lock waits, deadlocks, statement timeouts, SQLite busy: retried this often, then the
-# delivery fails (and the bus retries or dead-letters it).
-CONTENTION_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 2.0, 2.0, 5.0, 5.0)
-# The database unreachable: retried until it is back, this far apart at most.
-UNREACHABLE_RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# Lock waits, deadlocks, statement timeouts, SQLite busy: retried this often (pauses of
+# backoff.DATABASE_CONTENTION), then the delivery fails (and the bus retries or
+# dead-letters it). The database unreachable: retried until it is back, pauses of
+# backoff.DATABASE_UNREACHABLE.
+CONTENTION_RETRIES = 10
 
 
 def is_unreachable(error: BaseException) -> bool:
@@ -171,7 +172,7 @@ class ConsumerRunner:
             return
         for item in batch:
             try:
-                new = await self._with_retries([item], CONTENTION_RETRY_DELAYS)
+                new = await self._with_retries([item], CONTENTION_RETRIES)
             except Exception as error:
                 _settle(item, error, False)
             else:
@@ -196,7 +197,7 @@ class ConsumerRunner:
             unique.setdefault(item.delivery.message_id, item)
         # A batch that times out may be too big for a slow database rather than stalled:
         # it falls back to one event per unit of work, which waits out a stall.
-        new = await self._with_retries(list(unique.values()), (), patient=False)
+        new = await self._with_retries(list(unique.values()), 0, patient=False)
         results: list[bool] = []
         for item in batch:
             first = unique.pop(item.delivery.message_id, None)  # later repeats: duplicates
@@ -204,28 +205,23 @@ class ConsumerRunner:
         return results
 
     async def _with_retries(
-        self, items: list[_Pending], contention: tuple[float, ...], *, patient: bool = True
+        self, items: list[_Pending], contention: int, *, patient: bool = True
     ) -> set[str]:
         """:meth:`_commit`; an unreachable database is waited for (unless stopping; a
-        unit of work that timed out only if ``patient``), contention retried after
-        each of the ``contention`` delays."""
-        unreachable = 0
-        tries = iter(contention)
+        unit of work that timed out only if ``patient``), contention retried
+        up to ``contention`` times."""
+        unreachable = contended = 0
         while True:
             try:
                 return await self._commit(items)
             except Exception as error:
                 waits = patient or not isinstance(error, TimeoutError)
                 if is_unreachable(error) and waits and not self._stopping:
-                    delay = UNREACHABLE_RETRY_DELAYS[
-                        min(unreachable, len(UNREACHABLE_RETRY_DELAYS) - 1)
-                    ]
                     unreachable += 1
-                elif is_transient(error):
-                    next_delay = next(tries, None)
-                    if next_delay is None:
-                        raise
-                    delay = next_delay
+                    delay = backoff.DATABASE_UNREACHABLE.delay(unreachable)
+                elif is_transient(error) and contended < contention:
+                    contended += 1
+                    delay = backoff.DATABASE_CONTENTION.delay(contended)
                 else:
                     raise
                 level = (

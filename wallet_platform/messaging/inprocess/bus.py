@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from wallet_platform import backoff
 from wallet_platform.messaging.bus import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PREFETCH,
@@ -53,7 +54,6 @@ LEASE_MS = 5_000  # a claimed message returns to the queue after this if never a
 IDLE_POLL_SECONDS = 0.1  # notices other processes' publishes and due retries
 MAX_CLAIM = 64  # rows per claim (keeps each batch well inside the lease)
 STOP_GRACE_SECONDS = 10.0
-ERROR_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -74,6 +74,12 @@ class InProcessBus:
         self._users = 0
         self._consumers: dict[str, _Consumer] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
+
+    @property
+    def connected(self) -> bool:
+        """Always: the queues are tables of the database, whose reachability the
+        health monitor probes on its own."""
+        return True
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -156,8 +162,8 @@ class InProcessBus:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                delay = ERROR_BACKOFF_SECONDS[min(failures, len(ERROR_BACKOFF_SECONDS) - 1)]
                 failures += 1
+                delay = backoff.BUS_POLL_FAILURE.delay(failures)
                 log.exception("in-process bus: consuming %s failed", consumer.queue)
                 await asyncio.sleep(delay)
                 continue

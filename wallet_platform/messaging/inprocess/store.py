@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from wallet_platform import backoff
 from wallet_platform.clock import utcnow
 from wallet_platform.messaging.bus import OutgoingMessage
 from wallet_platform.storage.schema import bus_messages as bm
@@ -28,8 +29,8 @@ def now_ms() -> int:
 
 
 def retry_delay_ms(attempt: int) -> int:
-    """Back-off before delivery ``attempt + 1``: 100 ms, 200 ms, 400 ms ... 2 s."""
-    return int(min(100 * 2 ** max(attempt - 1, 0), 2000))
+    """Back-off before delivery ``attempt + 1`` (:data:`wallet_platform.backoff.REDELIVERY`)."""
+    return int(backoff.REDELIVERY.delay(attempt) * 1000)
 
 
 # --- publishing and consuming -------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 from sqlalchemy import event
 
+from wallet_platform import backoff
 from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.bus import EventBus, PublishError, error_text
 from wallet_platform.messaging.factory import get_bus
@@ -45,7 +46,6 @@ BUSY_POLL_SECONDS = 0.02  # while rows keep arriving
 MIN_ROUND_SECONDS = 0.02
 IDLE_POLL_SECONDS = 0.2  # after a quiet spell (commits still wake us at once)
 QUIET_ROUNDS = 50  # empty polls (about one second) before slowing down
-FAILURE_BACKOFF_SECONDS = (0.1, 0.2, 0.5, 1.0, 2.0)
 RELAY_EXTRA_KEY = "outbox_relay"
 STOP_GRACE_SECONDS = 10.0
 
@@ -196,8 +196,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                delay = FAILURE_BACKOFF_SECONDS[min(failures, len(FAILURE_BACKOFF_SECONDS) - 1)]
                 failures += 1
+                delay = backoff.RELAY_FAILURE.delay(failures)
                 self.stats.failures += 1
                 self.stats.last_error = error_text(error)
                 level = logging.WARNING if failures <= 3 or failures % 20 == 0 else logging.DEBUG

@@ -12,11 +12,14 @@ registers every consumer; then, every :data:`WATCHDOG_INTERVAL_SECONDS`, it chec
   not is registered again on a fresh channel.
 
 The connection closing, a failed probe, or a consumer that cannot be registered again
-ends that connection, and everything is set up again on a fresh one (after
-:data:`RECONNECT_MIN_SECONDS`, backing off to :data:`RECONNECT_MAX_SECONDS` while the
-broker is unreachable). Nothing retries a channel on a connection that cannot open
-one. Deliveries in flight on the old connection finish; their acks fail and the
-broker delivers them again, and the consumers' inbox skips what was applied.
+ends that connection, and everything is set up again on a fresh one, after a pause of
+:data:`wallet_platform.backoff.BUS_RECONNECT` (random, up to 1 s, growing to 5 s while
+the broker is unreachable: processes that lost the broker together do not all knock at
+once when it returns). A topology that clashes with the broker's queues is looked at
+again every :data:`MISMATCH_RECHECK_SECONDS`. Nothing retries a channel on a
+connection that cannot open one. Deliveries in flight on the old connection finish;
+their acks fail and the broker delivers them again, and the consumers' inbox skips
+what was applied.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Sequence
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
+from wallet_platform import backoff
 from wallet_platform.messaging.bus import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PREFETCH,
@@ -56,8 +60,7 @@ START_WAIT_SECONDS = 5.0
 SETUP_TIMEOUT_SECONDS = 10.0  # confirm channel + topology on a new connection
 WATCHDOG_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 5.0
-RECONNECT_MIN_SECONDS = 1.0
-RECONNECT_MAX_SECONDS = 5.0
+MISMATCH_RECHECK_SECONDS = 5.0
 
 
 class RabbitBus:
@@ -128,7 +131,7 @@ class RabbitBus:
                 await task
 
     async def _supervise(self) -> None:
-        delay = RECONNECT_MIN_SECONDS
+        failures = 0
         while not self._closing:
             try:
                 connection, publisher = await self._open()
@@ -138,16 +141,17 @@ class RabbitBus:
                 self._mismatch = error
                 self._outcome.set()
                 log.error("%s", error)
-                await asyncio.sleep(RECONNECT_MAX_SECONDS)
+                await asyncio.sleep(MISMATCH_RECHECK_SECONDS)
                 continue
             except Exception as error:
+                failures += 1
+                delay = backoff.BUS_RECONNECT.delay(failures)
                 log.warning(
                     "RabbitMQ connect failed (%s); retrying in %.1fs", error_text(error), delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                 continue
-            delay = RECONNECT_MIN_SECONDS
+            failures = 0
             self._mismatch = None
             self._connection, self._publisher = connection, publisher
             self.connections_opened += 1
@@ -161,7 +165,7 @@ class RabbitBus:
                     consumer.channel = consumer.tag = consumer.window = None
                 await close_quietly(connection)
             if not self._closing:
-                await asyncio.sleep(RECONNECT_MIN_SECONDS)
+                await asyncio.sleep(backoff.BUS_RECONNECT.delay(1))
 
     async def _open(self) -> tuple[AbstractConnection, Publisher]:
         name = f"wallet-bus {socket.gethostname()}:{os.getpid()}"

@@ -35,6 +35,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
+from wallet_platform import backoff
 from wallet_platform.messaging.bus import (
     HEADER_ATTEMPT,
     HEADER_ERROR,
@@ -68,8 +69,8 @@ PublishOne = Callable[[str, str, aio_pika.Message], Awaitable[None]]
 
 
 def retry_delay_seconds(attempt: int) -> float:
-    """Pause before retrying a failed delivery: 0.1 s, 0.2 s ... at most 2 s."""
-    return float(min(0.1 * 2 ** max(attempt - 1, 0), 2.0))
+    """Pause before retrying a failed delivery (:data:`wallet_platform.backoff.REDELIVERY`)."""
+    return backoff.REDELIVERY.delay(attempt)
 
 
 @dataclass

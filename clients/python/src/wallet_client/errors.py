@@ -12,13 +12,16 @@ code, so a newer server never breaks an older client's ``except`` clauses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import MappingProxyType
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "wallet.v1"
+MAX_SERVER_RETRY_DELAY = 60.0  # seconds; a longer RetryInfo is read as this
 
 
 class WalletError(Exception):
@@ -34,6 +37,7 @@ class WalletError(Exception):
         domain: str = "",
         request_id: str | None = None,
         attempts: int = 1,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -46,6 +50,9 @@ class WalletError(Exception):
         self.request_id = request_id
         #: How many times the call was sent (retries included).
         self.attempts = attempts
+        #: Seconds the server asked to wait before trying again (its RetryInfo), or
+        #: None when it sent none (a retry would get the same answer).
+        self.retry_delay = retry_delay
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -228,18 +235,19 @@ def exception_class(reason: str, code: grpc.StatusCode) -> type[WalletError]:
     return known[0] if known else WalletError
 
 
-def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+def _details(error: grpc.RpcError) -> list[any_pb2.Any]:
+    """The ``google.rpc.Status`` details of a failed call (none if it has no status)."""
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return []  # not a finished call (e.g. a test double): nothing to read
     try:
         status = rpc_status.from_call(error)
     except ValueError:  # details that contradict the call's own status: ignore them
-        return None
-    if status is None:
-        return None
-    return _status_info(status)
+        return []
+    return list(status.details) if status is not None else []
 
 
-def _status_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
-    for detail in status.details:
+def _error_info(details: Sequence[any_pb2.Any]) -> error_details_pb2.ErrorInfo | None:
+    for detail in details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
@@ -247,23 +255,52 @@ def _status_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | Non
     return None
 
 
-def error_from_rpc(
-    error: grpc.RpcError, *, request_id: str | None = None, attempts: int = 1
+def _retry_delay(details: Sequence[any_pb2.Any]) -> float | None:
+    for detail in details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds = info.retry_delay.ToNanoseconds() / 1e9
+            return min(max(seconds, 0.0), MAX_SERVER_RETRY_DELAY)
+    return None
+
+
+def server_retry_delay(error: grpc.RpcError) -> float | None:
+    """Seconds the server asked to wait before a retry (``RetryInfo``), else None.
+
+    A negative or absurd delay is clamped to ``[0, MAX_SERVER_RETRY_DELAY]``: a server
+    (or something in between) must not stall a client for hours.
+    """
+    return _retry_delay(_details(error))
+
+
+def _typed(
+    code: grpc.StatusCode,
+    message: str,
+    details: Sequence[any_pb2.Any],
+    request_id: str | None,
+    attempts: int,
 ) -> WalletError:
-    """The typed exception for a failed call (a ``grpc.RpcError`` that is a ``grpc.Call``)."""
-    code: grpc.StatusCode = error.code()
-    message: str = error.details() or code.name
-    info = _error_info(error)
+    info = _error_info(details)
     reason = info.reason if info and info.reason else code.name
     return exception_class(reason, code)(
-        message,
+        message or code.name,
         code=code,
         reason=reason,
         metadata=dict(info.metadata) if info else None,
         domain=info.domain if info else "",
         request_id=request_id,
         attempts=attempts,
+        retry_delay=_retry_delay(details),
     )
+
+
+def error_from_rpc(
+    error: grpc.RpcError, *, request_id: str | None = None, attempts: int = 1
+) -> WalletError:
+    """The typed exception for a failed call (a ``grpc.RpcError`` that is a ``grpc.Call``)."""
+    code: grpc.StatusCode = error.code()
+    return _typed(code, error.details() or "", _details(error), request_id, attempts)
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -272,16 +309,7 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 def error_from_status(
     status: status_pb2.Status, *, request_id: str | None = None, attempts: int = 1
 ) -> WalletError:
-    """The typed exception for a ``google.rpc.Status`` (a refused item of a batch call)."""
+    """The typed exception for a ``google.rpc.Status`` (a refused item of a batch call):
+    the same class and fields the single call's failure gives."""
     code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
-    info = _status_info(status)
-    reason = info.reason if info and info.reason else code.name
-    return exception_class(reason, code)(
-        status.message or code.name,
-        code=code,
-        reason=reason,
-        metadata=dict(info.metadata) if info else None,
-        domain=info.domain if info else "",
-        request_id=request_id,
-        attempts=attempts,
-    )
+    return _typed(code, status.message, list(status.details), request_id, attempts)

@@ -5,14 +5,19 @@ Safe means the repeat cannot apply anything twice: a read, or a write that carri
 repeat). A write without a key is never repeated, whatever the error: the first attempt
 may have been applied before the connection broke.
 
-Only two outcomes are worth repeating: ``UNAVAILABLE`` (the server, or its database,
-was not reachable) and ``DEADLINE_EXCEEDED`` (no answer in time; a keyed write may have
-been applied, and its repeat returns that outcome). Every other status is an answer.
+Outcomes worth repeating: ``UNAVAILABLE`` (the server, or its database, was not
+reachable), ``DEADLINE_EXCEEDED`` (no answer in time; a keyed write may have been
+applied, and its repeat returns that outcome) and ``RESOURCE_EXHAUSTED`` when the server
+says a retry makes sense (it attached a ``google.rpc.RetryInfo``: a limit that frees up,
+not a request too big to ever pass). Every other status is an answer.
 
 Waits between attempts grow exponentially with full jitter (a random pause between 0
-and the current ceiling), so clients that failed together do not return together. The
-policy's ``total_timeout`` bounds the whole logical call: each attempt's deadline is cut
-to what is left of it, and no wait outlasts it.
+and the current ceiling), so clients that failed together do not return together. When
+the server sent a ``RetryInfo``, the wait is its ``retry_delay`` plus that jittered
+pause: never sooner than the server asked, and still spread out. The policy's
+``total_timeout`` bounds the whole logical call: each attempt's deadline is cut to what
+is left of it, and no wait outlasts it (a call the server asks to wait past that ends
+with its error at once).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+
+from wallet_client.errors import server_retry_delay
 
 T = TypeVar("T")
 
@@ -58,8 +65,11 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
-def is_retryable(error: grpc.RpcError) -> bool:
+def is_retryable(error: grpc.RpcError, server_delay: float | None = None) -> bool:
+    """Worth repeating: a transient code, or a limit the server says will free up."""
     code = error.code() if callable(getattr(error, "code", None)) else None
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return server_delay is not None
     return code in RETRYABLE_CODES
 
 
@@ -88,9 +98,10 @@ def call_with_retries(
             return attempt(min(timeout, remaining))
         except grpc.RpcError as error:
             retry += 1
-            if not safe or not is_retryable(error) or retry >= policy.max_attempts:
+            server_delay = server_retry_delay(error)
+            if not safe or not is_retryable(error, server_delay) or retry >= policy.max_attempts:
                 raise
-            pause = jitter.uniform(0, policy.backoff_ceiling(retry))
+            pause = (server_delay or 0.0) + jitter.uniform(0, policy.backoff_ceiling(retry))
             if clock() + pause >= deadline:
                 raise
             sleep(pause)
