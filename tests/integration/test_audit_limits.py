@@ -24,8 +24,9 @@ from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_client.errors import server_retry_delay
 from wallet_platform.channels import make_channel
 from wallet_platform.config import Settings
-from wallet_platform.observability.audit import AuditBacklogFullError, AuditWriter
+from wallet_platform.observability.audit import AuditWriter
 from wallet_platform.observability.audit_backlog import REFUSED_SHARE
+from wallet_platform.server.audit_calls import AuditBacklogFullError
 from wallet_platform.server.plumbing import AUDIT_WRITER, MIN_AUDIT_BACKLOG_BYTES
 from wallet_platform.server.process import RunningServer, start_server
 from wallet_platform.server.status import error_reason
