@@ -16,6 +16,7 @@ import grpc
 
 from saga_orchestrator.domain import StepError, StepName
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_platform.observability import tracing
 from wallet_platform.server.status import error_reason
 
 # Each saga step and the WalletService RPC that performs it (one request shape, plus the
@@ -115,10 +116,26 @@ class GrpcWalletGateway:
         )
         if call.step is StepName.DEBIT:
             request.to_wallet_id = call.to_wallet_id
-        try:
-            response = await method(request, timeout=deadline, metadata=self._call_metadata())
-        except grpc.aio.AioRpcError as error:
-            raise StepFailedError(step_error_from_rpc(error)) from None
+        with tracing.span(
+            f"saga step {call.step.value}",
+            kind=tracing.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "wallet.v1.WalletService",
+                "rpc.method": method_name,
+                "wallet.transfer.id": call.transfer_id,
+            },
+        ) as span:
+            try:
+                # The step's traceparent (when tracing is on): WalletService continues it.
+                response = await method(
+                    request,
+                    timeout=deadline,
+                    metadata=tracing.outgoing_metadata(self._call_metadata()),
+                )
+            except grpc.aio.AioRpcError as error:
+                tracing.mark_error(span, error.code().name if error.code() else "UNKNOWN")
+                raise StepFailedError(step_error_from_rpc(error)) from None
         return bool(response.replayed)
 
     async def get_wallet(self, wallet_id: str, deadline: float) -> WalletInfo:

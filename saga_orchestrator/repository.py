@@ -111,6 +111,7 @@ def _transfer(row: Any, steps: Sequence[Any] = ()) -> Transfer:
             for step in steps
         ],
         audit_id=row.audit_id or "",
+        traceparent=row.traceparent,
     )
 
 
@@ -320,6 +321,7 @@ class TransferRepository:
             "lease_owner": transfer.lease_owner,
             "lease_expires_at": transfer.lease_expires_at,
             "audit_id": transfer.audit_id or None,
+            "traceparent": transfer.traceparent,
             "created_at": transfer.created_at,
             "updated_at": transfer.updated_at,
         }

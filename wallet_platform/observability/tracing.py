@@ -191,6 +191,7 @@ def span(
     parent: str | bytes | None = None,
     use_parent: bool = False,
     attributes: Mapping[str, Any] | None = None,
+    record_errors: bool = True,
 ) -> contextlib.AbstractContextManager[Span | None]:
     """A span made current for the block (a shared null context when tracing is off).
 
@@ -198,12 +199,13 @@ def span(
     traceparent (a new trace when it is missing or garbled): transports that carry a
     remote context always pass it, so an unrelated span that happens to be current
     (e.g. the task that spawned a consumer) never becomes the parent.
-    Exceptions leaving the block are recorded and set the span's status to error.
+    Exceptions leaving the block are recorded and set the span's status to error
+    (unless ``record_errors`` is False: the caller decides, e.g. by status code).
     """
     tracer = _tracer
     if tracer is None:
         return _OFF
-    return _current_span(tracer, name, kind, parent, use_parent, attributes)
+    return _current_span(tracer, name, kind, parent, use_parent, attributes, record_errors)
 
 
 @contextlib.contextmanager
@@ -214,10 +216,16 @@ def _current_span(
     parent: str | bytes | None,
     use_parent: bool,
     attributes: Mapping[str, Any] | None,
+    record_errors: bool,
 ) -> Iterator[Span]:
     context = _parent_context(parent) if use_parent else None
     with tracer.start_as_current_span(
-        name, context=context, kind=kind, attributes=attributes
+        name,
+        context=context,
+        kind=kind,
+        attributes=attributes,
+        record_exception=record_errors,
+        set_status_on_exception=record_errors,
     ) as current:
         yield current
 
