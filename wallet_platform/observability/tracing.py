@@ -99,9 +99,14 @@ def setup_from_env(default_service_name: str, environ: Mapping[str, str] | None 
     exporter = exporter_from_env(env)
     if exporter is None:
         return False
-    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, which win
-    # over the default given here; TracerProvider reads OTEL_TRACES_SAMPLER(_ARG).
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: default_service_name}))
+    # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES; attributes given here win
+    # over it, so the role is only the fallback. TracerProvider reads
+    # OTEL_TRACES_SAMPLER(_ARG).
+    service_name = env.get("OTEL_SERVICE_NAME", "").strip()
+    if not service_name and "service.name=" not in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        service_name = default_service_name
+    attributes = {SERVICE_NAME: service_name} if service_name else {}
+    provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
     log.info(
