@@ -226,15 +226,15 @@ async def test_tracing_off_makes_no_spans_and_stores_no_context(database_url: st
 async def test_a_garbled_traceparent_starts_a_new_trace(
     tmp_path, spans: InMemorySpanExporter, garbled: str
 ) -> None:
-    async with running_stack(f"sqlite:///{tmp_path / 'garbled.db'}") as running:
-        async with grpc.aio.insecure_channel(running.target) as channel:
-            wallets = wallet_pb2_grpc.WalletServiceStub(channel)
-            await wallets.CreateWallet(
-                wallet_pb2.CreateWalletRequest(wallet_id="w", currency="USD", request_id="r"),
-                metadata=(("traceparent", garbled),),
-            )
-            # Binary metadata that does not decode as text is ignored the same way.
-            assert tracing.context_from(b"\xff\xfe") is None
+    async with (
+        running_stack(f"sqlite:///{tmp_path / 'garbled.db'}") as running,
+        grpc.aio.insecure_channel(running.target) as channel,
+    ):
+        wallets = wallet_pb2_grpc.WalletServiceStub(channel)
+        await wallets.CreateWallet(
+            wallet_pb2.CreateWalletRequest(wallet_id="w", currency="USD", request_id="r"),
+            metadata=(("traceparent", garbled),),
+        )
     served = one(list(spans.get_finished_spans()), "wallet.v1.WalletService/CreateWallet")
     assert served.parent is None  # a root: a new trace
     assert served.context.trace_id != 0 and trace_of(served) != TRACE_ID
