@@ -45,6 +45,16 @@ log = logging.getLogger(__name__)
 
 HEADER = "traceparent"  # gRPC metadata key, AMQP header and column name
 EXPORTERS = ("otlp", "console", "none")
+# The standard variables the platform documents (docs/operations.md, Tracing); the
+# SDK and the OTLP exporter read more of their own.
+VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+)
 INSTRUMENTATION = "wallet_platform"
 
 # Re-exported so transports say what kind of span they start without importing OTel.
