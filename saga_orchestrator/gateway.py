@@ -116,6 +116,8 @@ class GrpcWalletGateway:
         )
         if call.step is StepName.DEBIT:
             request.to_wallet_id = call.to_wallet_id
+        if not tracing.enabled():
+            return await self._step(method, request, deadline, self._call_metadata())
         with tracing.span(
             f"saga step {call.step.value}",
             kind=tracing.CLIENT,
@@ -127,15 +129,19 @@ class GrpcWalletGateway:
             },
         ) as span:
             try:
-                # The step's traceparent (when tracing is on): WalletService continues it.
-                response = await method(
-                    request,
-                    timeout=deadline,
-                    metadata=tracing.outgoing_metadata(self._call_metadata()),
-                )
-            except grpc.aio.AioRpcError as error:
-                tracing.mark_error(span, error.code().name if error.code() else "UNKNOWN")
-                raise StepFailedError(step_error_from_rpc(error)) from None
+                # The step span's traceparent: WalletService continues the trace.
+                metadata = tracing.outgoing_metadata(self._call_metadata())
+                return await self._step(method, request, deadline, metadata)
+            except StepFailedError as failed:
+                tracing.mark_error(span, failed.error.code)
+                raise
+
+    @staticmethod
+    async def _step(method: Any, request: Any, deadline: float, metadata: Any) -> bool:
+        try:
+            response = await method(request, timeout=deadline, metadata=metadata)
+        except grpc.aio.AioRpcError as error:
+            raise StepFailedError(step_error_from_rpc(error)) from None
         return bool(response.replayed)
 
     async def get_wallet(self, wallet_id: str, deadline: float) -> WalletInfo:

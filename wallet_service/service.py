@@ -188,6 +188,8 @@ class WalletService:
             )
         else:
             command = moves.client_move(movement, wallet_id, amount, request_id, audit_id)
+        if not tracing.enabled():  # the hot path: not even a span name to format
+            return await self._move(command)
         with tracing.span(f"wallet {command.method}", attributes={"wallet.id": wallet_id}):
             return await self._move(command)
 

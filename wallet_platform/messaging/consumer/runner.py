@@ -140,18 +140,9 @@ class ConsumerRunner:
         """Queue ``delivery`` for the writer; ``settle`` is called once it committed
         (``error`` None) or failed. Deliveries that can never be applied raise
         :class:`PoisonMessageError` here, before anything is queued."""
-        span = tracing.start_span(
-            f"{self.projection.consumer_name} process",
-            kind=tracing.CONSUMER,
-            parent=delivery.traceparent,
-            attributes={
-                "messaging.system": "rabbitmq",
-                "messaging.operation": "process",
-                "messaging.message.id": delivery.message_id,
-                "messaging.rabbitmq.destination.routing_key": delivery.routing_key,
-                "wallet.delivery.attempt": delivery.attempt,
-            },
-        )
+        span = None
+        if tracing.enabled():
+            span = self._span(delivery)
         try:
             if not delivery.message_id:
                 # The inbox key: without it exactly-once cannot be kept.
@@ -163,6 +154,21 @@ class ConsumerRunner:
         self._queue.append(_Pending(delivery, translated, settle, span))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_loop(), name="consumer-writer")
+
+    def _span(self, delivery: Delivery) -> Any:
+        """The delivery's CONSUMER span, a child of its ``traceparent`` header."""
+        return tracing.start_span(
+            f"{self.projection.consumer_name} process",
+            kind=tracing.CONSUMER,
+            parent=delivery.traceparent,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation": "process",
+                "messaging.message.id": delivery.message_id,
+                "messaging.rabbitmq.destination.routing_key": delivery.routing_key,
+                "wallet.delivery.attempt": delivery.attempt,
+            },
+        )
 
     async def _write_loop(self) -> None:
         """Runs while deliveries wait; exits when the queue is empty."""
