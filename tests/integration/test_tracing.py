@@ -9,6 +9,7 @@
   the saga, so no header either);
 - a garbled ``traceparent`` is ignored: the call succeeds in a new trace;
 - a saga resumed from the database (as the sweeper does) continues the stored trace;
+- concurrent deposits sharing a group commit each store their own caller's context;
 - RabbitMQ: the relay's message carries the ``traceparent`` header of its publish
   span (a child of the row's context); with tracing off there is no such header.
 """
@@ -315,3 +316,39 @@ async def test_rabbitmq_no_header_when_tracing_is_off(
     assert not tracing.enabled()
     delivery = await _relay_one(rabbit_bus_under_test, None)
     assert delivery.traceparent is None
+
+
+async def test_concurrent_writes_keep_their_own_context(
+    database_url: str, spans: InMemorySpanExporter
+) -> None:
+    """Deposits that share a group commit (PostgreSQL) still queue their outbox rows
+    each with its caller's trace, not the batch's."""
+    async with running_stack(database_url) as running:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            wallets = wallet_pb2_grpc.WalletServiceStub(channel)
+            ids = [f"w{n}-{uuid.uuid4().hex[:6]}" for n in range(12)]
+            for wallet_id in ids:
+                await wallets.CreateWallet(
+                    wallet_pb2.CreateWalletRequest(
+                        wallet_id=wallet_id, currency="USD", request_id=wallet_id
+                    )
+                )
+            traces = {wallet_id: uuid.uuid4().hex for wallet_id in ids}
+            responses = await asyncio.gather(
+                *(
+                    wallets.Deposit(
+                        wallet_pb2.DepositRequest(
+                            wallet_id=wallet_id, amount=5, request_id=f"d-{wallet_id}"
+                        ),
+                        metadata=(("traceparent", f"00-{traces[wallet_id]}-{CLIENT_SPAN}-01"),),
+                    )
+                    for wallet_id in ids
+                )
+            )
+        async with running.runtime.db.read() as conn:
+            rows = dict(
+                (await conn.execute(select(outbox.c.message_id, outbox.c.traceparent))).all()
+            )
+    for wallet_id, response in zip(ids, responses, strict=True):
+        stored = rows[response.event.event_id]
+        assert stored is not None and stored.split("-")[1] == traces[wallet_id], wallet_id
