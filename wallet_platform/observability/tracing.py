@@ -146,11 +146,6 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-def force_flush() -> None:
-    if _provider is not None:
-        _provider.force_flush()
-
-
 # --- propagation -----------------------------------------------------------------------
 
 
