@@ -34,6 +34,12 @@ def test_unset_or_none_leaves_tracing_off(value: str | None) -> None:
         assert span is None
 
 
+def test_otel_sdk_disabled_wins() -> None:
+    environ = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}
+    assert tracing.setup_from_env("stack", environ) is False
+    assert not tracing.enabled()
+
+
 def test_console_turns_tracing_on_with_the_service_name() -> None:
     environ = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "payments-eu"}
     assert tracing.setup_from_env("wallet-service", environ)

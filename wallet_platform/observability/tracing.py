@@ -5,7 +5,7 @@ Configuration (read once per process, by ``setup_from_env``):
 
 - ``OTEL_TRACES_EXPORTER``: ``otlp`` (gRPC, to ``OTEL_EXPORTER_OTLP_ENDPOINT``,
   default ``http://localhost:4317``), ``console`` (spans as JSON on stdout) or
-  ``none``. Unset or ``none`` leaves tracing off.
+  ``none``. Unset or ``none`` leaves tracing off (so does ``OTEL_SDK_DISABLED=true``).
 - ``OTEL_SERVICE_NAME``: the ``service.name`` of the spans (default: the process's
   role, e.g. ``wallet-service``).
 - ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: the SDK's samplers (default
@@ -106,6 +106,8 @@ def setup_from_env(default_service_name: str, environ: Mapping[str, str] | None 
     if _tracer is not None:
         return True
     env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False  # the standard switch that turns the whole SDK off
     exporter = exporter_from_env(env)
     if exporter is None:
         return False
