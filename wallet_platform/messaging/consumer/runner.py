@@ -162,10 +162,9 @@ class ConsumerRunner:
             kind=tracing.CONSUMER,
             parent=delivery.traceparent,
             attributes={
-                "messaging.system": "rabbitmq",
                 "messaging.operation": "process",
                 "messaging.message.id": delivery.message_id,
-                "messaging.rabbitmq.destination.routing_key": delivery.routing_key,
+                "messaging.destination.name": delivery.routing_key,
                 "wallet.delivery.attempt": delivery.attempt,
             },
         )

@@ -105,10 +105,9 @@ def _traced(messages: list[OutgoingMessage]) -> tuple[list[OutgoingMessage], lis
             kind=tracing.PRODUCER,
             parent=message.traceparent,
             attributes={
-                "messaging.system": "rabbitmq",
                 "messaging.operation": "publish",
                 "messaging.message.id": message.message_id,
-                "messaging.rabbitmq.destination.routing_key": message.routing_key,
+                "messaging.destination.name": message.routing_key,
             },
         )
         spans.append(span)
