@@ -159,6 +159,9 @@ class Transfer:
     steps: list[Step] = field(default_factory=list)
     # The audit record of the CreateTransfer call, propagated to the step calls.
     audit_id: str = ""
+    # The W3C trace context of CreateTransfer (None: tracing was off): the saga's
+    # spans continue that trace, also when another replica resumes it.
+    traceparent: str | None = None
 
     @classmethod
     def pending(
@@ -174,6 +177,7 @@ class Transfer:
         lease_expires_at: datetime | None,
         now: datetime,
         audit_id: str = "",
+        traceparent: str | None = None,
     ) -> Transfer:
         """A new saga as CreateTransfer stores it: PENDING, nothing tried yet."""
         return cls(
@@ -195,6 +199,7 @@ class Transfer:
             created_at=now,
             updated_at=now,
             audit_id=audit_id,
+            traceparent=traceparent,
         )
 
     @property

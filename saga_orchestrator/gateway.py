@@ -17,6 +17,7 @@ import grpc
 from saga_orchestrator.domain import StepName
 from saga_orchestrator.step_errors import StepError
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_platform.observability import tracing
 from wallet_platform.server.status import error_reason
 
 # Each saga step and the WalletService RPC that performs it (one request shape, plus the
@@ -116,8 +117,30 @@ class GrpcWalletGateway:
         )
         if call.step is StepName.DEBIT:
             request.to_wallet_id = call.to_wallet_id
+        if not tracing.enabled():
+            return await self._step(method, request, deadline, self._call_metadata())
+        with tracing.span(
+            f"saga step {call.step.value}",
+            kind=tracing.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "wallet.v1.WalletService",
+                "rpc.method": method_name,
+                "wallet.transfer.id": call.transfer_id,
+            },
+        ) as span:
+            try:
+                # The step span's traceparent: WalletService continues the trace.
+                metadata = tracing.outgoing_metadata(self._call_metadata())
+                return await self._step(method, request, deadline, metadata)
+            except StepFailedError as failed:
+                tracing.mark_error(span, failed.error.code)
+                raise
+
+    @staticmethod
+    async def _step(method: Any, request: Any, deadline: float, metadata: Any) -> bool:
         try:
-            response = await method(request, timeout=deadline, metadata=self._call_metadata())
+            response = await method(request, timeout=deadline, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             raise StepFailedError(step_error_from_rpc(error)) from None
         return bool(response.replayed)

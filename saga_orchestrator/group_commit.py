@@ -66,6 +66,7 @@ INSERT_COLUMNS = (
     "audit_id",
     "created_at",
     "updated_at",
+    "traceparent",
 )
 FINISH_COLUMNS = (
     "transfer_id",
@@ -102,6 +103,7 @@ OUTBOX_COLUMNS = (
     "status",
     "attempts",
     "created_at",
+    "traceparent",
 )
 
 
@@ -122,13 +124,13 @@ _WRITE_MANY = text(
 WITH created AS (
     INSERT INTO transfers (transfer_id, request_id, fingerprint, from_wallet_id,
                            to_wallet_id, amount, currency, state, attempts, lease_owner,
-                           lease_expires_at, audit_id, created_at, updated_at)
+                           lease_expires_at, audit_id, created_at, updated_at, traceparent)
     SELECT *
     FROM json_to_recordset(CAST(:inserts AS json)) AS i(
         transfer_id text, request_id text, fingerprint text, from_wallet_id text,
         to_wallet_id text, amount bigint, currency text, state text, attempts integer,
         lease_owner text, lease_expires_at timestamptz, audit_id text,
-        created_at timestamptz, updated_at timestamptz)
+        created_at timestamptz, updated_at timestamptz, traceparent text)
     ORDER BY i.request_id
     ON CONFLICT DO NOTHING
     RETURNING transfer_id
@@ -180,12 +182,13 @@ WITH created AS (
                             SELECT transfer_id FROM fenced)
 ), milestones AS (
     INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,
-                        created_at)
+                        created_at, traceparent)
     SELECT o.message_id, o.routing_key, o.message_type, o.payload, o.status, o.attempts,
-           o.created_at
+           o.created_at, o.traceparent
     FROM json_to_recordset(CAST(:milestones AS json)) AS o(
         transfer_id text, message_id text, routing_key text, message_type text,
-        payload bytea, status text, attempts integer, created_at timestamptz)
+        payload bytea, status text, attempts integer, created_at timestamptz,
+        traceparent text)
     WHERE o.transfer_id IN (SELECT transfer_id FROM fenced)
 )
 SELECT transfer_id FROM created

@@ -9,6 +9,7 @@ from saga_orchestrator.domain import TERMINAL_STATES, Transfer, TransferState
 from saga_orchestrator.mapping import transfer_to_proto
 from wallet.v1 import events_pb2
 from wallet_platform.messaging.outbox.rows import outbox_row
+from wallet_platform.observability import tracing
 
 # The saga milestone each terminal state publishes through the outbox.
 MILESTONES: dict[TransferState, tuple[str, Any]] = {
@@ -33,4 +34,5 @@ def milestone_outbox_row(transfer: Transfer, now: datetime) -> dict[str, Any] | 
         f"wallet.transfer_{suffix}",
         message_class(transfer=transfer_to_proto(transfer)),
         now,
+        tracing.current_traceparent(),
     )

@@ -36,6 +36,7 @@ from wallet_platform.errors import (
     UnavailableError,
     WalletNotFoundError,
 )
+from wallet_platform.observability import tracing
 from wallet_platform.observability.logs import audit_id_var
 
 # How often CreateTransfer re-reads a transfer it waits for that another replica drives.
@@ -125,24 +126,33 @@ class TransferService:
                 return await self._replay(existing, fingerprint, deadline), True
             raise
 
-        now = self.runner.clock()
-        transfer = Transfer.pending(
-            transfer_id=str(uuid.uuid4()),
-            request_id=request_id,
-            from_wallet_id=from_wallet_id,
-            to_wallet_id=to_wallet_id,
-            amount=amount,
-            currency=sender.currency,
-            lease_owner=self.runner.owner,
-            lease_expires_at=self.runner.lease_until(),
-            now=now,
-            audit_id=audit_id_var.get() or "",
-        )
-        # The insert also records the first debit call (its 'before' write).
-        transfer = transfer.begin_step(StepName.DEBIT, now)
-        try:
-            await self.repository.insert(transfer)
-        except DuplicateRequestError:
+        transfer_id = str(uuid.uuid4())
+        with tracing.span("saga create", attributes={"wallet.transfer.id": transfer_id}) as span:
+            now = self.runner.clock()
+            transfer = Transfer.pending(
+                transfer_id=transfer_id,
+                request_id=request_id,
+                from_wallet_id=from_wallet_id,
+                to_wallet_id=to_wallet_id,
+                amount=amount,
+                currency=sender.currency,
+                lease_owner=self.runner.owner,
+                lease_expires_at=self.runner.lease_until(),
+                now=now,
+                audit_id=audit_id_var.get() or "",
+                # Stored with the saga: its spans are children of this one.
+                traceparent=tracing.current_traceparent(),
+            )
+            # The insert also records the first debit call (its 'before' write).
+            transfer = transfer.begin_step(StepName.DEBIT, now)
+            try:
+                await self.repository.insert(transfer)
+                duplicate = False
+            except DuplicateRequestError:
+                duplicate = True  # a replay, not a failure of the span
+                if span is not None:
+                    span.set_attribute("wallet.transfer.request_id_taken", True)
+        if duplicate:
             # This request_id exists (a retry, or a concurrent identical request won the
             # insert): answer as its replay.
             existing = await self.repository.get_by_request_id(request_id)

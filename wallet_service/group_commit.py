@@ -45,6 +45,7 @@ from typing import Any
 from google.protobuf.message import Message
 from psycopg.rows import namedtuple_row
 
+from wallet_platform.observability import tracing
 from wallet_platform.storage.batching import BatchScheduler
 from wallet_platform.storage.database import Database
 from wallet_service import domain, hold_sql, holds, repository
@@ -153,13 +154,13 @@ LEFT JOIN moved AS m ON m.n = i.n
 _FINISH_MANY = """
 WITH queued AS (
     INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,
-                        created_at)
+                        created_at, traceparent)
     SELECT *
     FROM unnest(
         CAST(%(message_ids)s AS varchar[]), CAST(%(routing_keys)s AS varchar[]),
         CAST(%(message_types)s AS varchar[]), CAST(%(payloads)s AS bytea[]),
         CAST(%(statuses)s AS varchar[]), CAST(%(attempts)s AS integer[]),
-        CAST(%(created_ats)s AS timestamptz[])
+        CAST(%(created_ats)s AS timestamptz[]), CAST(%(traceparents)s AS varchar[])
     )
 ), released AS (
     DELETE FROM idempotency_records AS r
@@ -183,6 +184,8 @@ class MoveRequest:
     command: MoveCommand
     future: asyncio.Future[Message | None] = field(repr=False)
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # The caller's trace context for its outbox row (the batch runs in another task).
+    traceparent: str | None = field(default_factory=tracing.current_traceparent)
 
 
 # (method, wallet, event) -> (response, stored bytes, outbox row); WalletService._response.
@@ -297,6 +300,7 @@ class GroupCommitter(BatchScheduler[MoveRequest]):
                     request.command.method, wallet, event
                 )
                 assert outbox_row is not None
+                outbox_row["traceparent"] = request.traceparent
                 responses[position] = response
                 stored.append((request.command, data))
                 outbox_rows.append(outbox_row)
@@ -311,6 +315,7 @@ class GroupCommitter(BatchScheduler[MoveRequest]):
                         "statuses": [o["status"] for o in outbox_rows],
                         "attempts": [o["attempts"] for o in outbox_rows],
                         "created_ats": [o["created_at"] for o in outbox_rows],
+                        "traceparents": [o["traceparent"] for o in outbox_rows],
                         "released_scopes": [c.scope for c in released],
                         "released_ids": [c.request_id for c in released],
                         "done_scopes": [c.scope for c, _ in stored],

@@ -97,9 +97,9 @@ _PG_FINISH = text(
     """
 WITH queued AS (
     INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,
-                        created_at)
+                        created_at, traceparent)
     VALUES (:message_id, :routing_key, :message_type, :payload, :status, :attempts,
-            :created_at)
+            :created_at, :traceparent)
 )
 UPDATE idempotency_records SET status_code = 'OK', response = :response
 WHERE scope = :scope AND request_id = :request_id

@@ -64,6 +64,7 @@ from wallet_platform.errors import (
 )
 from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.events import wallet_event_outbox_row
+from wallet_platform.observability import tracing
 from wallet_platform.observability.logs import audit_id_var
 from wallet_platform.storage.connection_errors import is_contention
 from wallet_platform.storage.database import Database
@@ -187,6 +188,12 @@ class WalletService:
             )
         else:
             command = moves.client_move(movement, wallet_id, amount, request_id, audit_id)
+        if not tracing.enabled():  # the hot path: not even a span name to format
+            return await self._move(command)
+        with tracing.span(f"wallet {command.method}", attributes={"wallet.id": wallet_id}):
+            return await self._move(command)
+
+    async def _move(self, command: moves.MoveCommand) -> Message:
         if self._group is not None:  # PostgreSQL group commit (wallet_service.group_commit)
             future = asyncio.get_running_loop().create_future()
             grouped = await self._group.submit(MoveRequest(command, future))
@@ -215,6 +222,7 @@ class WalletService:
                 event = command.event(result.wallet, event_id)
                 response, stored, outbox_row = self._response(command.method, result.wallet, event)
                 assert outbox_row is not None
+                outbox_row["traceparent"] = tracing.current_traceparent()
                 await pg_fast_path.finish(conn, command, stored, outbox_row)
                 return response
 
@@ -465,6 +473,7 @@ class WalletService:
         """Queue the event's outbox row, store the response, return it."""
         response, stored, outbox_row = self._response(key.method, wallet, event)
         if outbox_row is not None:
+            outbox_row["traceparent"] = tracing.current_traceparent()
             await repository.insert_outbox(conn, outbox_row)
         await repository.finish_record(conn, key.request_id, scope=key.scope, response=stored)
         return response

@@ -53,6 +53,7 @@ def transfer_from_row(row: Any, steps: Sequence[Any] = ()) -> Transfer:
             for step in steps
         ],
         audit_id=row.audit_id or "",
+        traceparent=row.traceparent,
     )
 
 
@@ -71,6 +72,7 @@ def insert_values(transfer: Transfer) -> dict[str, Any]:
         "lease_owner": transfer.lease_owner,
         "lease_expires_at": transfer.lease_expires_at,
         "audit_id": transfer.audit_id or None,
+        "traceparent": transfer.traceparent,
         "created_at": transfer.created_at,
         "updated_at": transfer.updated_at,
     }

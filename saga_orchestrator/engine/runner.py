@@ -14,6 +14,11 @@ The loop for one saga is simple because every hard part lives elsewhere:
 - *repeating a call is safe* because each step's request_id is derived from the
   transfer (``<transfer_id>:debit``): WalletService replays the original outcome.
 
+Tracing (when on): each round of the loop is a ``saga run`` span, a child of the
+context stored with the saga at CreateTransfer (never of whatever task spawned the
+driver), so a saga resumed by the sweeper, on any replica, continues the original
+trace; each step call is a CLIENT span inside it (the gateway sends its context).
+
 Retries (``engine.retrying``) have no overall limit: once a call may have moved money
 its outcome must be learned. Every failed call is written to the saga (attempts, last
 error, next attempt time) so a saga that keeps failing is visible in
@@ -51,6 +56,7 @@ from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.step_errors import StepError
 from wallet_platform.clock import Clock, utcnow
 from wallet_platform.failpoints import failpoint
+from wallet_platform.observability import tracing
 from wallet_platform.observability.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -164,12 +170,25 @@ class SagaRunner:
             # the write that recorded its call; a re-read always records a new call.
             transfer = known if first_round else None
             next_begun = transfer is not None and begun
+            resumed = known is None or not first_round  # the sweeper, or a restart
             first_round = False
             transfer = transfer or await self.repository.get(transfer_id)
             if transfer is None:
                 log.warning("saga %s vanished", transfer_id)
                 return None
-            with log_context(audit_id=transfer.audit_id or None):
+            with (
+                log_context(audit_id=transfer.audit_id or None),
+                tracing.span(
+                    "saga run",
+                    parent=transfer.traceparent,
+                    use_parent=True,
+                    attributes={
+                        "wallet.transfer.id": transfer_id,
+                        "wallet.transfer.state": transfer.state.value,
+                        "wallet.saga.resumed": resumed,
+                    },
+                ),
+            ):
                 while not transfer.is_terminal:
                     if transfer.lease_owner != self.owner:
                         raise LeaseLostError(f"transfer {transfer_id} is leased elsewhere")

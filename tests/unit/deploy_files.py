@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 import wallet_platform.observability.metrics  # noqa: F401  (registers the platform's metrics)
 from wallet_platform.config import OPTIONS
+from wallet_platform.observability import tracing
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -25,7 +26,8 @@ CONTRACT_PORTS = {
     "analytics-worker": 50053,
     "fraud-worker": 50054,
 }
-ENV_NAMES = {option.env for option in OPTIONS}
+# The settings, and the OpenTelemetry variables tracing is configured by.
+ENV_NAMES = {option.env for option in OPTIONS} | set(tracing.VARIABLES)
 # Variables that carry secret values: never a literal in a manifest.
 SECRET_ENV = {"WALLET_DATABASE_URL", "WALLET_AMQP_URL", "WALLET_AUTH_TOKENS", "WALLET_AUTH_TOKEN"}
 INSECURE_ENV = "WALLET_ALLOW_INSECURE"

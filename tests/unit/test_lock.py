@@ -116,7 +116,9 @@ def test_runtime_set_has_no_build_test_or_lint_tools():
 
 
 def _imported_modules(roots: list[Path]) -> set[str]:
-    """Top-level third-party modules imported anywhere under ``roots`` (google.* by part)."""
+    """Top-level third-party modules imported anywhere under ``roots`` (google.* by part;
+    opentelemetry.* whole: its API, SDK and exporters share that namespace package at
+    every depth, and each import names the one distribution that installs it)."""
     names = set()
     for root in roots:
         for path in root.rglob("*.py"):
@@ -125,11 +127,16 @@ def _imported_modules(roots: list[Path]) -> set[str]:
                     modules = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     modules = [node.module]
+                    if node.module == "opentelemetry":  # from opentelemetry import trace
+                        modules = [f"{node.module}.{alias.name}" for alias in node.names]
                 else:
                     continue
                 for module in modules:
                     parts = module.split(".")
-                    names.add(".".join(parts[:2]) if parts[0] == "google" else parts[0])
+                    if parts[0] == "opentelemetry":
+                        names.add(module)
+                    else:
+                        names.add(".".join(parts[:2]) if parts[0] == "google" else parts[0])
     return {name for name in names if name.split(".")[0] not in sys.stdlib_module_names}
 
 

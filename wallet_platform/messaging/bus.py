@@ -31,6 +31,8 @@ HEADER_ATTEMPT = "x-wallet-attempt"  # delivery attempt of the copy being publis
 HEADER_ERROR = "x-wallet-error"  # why a message was retried or dead-lettered
 HEADER_QUEUE = "x-wallet-queue"  # the queue a dead letter came from
 HEADER_REPLAYED = "x-wallet-replayed"  # set on copies replayed out of a DLQ
+# W3C trace context of the write that queued the message (AMQP header, bus column).
+HEADER_TRACEPARENT = "traceparent"
 
 DEFAULT_PREFETCH = 64
 DEFAULT_MAX_ATTEMPTS = 5
@@ -52,6 +54,7 @@ class OutgoingMessage:
     routing_key: str
     message_type: str  # full proto name, the AMQP ``type`` property
     body: bytes
+    traceparent: str | None = None  # sent as the ``traceparent`` header when set
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Delivery:
     message_type: str
     body: bytes
     attempt: int  # 1 on first delivery, grows with retries
+    traceparent: str | None = None  # the ``traceparent`` header, as received
 
 
 # A handler may also offer ``submit(delivery, settle)`` (the consumer runner does): it

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from wallet_platform.observability import tracing
 from wallet_platform.observability.audit import AuditWriter
 from wallet_platform.observability.metrics import MetricsHttpServer
 from wallet_platform.observability.state_metrics import StateCollector, state_sources
@@ -32,6 +33,7 @@ from wallet_platform.server.call_limits import CallLimiter
 from wallet_platform.server.limits import ServerLimits
 from wallet_platform.server.rpc_metrics import measure
 from wallet_platform.server.security import guard
+from wallet_platform.server.tracing import traced
 
 if TYPE_CHECKING:
     from wallet_platform.runtime import Runtime
@@ -51,7 +53,8 @@ def metrics_host(listen: str) -> str:
 
 
 class PlumbingInterceptor(WrappingInterceptor):
-    """Metrics, audit, call limits, auth and (unless ``error_mapping=False``) error mapping."""
+    """Tracing (while on), metrics, audit, call limits, auth and (unless
+    ``error_mapping=False``) error mapping."""
 
     def __init__(
         self,
@@ -79,7 +82,10 @@ class PlumbingInterceptor(WrappingInterceptor):
         handler = audit(
             method, handler, self.audit_writer, self.authority, certificates=self.certificates
         )
-        return measure(method, handler)
+        handler = measure(method, handler)
+        if tracing.enabled():  # outermost: the span covers auth, audit and limits
+            handler = traced(method, handler)
+        return handler
 
 
 class ServerPlumbing:

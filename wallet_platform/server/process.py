@@ -1,9 +1,10 @@
 """The life of a server process: start, serve, stop.
 
-``run_server`` is the whole life of a server process: logging, failpoints,
-migrations, the database, the components, the gRPC server, health, then a clean
-stop on SIGINT/SIGTERM (health NOT_SERVING, components stopped, in-flight calls
-given a grace period, connections closed). Between the two, health follows the
+``run_server`` is the whole life of a server process: logging, tracing (the ``OTEL_*``
+variables, ``wallet_platform.observability.tracing``), failpoints, migrations, the
+database, the components, the gRPC server, health, then a clean stop on SIGINT/SIGTERM
+(health NOT_SERVING, components stopped, in-flight calls given a grace period,
+connections closed, buffered spans exported). Between the two, health follows the
 database and the event bus (:mod:`wallet_platform.server.readiness`).
 """
 
@@ -20,6 +21,7 @@ import grpc
 
 from wallet_platform import failpoints
 from wallet_platform.config import Settings
+from wallet_platform.observability import tracing
 from wallet_platform.observability.logs import setup_logging
 from wallet_platform.runtime import BUS_EXTRA_KEY, Runtime
 from wallet_platform.server import exposure, prefork
@@ -104,6 +106,8 @@ async def start_server(
 ) -> RunningServer:
     """Migrate, build and start a server; tests call this with ``listen=127.0.0.1:0``."""
     failpoints.configure(settings.failpoints)
+    # Here rather than in run_server: each forked worker needs its own exporter thread.
+    tracing.setup_from_env(role)
     await asyncio.to_thread(migrate.upgrade, settings.database_url)
     db = Database.from_settings(settings)
     runtime = Runtime(settings=settings, db=db, role=role)
@@ -176,6 +180,7 @@ async def serve_forever(
     await stop.wait()
     log.info("%s stopping", role)
     await running.stop()
+    await asyncio.to_thread(tracing.shutdown)  # export the spans still buffered
     log.info("%s stopped", role)
 
 

@@ -119,6 +119,8 @@ outbox = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=True),
+    # W3C trace context of the write that queued the row (NULL: tracing was off).
+    Column("traceparent", String(128), nullable=True),
 )
 Index("ix_outbox_status_id", outbox.c.status, outbox.c.id)
 
@@ -145,6 +147,8 @@ transfers = Table(
     Column("audit_id", String(36), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # W3C trace context of CreateTransfer: a resumed saga continues its trace.
+    Column("traceparent", String(128), nullable=True),
     CheckConstraint("amount > 0", name="ck_transfers_amount_positive"),
 )
 Index("ix_transfers_state", transfers.c.state)
@@ -244,6 +248,7 @@ bus_messages = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("dead_at", DateTime(timezone=True), nullable=True),
+    Column("traceparent", String(128), nullable=True),  # the AMQP header's equivalent
     CheckConstraint("state IN ('ready', 'dead')", name="ck_bus_messages_state"),
 )
 Index(

@@ -12,6 +12,10 @@ way for every consumer:
    projection's change; commit;
 3. failpoint ``consumer.after_apply``; settle, so the bus acks.
 
+Tracing (when on): one CONSUMER span per delivery, a child of the context in its
+``traceparent`` header, from ``submit`` until it is settled (batches share a commit,
+so the spans are not made current).
+
 A crash anywhere before the commit leaves nothing behind (the message comes back); a
 crash after it leaves the inbox row, so the redelivered copy is skipped: each event is
 applied exactly once.
@@ -41,6 +45,7 @@ from wallet_platform.errors import UnavailableError
 from wallet_platform.failpoints import failpoint
 from wallet_platform.messaging.bus import Delivery, PoisonMessageError, error_text
 from wallet_platform.messaging.consumer.projection import Projection, Translated
+from wallet_platform.observability import tracing
 from wallet_platform.observability.logs import log_context
 from wallet_platform.storage.connection_errors import is_connection_error, is_contention
 
@@ -84,6 +89,7 @@ class _Pending:
     delivery: Delivery
     translated: Translated[Any]
     settle: Settle
+    span: Any = None  # the delivery's span while tracing is on
 
 
 class ConsumerRunner:
@@ -127,13 +133,34 @@ class ConsumerRunner:
         """Queue ``delivery`` for the writer; ``settle`` is called once it committed
         (``error`` None) or failed. Deliveries that can never be applied raise
         :class:`PoisonMessageError` here, before anything is queued."""
-        if not delivery.message_id:
-            # The inbox key: without it exactly-once cannot be kept.
-            raise PoisonMessageError("message has no message_id")
-        translated = self.projection.translate(delivery)
-        self._queue.append(_Pending(delivery, translated, settle))
+        span = None
+        if tracing.enabled():
+            span = self._span(delivery)
+        try:
+            if not delivery.message_id:
+                # The inbox key: without it exactly-once cannot be kept.
+                raise PoisonMessageError("message has no message_id")
+            translated = self.projection.translate(delivery)
+        except Exception as error:
+            tracing.end_span(span, error)
+            raise
+        self._queue.append(_Pending(delivery, translated, settle, span))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_loop(), name="consumer-writer")
+
+    def _span(self, delivery: Delivery) -> Any:
+        """The delivery's CONSUMER span, a child of its ``traceparent`` header."""
+        return tracing.start_span(
+            f"{self.projection.consumer_name} process",
+            kind=tracing.CONSUMER,
+            parent=delivery.traceparent,
+            attributes={
+                "messaging.operation": "process",
+                "messaging.message.id": delivery.message_id,
+                "messaging.destination.name": delivery.routing_key,
+                "wallet.delivery.attempt": delivery.attempt,
+            },
+        )
 
     async def _write_loop(self) -> None:
         """Runs while deliveries wait; exits when the queue is empty."""
@@ -258,6 +285,11 @@ class ConsumerRunner:
 
 def _settle(item: _Pending, error: BaseException | None, applied: bool) -> None:
     """Report to the bus; a failing callback must not stop the writer."""
+    if item.span is not None:
+        span, item.span = item.span, None
+        if not applied and error is None:
+            span.set_attribute("wallet.duplicate", True)
+        tracing.end_span(span, error)
     try:
         item.settle(error, applied)
     except Exception:

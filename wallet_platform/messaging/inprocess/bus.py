@@ -189,6 +189,7 @@ class InProcessBus:
                 message_type=row.message_type,
                 body=row.body,
                 attempt=row.attempt,
+                traceparent=row.traceparent,
             )
             try:
                 await consumer.handler(delivery)

@@ -51,6 +51,7 @@ async def enqueue(conn: AsyncConnection, routed: Sequence[tuple[str, OutgoingMes
             "available_at_ms": available,
             "locked_until_ms": None,
             "created_at": created_at,
+            "traceparent": message.traceparent,
         }
         for queue, message in routed
     ]
@@ -93,6 +94,7 @@ async def claim_rows(conn: AsyncConnection, queue: str, limit: int, lease_ms: in
             bm.c.message_type,
             bm.c.body,
             bm.c.attempt,
+            bm.c.traceparent,
         )
     )
     rows = list((await conn.execute(statement)).all())

@@ -13,12 +13,17 @@ recent traffic, slowing to 200 ms when idle. Under load rounds start at most eve
 20 ms, so the commits of that interval share one round. When the bus is down the
 rows stay pending, writes keep working and the relay retries with back-off (at most
 2 s), so the backlog drains soon after the broker returns.
+
+Tracing (when on): one PRODUCER span per message, a child of the write that queued
+it (the row's ``traceparent``); the message carries that span's context as its
+``traceparent`` header. Off: the row's value, if any, goes out unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,9 +34,10 @@ from sqlalchemy import event
 
 from wallet_platform import backoff
 from wallet_platform.failpoints import failpoint
-from wallet_platform.messaging.bus import EventBus, PublishError, error_text
+from wallet_platform.messaging.bus import EventBus, OutgoingMessage, PublishError, error_text
 from wallet_platform.messaging.factory import get_bus
 from wallet_platform.messaging.outbox.store import claim_pending
+from wallet_platform.observability import tracing
 from wallet_platform.observability.state_metrics import OutboxSource, register_state_source
 from wallet_platform.runtime import Runtime
 from wallet_platform.storage.database import Database
@@ -70,17 +76,44 @@ async def relay_batch(db: Database, bus: EventBus, batch_size: int = BATCH_SIZE)
     async with claim_pending(db, batch_size) as claim:
         if not claim.ids:
             return 0
+        messages, spans = _traced(claim.messages)
         try:
-            await bus.publish(claim.messages)
+            await bus.publish(messages)
         except PublishError as error:
             failure = error
+            for span in spans:
+                tracing.end_span(span, error)
             await claim.mark_failed(error_text(error))
         else:
+            for span in spans:
+                tracing.end_span(span)
             await failpoint("outbox.after_publish")
             await claim.mark_published()
     if failure is not None:
         raise failure
     return len(claim.ids)
+
+
+def _traced(messages: list[OutgoingMessage]) -> tuple[list[OutgoingMessage], list[Any]]:
+    """A publish span per message (tracing on), each message carrying its span's context."""
+    if not tracing.enabled():
+        return messages, []
+    traced: list[OutgoingMessage] = []
+    spans: list[Any] = []
+    for message in messages:
+        span = tracing.start_span(
+            f"{message.routing_key} publish",
+            kind=tracing.PRODUCER,
+            parent=message.traceparent,
+            attributes={
+                "messaging.operation": "publish",
+                "messaging.message.id": message.message_id,
+                "messaging.destination.name": message.routing_key,
+            },
+        )
+        spans.append(span)
+        traced.append(dataclasses.replace(message, traceparent=tracing.traceparent_of(span)))
+    return traced, spans
 
 
 class OutboxRelay:

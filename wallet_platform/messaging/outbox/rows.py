@@ -12,12 +12,18 @@ PUBLISHED = "published"
 
 
 def outbox_row(
-    message_id: str, routing_key: str, message: Message, created_at: datetime
+    message_id: str,
+    routing_key: str,
+    message: Message,
+    created_at: datetime,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
     """Values for one ``outbox`` insert (same transaction as the change it announces).
 
     The AMQP ``type`` of the published message is the protobuf message's full name,
     its body the serialized message, its ``message_id`` the consumers' dedup key.
+    ``traceparent``: the trace context of the write (the relay publishes the message
+    in that trace); None when tracing is off.
     """
     return {
         "message_id": message_id,
@@ -27,4 +33,5 @@ def outbox_row(
         "status": PENDING,
         "attempts": 0,
         "created_at": created_at,
+        "traceparent": traceparent,
     }

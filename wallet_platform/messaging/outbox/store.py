@@ -52,6 +52,7 @@ def _messages(rows: Sequence[Any]) -> list[OutgoingMessage]:
             routing_key=row.routing_key,
             message_type=row.message_type,
             body=bytes(row.payload),
+            traceparent=row.traceparent,
         )
         for row in rows
     ]
@@ -79,7 +80,7 @@ async def claim_pending(db: Database, batch_size: int) -> AsyncIterator[ClaimedR
 # --- PostgreSQL (psycopg, pipeline mode) -----------------------------------------------
 
 _CLAIM_PENDING_PG = """
-SELECT id, message_id, routing_key, message_type, payload
+SELECT id, message_id, routing_key, message_type, payload, traceparent
 FROM outbox
 WHERE status = 'pending'
 ORDER BY id
@@ -126,6 +127,7 @@ def _pending_query(batch_size: int) -> Any:
             outbox.c.routing_key,
             outbox.c.message_type,
             outbox.c.payload,
+            outbox.c.traceparent,
         )
         .where(outbox.c.status == PENDING)
         .order_by(outbox.c.id)

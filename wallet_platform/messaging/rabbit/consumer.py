@@ -40,6 +40,7 @@ from wallet_platform.messaging.bus import (
     HEADER_ATTEMPT,
     HEADER_ERROR,
     HEADER_QUEUE,
+    HEADER_TRACEPARENT,
     Delivery,
     Handler,
     PoisonMessageError,
@@ -191,6 +192,7 @@ class QueueConsumer:
             message_type=properties.message_type or "",
             body=message.body,
             attempt=delivery_attempt(headers, broker_counts=self.queue_type == QUORUM),
+            traceparent=header_str(headers, HEADER_TRACEPARENT),
         )
         settled = False
 

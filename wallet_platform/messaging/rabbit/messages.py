@@ -64,7 +64,8 @@ def header_str(headers: dict[str, Any] | None, name: str) -> str | None:
     value = (headers or {}).get(name)
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # Any publisher can set headers: bytes that are not UTF-8 must not break a delivery.
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def delivery_attempt(headers: dict[str, Any] | None, *, broker_counts: bool) -> int:

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from wallet_platform.messaging.bus import OutgoingMessage, PublishError, error_text
+from wallet_platform.messaging.bus import (
+    HEADER_TRACEPARENT,
+    OutgoingMessage,
+    PublishError,
+    error_text,
+)
 from wallet_platform.messaging.rabbit.messages import amqp_properties
 from wallet_platform.topology import EXCHANGE
 
@@ -44,7 +49,11 @@ class Publisher:
                     m.body,
                     exchange=EXCHANGE,
                     routing_key=m.routing_key,
-                    properties=amqp_properties(m.message_id, m.message_type),
+                    properties=amqp_properties(
+                        m.message_id,
+                        m.message_type,
+                        {HEADER_TRACEPARENT: m.traceparent} if m.traceparent else None,
+                    ),
                     mandatory=True,
                     timeout=PUBLISH_TIMEOUT_SECONDS,
                     wait=False,  # type: ignore[call-arg]  # aiormq.Channel has it
