@@ -34,9 +34,10 @@ from saga_orchestrator.domain import TransferState
 from saga_orchestrator.engine.runner import SagaRunner
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import TransferRepository
+from tests.eventually import eventually
 from tests.integration.test_saga_runner import FAST, ScriptedWallets, new_transfer
 from tests.integration.walletctl_harness import running_stack
-from tests.rabbit import BusUnderTest, poll_until
+from tests.rabbit import BusUnderTest
 from wallet.v1 import events_pb2, transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 from wallet_platform.clock import utcnow
 from wallet_platform.messaging import topology
@@ -141,7 +142,7 @@ async def test_one_transfer_is_one_trace_from_client_to_consumers(
             # Each consumer, for the debit and the credit event (and the milestone).
             return done if len(done) >= 6 else []
 
-        await poll_until(consumed, "both consumers' spans of the transfer's events")
+        await eventually(consumed, what="both consumers' spans of the transfer's events")
 
     finished = [s for s in spans.get_finished_spans() if trace_of(s) == TRACE_ID]
     create_call = one(finished, "wallet.v1.TransferService/CreateTransfer")

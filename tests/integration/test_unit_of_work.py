@@ -182,3 +182,28 @@ async def round_trip(uow: UnitOfWork) -> None:
     else:
         assert isinstance(uow, CoreUnitOfWork)
         await uow.conn.execute(sa.text("SELECT 1"))
+
+
+@requires_postgres
+@pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
+async def test_a_connection_that_cannot_be_set_up_fails_at_the_deadline(
+    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+) -> None:
+    """No pooled connection, and the new one's handshake goes unanswered: the unit of
+    work gives up at its deadline, not at the driver's connect timeout (5 s) or never."""
+    db, proxy = stalling_database
+    proxy.stall()  # new connections are accepted and then held
+    stuck = kind(db)  # type: ignore[call-arg]
+    stuck.deadline = 1.0
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError, match=r"not done within 1\.0s"):
+        async with stuck as uow:
+            await add_row(uow, uuid.uuid4().hex)
+            await uow.commit()
+    assert asyncio.get_running_loop().time() - started < 4.0
+    await proxy.heal()
+    after = uuid.uuid4().hex
+    async with kind(db) as uow:  # type: ignore[call-arg]
+        await add_row(uow, after)
+        await uow.commit()
+    assert await stored(db) == {after}

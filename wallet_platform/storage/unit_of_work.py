@@ -27,13 +27,15 @@ A connection lost on the way raises :class:`~wallet_platform.errors.UnavailableE
 connection (a database or a network that stopped answering without closing): its
 socket is shut down, which fails the operation in progress at once, and the unit of
 work raises ``TimeoutError``. (Cancelling the task instead would leave psycopg
-sending a cancel request and waiting for the stalled server, seconds more.) On
-PostgreSQL the server may not know: behind a middlebox that lost the flow, its
-backend keeps the transaction open, with its row locks, until
+sending a cancel request and waiting for the stalled server, seconds more; only
+getting the connection, before there is a socket, is cancelled at the deadline.) The
+pool is replaced too: its idle connections took the same path and most likely stalled
+with it. On PostgreSQL the server may not know: behind a middlebox that lost the flow,
+its backend keeps the transaction open, with its row locks, until
 ``idle_in_transaction_session_timeout``, and every retry of the same work (the same
 inbox keys, the same wallet rows) would wait for those locks. So the expired unit of
-work also ends that backend from a fresh connection (``pg_terminate_backend``, only
-if the backend is older than the unit of work: a reused process id is left alone).
+work also ends that backend from a fresh connection (``pg_terminate_backend``, by the
+pid and start time its connection recorded: a reused process id is left alone).
 """
 
 from __future__ import annotations
@@ -91,9 +93,20 @@ class UnitOfWork:
         if self.deadline is not None:
             self._timer = asyncio.get_running_loop().call_later(self.deadline, self._expire)
         try:
-            await self._begin()
+            if self.deadline is None:
+                await self._begin()
+            else:
+                # Getting the connection can stall too (a new connection's set-up query
+                # unanswered), before there is a socket to shut down: bound it as well.
+                async with asyncio.timeout(self.deadline) as limit:
+                    try:
+                        await self._begin()
+                    finally:
+                        self.expired = self.expired or limit.expired()
         except Exception as error:
             self._stop_timer()
+            if self.expired:
+                await self._after_stall()
             self._raise_if_expired(error)
             raise
         except BaseException:
@@ -110,7 +123,7 @@ class UnitOfWork:
         self._stop_timer()
         await self._end(error)
         if self.expired:
-            await self._end_stalled_backend()
+            await self._after_stall()
         if isinstance(error, Exception):  # never turn a cancellation into something else
             self._raise_if_expired(error)
         if isinstance(error, Exception) and self._lost_connection(error):
@@ -135,6 +148,15 @@ class UnitOfWork:
 
     # (pid, backend_start) of the server process, recorded when a deadline is set.
     _backend: tuple[int, Any] | None = None
+
+    async def _after_stall(self) -> None:
+        """After an expired deadline: the pooled siblings of the stalled connection went
+        the same way most likely (one network path), so the pool is replaced; then the
+        stalled backend is ended, from a fresh connection."""
+        db: Database | None = getattr(self, "db", None)
+        if db is not None:
+            await db.engine.dispose(close=False)
+        await self._end_stalled_backend()
 
     async def _end_stalled_backend(self) -> None:
         """Terminate the server side of the dropped connection (PostgreSQL; best effort)."""
