@@ -21,6 +21,7 @@ from saga_orchestrator.grpc_api import TransferServicer
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
+from saga_orchestrator.step_batcher import StepBatcher
 from saga_orchestrator.sweeper import Sweeper
 from saga_orchestrator.watch_feed import TransferFeed
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
@@ -89,13 +90,22 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def step_gateway(settings: Settings, gateway: GrpcWalletGateway) -> WalletGateway:
+    """``gateway`` itself, or with its step calls batched (``WALLET_SAGA_STEP_BATCH``)."""
+    if settings.saga_step_batch not in (0, 1):
+        raise ValueError(f"WALLET_SAGA_STEP_BATCH must be 0 or 1, got {settings.saga_step_batch}")
+    if not settings.saga_step_batch:
+        return gateway
+    return StepBatcher(gateway, max_batch=settings.saga_step_batch_max)
+
+
 def build_components(runtime: Runtime, *, gateway: WalletGateway | None = None) -> list[Component]:
     """Wire the orchestrator; tests may pass a fake ``gateway``."""
     settings = runtime.settings
     if gateway is None:
         # The token and audit id go on each call from the gateway, not through a
         # channel interceptor (cheaper per call; see GrpcWalletGateway).
-        gateway = GrpcWalletGateway(
+        grpc_gateway = GrpcWalletGateway(
             lambda: make_channel(
                 wallet_service_target(runtime),
                 settings,
@@ -104,6 +114,7 @@ def build_components(runtime: Runtime, *, gateway: WalletGateway | None = None) 
             ),
             metadata=CallMetadata(settings),
         )
+        gateway = step_gateway(settings, grpc_gateway)
     repository = TransferRepository(runtime.db)
     notifier = TransferNotifier()
     runner = SagaRunner(repository, gateway, notifier, retry_policy(settings))

@@ -3,6 +3,8 @@
 ``GrpcWalletGateway`` turns gRPC calls and their failures into the domain's terms:
 a step either returns or raises :class:`StepFailedError` carrying a
 :class:`~saga_orchestrator.domain.StepError` (status code name + ErrorInfo reason).
+``apply_steps`` sends many steps as one BatchApplyTransferSteps call and maps each
+item's result to exactly what its single call gives (``step_batcher`` uses it).
 Tests of the state machine plug in a fake that implements the same protocol.
 """
 
@@ -13,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from google.rpc import code_pb2, status_pb2
 
 from saga_orchestrator.domain import StepName
 from saga_orchestrator.step_errors import StepError
 from wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_platform.observability import tracing
-from wallet_platform.server.status import error_reason
+from wallet_platform.server.status import error_reason, info_reason
 
 # Each saga step and the WalletService RPC that performs it (one request shape, plus the
 # debit's destination).
@@ -67,13 +70,67 @@ class WalletGateway(Protocol):
         ...
 
 
-def step_error_from_rpc(error: grpc.aio.AioRpcError) -> StepError:
+def step_error_from_rpc(error: grpc.aio.AioRpcError, *, whole_batch: bool = False) -> StepError:
     code = error.code()
     return StepError(
         code=code.name if code is not None else "UNKNOWN",
         reason=error_reason(error) or "",
         message=error.details() or "",
+        whole_batch=whole_batch,
     )
+
+
+def step_error_from_status(status: status_pb2.Status) -> StepError:
+    """A batch item's error, classified exactly as the single call's failure would be:
+    the same status code name and the same ErrorInfo reason."""
+    try:
+        code = code_pb2.Code.Name(status.code)
+    except ValueError:  # a code this client does not know: unknown, hence transient
+        code = "UNKNOWN"
+    return StepError(code=code, reason=info_reason(status) or "", message=status.message)
+
+
+def step_request(call: StepCall) -> Any:
+    """The single step RPC's request for ``call`` (also a batch operation's content)."""
+    _, request_type = _STEP_RPCS[call.step]
+    request = request_type(
+        wallet_id=call.wallet_id,
+        amount=call.amount,
+        transfer_id=call.transfer_id,
+        request_id=call.request_id,
+        currency=call.currency,
+    )
+    if call.step is StepName.DEBIT:
+        request.to_wallet_id = call.to_wallet_id
+    return request
+
+
+def step_operation(call: StepCall) -> wallet_pb2.StepOperation:
+    operation = wallet_pb2.StepOperation()
+    getattr(operation, call.step.value).CopyFrom(step_request(call))
+    return operation
+
+
+# A batched step's outcome: ``replayed`` on success, else the item's classified error.
+StepOutcome = bool | StepError
+
+
+def step_outcome(call: StepCall, result: wallet_pb2.StepOperationResult) -> StepOutcome:
+    """What the single call would have given for ``call``, read from its batch result.
+
+    A result of another kind than the operation (or none) is a malformed answer: the
+    step's outcome is unknown, so it is reported as a transient error.
+    """
+    kind = result.WhichOneof("result")
+    if kind == "error":
+        return step_error_from_status(result.error)
+    if kind != call.step.value:
+        return StepError(
+            code="UNKNOWN",
+            reason="",
+            message=f"batch result for a {call.step.value} step holds {kind or 'nothing'}",
+        )
+    return bool(getattr(result, kind).replayed)
 
 
 class GrpcWalletGateway:
@@ -106,17 +163,9 @@ class GrpcWalletGateway:
         return None if self._metadata is None else self._metadata()
 
     async def call_step(self, call: StepCall, deadline: float) -> bool:
-        method_name, request_type = _STEP_RPCS[call.step]
+        method_name, _ = _STEP_RPCS[call.step]
         method = getattr(self._get_stub(), method_name)
-        request = request_type(
-            wallet_id=call.wallet_id,
-            amount=call.amount,
-            transfer_id=call.transfer_id,
-            request_id=call.request_id,
-            currency=call.currency,
-        )
-        if call.step is StepName.DEBIT:
-            request.to_wallet_id = call.to_wallet_id
+        request = step_request(call)
         if not tracing.enabled():
             return await self._step(method, request, deadline, self._call_metadata())
         with tracing.span(
@@ -144,6 +193,35 @@ class GrpcWalletGateway:
         except grpc.aio.AioRpcError as error:
             raise StepFailedError(step_error_from_rpc(error)) from None
         return bool(response.replayed)
+
+    async def apply_steps(self, calls: Sequence[StepCall], deadline: float) -> list[StepOutcome]:
+        """One BatchApplyTransferSteps call for ``calls`` (of distinct transfers).
+
+        Each outcome is mapped as the single call's (``step_outcome``); a failure of the
+        call as a whole raises StepFailedError with a ``whole_batch`` error (transient
+        for every step). Sent without an audit id: the server gives each item its own.
+        """
+        request = wallet_pb2.BatchApplyTransferStepsRequest(
+            operations=[step_operation(call) for call in calls]
+        )
+        try:
+            response = await self._get_stub().BatchApplyTransferSteps(
+                request, timeout=deadline, metadata=self._call_metadata()
+            )
+        except grpc.aio.AioRpcError as error:
+            raise StepFailedError(step_error_from_rpc(error, whole_batch=True)) from None
+        if len(response.results) != len(calls):
+            raise StepFailedError(
+                StepError(
+                    code="INTERNAL",
+                    reason="",
+                    message=f"{len(response.results)} results for {len(calls)} steps",
+                    whole_batch=True,
+                )
+            )
+        return [
+            step_outcome(call, result) for call, result in zip(calls, response.results, strict=True)
+        ]
 
     async def get_wallet(self, wallet_id: str, deadline: float) -> WalletInfo:
         stub = self._get_stub()

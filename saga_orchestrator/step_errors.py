@@ -60,6 +60,10 @@ class StepError:
     code: str  # grpc.StatusCode name, e.g. "UNAVAILABLE"
     reason: str  # ErrorInfo reason, "" when the server sent none
     message: str
+    # The step was never judged: the batch call carrying it failed as a whole
+    # (connection, deadline, or the batch itself refused), so whatever the code says
+    # is about the batch, not this step. Always transient.
+    whole_batch: bool = False
 
     def describe(self) -> str:
         reason = f"/{self.reason}" if self.reason and self.reason != self.code else ""
@@ -71,12 +75,14 @@ def is_final(error: StepError, step: StepName) -> bool:
 
     Transient: UNAVAILABLE, DEADLINE_EXCEEDED, connection loss, and every code not
     listed as final (INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, ABORTED...): the outcome
-    is unknown, so the only safe move is asking again with the same request_id.
+    is unknown, so the only safe move is asking again with the same request_id. So is
+    any failure of a whole batch call (``whole_batch``), whatever its code: the batch
+    was refused or lost, the step itself was never answered.
     A refund is never final: compensation must eventually succeed. A refund the
     ledger's hold refuses would mean the ledger and the saga disagree about the
     transfer; it keeps being retried, visible in the saga's last error and in
     ``walletctl reconcile``, rather than marking money returned that was not.
     """
-    if step is StepName.REFUND:
+    if step is StepName.REFUND or error.whole_batch:
         return False
     return error.reason in FINAL_REASONS or error.code in FINAL_CODES

@@ -58,6 +58,8 @@ class Settings:
     saga_sweep_interval_ms: int = 2000
     saga_step_deadline_ms: int = 5000
     saga_retry_max_ms: int = 2000
+    saga_step_batch: int = 1
+    saga_step_batch_max: int = 500
     workers: int = 1
     tls_cert: str = ""
     tls_key: str = ""
@@ -152,6 +154,19 @@ OPTIONS: tuple[Option, ...] = (
         "saga_retry_max_ms",
         "WALLET_SAGA_RETRY_MAX_MS",
         "longest backoff between saga step retries, ms",
+        int,
+    ),
+    Option(
+        "saga_step_batch",
+        "WALLET_SAGA_STEP_BATCH",
+        "1 = send the step calls of concurrent sagas as BatchApplyTransferSteps; "
+        "0 = one call per step",
+        int,
+    ),
+    Option(
+        "saga_step_batch_max",
+        "WALLET_SAGA_STEP_BATCH_MAX",
+        "most saga steps in one BatchApplyTransferSteps call (1-1000)",
         int,
     ),
     Option("workers", "WALLET_WORKERS", "server processes sharing the port", int),

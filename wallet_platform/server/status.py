@@ -63,19 +63,19 @@ def rich_status(error: WalletPlatformError) -> grpc.Status:
 
 def status_reason(status: status_pb2.Status) -> str:
     """The ErrorInfo reason of a ``google.rpc.Status`` (its code's name without one)."""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return str(code_pb2.Code.Name(status.code))
+    reason = info_reason(status)
+    return reason if reason is not None else str(code_pb2.Code.Name(status.code))
 
 
 def error_reason(call_error: grpc.aio.AioRpcError | grpc.RpcError) -> str | None:
     """The ErrorInfo reason of a failed call, for clients that classify errors."""
     status = rpc_status.from_call(call_error)
-    if status is None:
-        return None
+    return None if status is None else info_reason(status)
+
+
+def info_reason(status: status_pb2.Status) -> str | None:
+    """The ErrorInfo reason of a ``google.rpc.Status`` (a failed call's, or a batch
+    item's error), so a batch item is classified exactly as the single call."""
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
