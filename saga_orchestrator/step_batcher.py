@@ -5,19 +5,18 @@ calls ``call_step`` exactly as on the plain gateway and gets exactly what the si
 call would give (``replayed``, or :class:`StepFailedError` with the same
 classification). What changes is the wire: calls that arrive together leave together.
 
-- **When a batch leaves.** A call is queued and a send is scheduled for the end of the
-  current event-loop iteration (or after ``linger`` seconds), so the calls that many
-  saga tasks issue in one iteration share a batch. At most ``max_in_flight`` batches
-  are outstanding; while they are, new calls wait and leave together as soon as one
-  answers (the busier WalletService is, the bigger the batches). A batch holds at
-  most ``max_batch`` steps.
+- **When a batch leaves** is the group commit's rule (``storage.batching``, shared
+  with the saga's and the wallet service's writes): at most ``max_in_flight`` calls
+  are outstanding; a call that finds room leaves at once, calls that arrive while
+  there is none wait and leave together as soon as one answers, at most
+  ``max_batch`` steps each. At low load nothing waits (no linger); the busier
+  WalletService is, the bigger the batches.
 - **A batch of one is the single call**, sent in its caller's context: it carries the
   saga's audit id (``x-audit-id``) and trace like an unbatched step, and skips the
   batch's per-item work on the server.
-- **One step per transfer.** A batch never holds two steps of one transfer, and a
-  transfer's step is not sent while another of its steps is still outstanding (the
-  server refuses a repeated transfer_id within a batch; across batches the two would
-  race). A saga has one step in flight anyway: this is the guard.
+- **One step per transfer.** A batch never holds two steps of one transfer (the
+  server refuses a repeated transfer_id within a batch): the later one waits for the
+  next batch, in call order. A saga has one step in flight anyway: this is the guard.
 - **Failures.** An item's error is its own (``gateway.step_outcome``). A failure of
   the whole call (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, or the batch
   refused) is every item's transient failure (``StepError.whole_batch``): the runner
@@ -41,13 +40,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from saga_orchestrator.gateway import StepCall, StepFailedError, StepOutcome, WalletInfo
 from saga_orchestrator.step_errors import StepError
+from wallet_platform.storage.batching import BatchScheduler
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,9 @@ class BatchingGateway(Protocol):
 
 
 @dataclass(eq=False)
-class _Waiting:
-    """A queued step: its call, when its caller stops waiting (loop time), its answer."""
+class QueuedStep:
+    """A step waiting for its batch: its call, when its caller stops waiting (loop
+    time), its answer, and its caller's context (audit id, trace) for a lone send."""
 
     call: StepCall
     expires: float
@@ -77,128 +77,52 @@ class _Waiting:
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
-class StepBatcher:
+class StepBatcher(BatchScheduler[QueuedStep]):
     """Batches ``call_step`` calls over ``gateway``; ``get_wallet`` passes through."""
 
     def __init__(
-        self,
-        gateway: BatchingGateway,
-        *,
-        max_batch: int = 500,
-        max_in_flight: int = 4,
-        linger: float = 0.0,
+        self, gateway: BatchingGateway, *, max_batch: int = 500, max_in_flight: int = 2
     ) -> None:
         if not 1 <= max_batch <= MAX_STEP_BATCH:
             raise ValueError(f"max_batch must be 1..{MAX_STEP_BATCH}, got {max_batch}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        super().__init__(max_batch=max_batch, max_in_flight=max_in_flight, task_name="step-batch")
         self._gateway = gateway
-        self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
-        self._linger = max(0.0, linger)
-        self._waiting: deque[_Waiting] = deque()
-        self._in_flight = 0
-        self._outstanding: set[str] = set()  # transfer ids of steps sent, not answered
-        self._scheduled = False
-        self._sends: set[asyncio.Task[None]] = set()
         self._single_only = False
+        # Counters for benchmarks and tests.
+        self.batches = 0
+        self.batched_steps = 0
 
     async def call_step(self, call: StepCall, deadline: float) -> bool:
         if self._single_only:
             return await self._gateway.call_step(call, deadline)
         loop = asyncio.get_running_loop()
-        item = _Waiting(call, loop.time() + deadline, loop.create_future())
-        self._waiting.append(item)
-        self._schedule()
-        # Cancelling the caller cancels the future: the step is skipped if not yet sent.
+        item = QueuedStep(call, loop.time() + deadline, loop.create_future())
+        self._enqueue(item)
+        # Cancelling the caller cancels the future: the step is dropped if not yet sent.
         return await item.future
 
     async def get_wallet(self, wallet_id: str, deadline: float) -> WalletInfo:
         return await self._gateway.get_wallet(wallet_id, deadline)
 
     async def close(self) -> None:
-        """Wait for the batches in flight, then close the gateway (``stop``)."""
-        await asyncio.gather(*self._sends, return_exceptions=True)
+        """Wait for the calls in flight, then close the gateway (``SagaComponent.stop``)."""
+        await self._wait_idle()
         close = getattr(self._gateway, "close", None)
         if close is not None:
             await close()
 
-    # --- forming and sending batches ------------------------------------------------
+    def conflict_keys(self, item: QueuedStep) -> list[str]:
+        return [item.call.transfer_id]
 
-    def _schedule(self) -> None:
-        if self._scheduled or not self._waiting or self._in_flight >= self._max_in_flight:
-            return
-        self._scheduled = True
-        loop = asyncio.get_running_loop()
-        # An empty context: a batch belongs to no single saga (no audit id, no trace).
-        if self._linger:
-            loop.call_later(self._linger, self._flush, context=contextvars.Context())
-        else:
-            loop.call_soon(self._flush, context=contextvars.Context())
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        loop = asyncio.get_running_loop()
-        while self._waiting and self._in_flight < self._max_in_flight:
-            batch = self._take(loop.time())
-            if not batch:
-                break
-            self._in_flight += 1
-            self._outstanding.update(item.call.transfer_id for item in batch)
-            if len(batch) == 1:  # the single call, in its caller's context
-                task = loop.create_task(self._send(batch), context=batch[0].context)
-            else:
-                task = loop.create_task(self._send(batch))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
-
-    def _take(self, now: float) -> list[_Waiting]:
-        """The next batch, in call order: live steps of distinct transfers that have no
-        step outstanding; the steps passed over keep their place for the next batch."""
-        batch: list[_Waiting] = []
-        in_batch: set[str] = set()
-        passed_over: list[_Waiting] = []
-        while self._waiting and len(batch) < self._max_batch:
-            item = self._waiting.popleft()
-            transfer_id = item.call.transfer_id
-            if item.future.done():  # its caller was cancelled
-                continue
-            if transfer_id in in_batch or transfer_id in self._outstanding:
-                passed_over.append(item)
-                continue
-            if item.expires <= now:
-                item.future.set_exception(StepFailedError(_expired(item.call)))
-                continue
-            in_batch.add(transfer_id)
-            batch.append(item)
-        self._waiting.extendleft(reversed(passed_over))
-        return batch
-
-    async def _send(self, batch: list[_Waiting]) -> None:
-        loop = asyncio.get_running_loop()
-        timeout = max(0.001, min(item.expires for item in batch) - loop.time())
+    async def _run(self, batch: list[QueuedStep]) -> None:
         try:
-            if len(batch) == 1:
-                outcomes: list[StepOutcome] = [
-                    await self._gateway.call_step(batch[0].call, timeout)
-                ]
-            else:
-                outcomes = await self._gateway.apply_steps([i.call for i in batch], timeout)
-        except StepFailedError as failed:
-            if len(batch) > 1 and failed.error.code == "UNIMPLEMENTED":
-                log.warning("WalletService has no BatchApplyTransferSteps: single step calls")
-                self._single_only = True
-            outcomes = [failed.error] * len(batch)
-        except Exception as error:  # a bug or an unexpected error: each step retries
-            outcomes = [_unexpected(error)] * len(batch)
+            outcomes = await self._send(batch)
         except BaseException:  # cancelled (loop shutting down): release the callers
             for item in batch:
                 item.future.cancel()
             raise
-        finally:
-            self._in_flight -= 1
-            self._outstanding.difference_update(item.call.transfer_id for item in batch)
-            self._schedule()
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.future.done():  # cancelled while in flight: nobody to answer
                 continue
@@ -206,6 +130,37 @@ class StepBatcher:
                 item.future.set_exception(StepFailedError(outcome))
             else:
                 item.future.set_result(outcome)
+
+    async def _send(self, queued: list[QueuedStep]) -> list[StepOutcome]:
+        """Every step's outcome (never raises but for cancellation)."""
+        now = asyncio.get_running_loop().time()
+        outcomes: list[StepOutcome | None] = [
+            _expired(item.call) if item.expires <= now else None for item in queued
+        ]
+        batch = [item for item, outcome in zip(queued, outcomes, strict=True) if outcome is None]
+        if not batch:
+            return [outcome for outcome in outcomes if outcome is not None]
+        timeout = min(item.expires for item in batch) - now
+        self.batches += 1
+        self.batched_steps += len(batch)
+        try:
+            if len(batch) == 1:  # the single call, with its caller's audit id and trace
+                single = self._gateway.call_step(batch[0].call, timeout)
+                sent: list[StepOutcome] = [
+                    await asyncio.create_task(single, context=batch[0].context)
+                ]
+            else:  # a batch belongs to no single saga: no audit id, no trace
+                many = self._gateway.apply_steps([item.call for item in batch], timeout)
+                sent = await asyncio.create_task(many, context=contextvars.Context())
+        except StepFailedError as failed:
+            if len(batch) > 1 and failed.error.code == "UNIMPLEMENTED":
+                log.warning("WalletService has no BatchApplyTransferSteps: single step calls")
+                self._single_only = True
+            sent = [failed.error] * len(batch)
+        except Exception as error:  # a bug or an unexpected error: each step retries
+            sent = [_unexpected(error)] * len(batch)
+        answers = iter(sent)
+        return [outcome if outcome is not None else next(answers) for outcome in outcomes]
 
 
 def _expired(call: StepCall) -> StepError:
