@@ -39,7 +39,7 @@ def every_platform_error() -> list[errors.WalletPlatformError]:
         if kind is errors.ReplayedError:
             made.append(kind("FAILED_PRECONDITION", "INSUFFICIENT_FUNDS", "replayed refusal"))
         elif "__init__" in vars(kind):  # takes the id it names (wallet, transfer)
-            made.append(kind("t-1"))  # type: ignore[call-arg]
+            made.append(kind("t-1"))
         else:
             made.append(kind(f"{kind.__name__} happened", field="amount"))
     return made
