@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import grpc
 
@@ -21,7 +22,7 @@ from saga_orchestrator.grpc_api import TransferServicer
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
-from saga_orchestrator.step_batcher import StepBatcher
+from saga_orchestrator.step_batcher import BATCHES_IN_FLIGHT, StepBatcher
 from saga_orchestrator.sweeper import Sweeper
 from saga_orchestrator.watch_feed import TransferFeed
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
@@ -83,11 +84,18 @@ def wallet_service_target(runtime: Runtime) -> str:
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
+    """The runner's policy. With step batching, the bulkhead on step calls in flight
+    admits as many steps as the batches in flight carry: WalletService then sees a
+    few batch calls, whose items it runs under its own cap (``MAX_ITEMS_IN_FLIGHT``)."""
+    policy = RetryPolicy(
         step_deadline=settings.saga_step_deadline_ms / 1000,
         max_backoff=settings.saga_retry_max_ms / 1000,
         lease=settings.saga_lease_ms / 1000,
     )
+    if settings.saga_step_batch:
+        steps = settings.saga_step_batch_max * BATCHES_IN_FLIGHT
+        policy = replace(policy, max_concurrent_calls=max(policy.max_concurrent_calls, steps))
+    return policy
 
 
 def step_gateway(settings: Settings, gateway: GrpcWalletGateway) -> WalletGateway:

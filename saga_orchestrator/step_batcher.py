@@ -6,11 +6,14 @@ call would give (``replayed``, or :class:`StepFailedError` with the same
 classification). What changes is the wire: calls that arrive together leave together.
 
 - **When a batch leaves** is the group commit's rule (``storage.batching``, shared
-  with the saga's and the wallet service's writes): at most ``max_in_flight`` calls
-  are outstanding; a call that finds room leaves at once, calls that arrive while
-  there is none wait and leave together as soon as one answers, at most
-  ``max_batch`` steps each. At low load nothing waits (no linger); the busier
-  WalletService is, the bigger the batches.
+  with the saga's and the wallet service's writes), with one difference: a batch is
+  started at the end of the event-loop turn in which its first step was issued, not
+  by that step itself, so the steps that many sagas issue in one turn (all those
+  woken by one answer) leave together instead of the first of them alone. At most
+  ``max_in_flight`` calls are outstanding; steps that arrive while none is free wait
+  and leave together as soon as one answers, at most ``max_batch`` each. There is no
+  linger: at low load a step waits one loop turn; the busier WalletService is, the
+  bigger the batches.
 - **A batch of one is the single call**, sent in its caller's context: it carries the
   saga's audit id (``x-audit-id``) and trace like an unbatched step, and skips the
   batch's per-item work on the server.
@@ -46,12 +49,16 @@ from typing import Protocol
 
 from saga_orchestrator.gateway import StepCall, StepFailedError, StepOutcome, WalletInfo
 from saga_orchestrator.step_errors import StepError
+from wallet_platform.failpoints import failpoint
+from wallet_platform.server.batches import MAX_BATCH_ITEMS
 from wallet_platform.storage.batching import BatchScheduler
 
 log = logging.getLogger(__name__)
 
-# The most steps one batch may carry: the server's cap (wallet_platform.server.batches).
-MAX_STEP_BATCH = 1000
+# The most steps one batch may carry: the server's cap.
+MAX_STEP_BATCH = MAX_BATCH_ITEMS
+# Batch calls outstanding at once (measured: docs/benchmarks.md).
+BATCHES_IN_FLIGHT = 2
 
 
 class BatchingGateway(Protocol):
@@ -81,7 +88,11 @@ class StepBatcher(BatchScheduler[QueuedStep]):
     """Batches ``call_step`` calls over ``gateway``; ``get_wallet`` passes through."""
 
     def __init__(
-        self, gateway: BatchingGateway, *, max_batch: int = 500, max_in_flight: int = 2
+        self,
+        gateway: BatchingGateway,
+        *,
+        max_batch: int = 500,
+        max_in_flight: int = BATCHES_IN_FLIGHT,
     ) -> None:
         if not 1 <= max_batch <= MAX_STEP_BATCH:
             raise ValueError(f"max_batch must be 1..{MAX_STEP_BATCH}, got {max_batch}")
@@ -90,6 +101,7 @@ class StepBatcher(BatchScheduler[QueuedStep]):
         super().__init__(max_batch=max_batch, max_in_flight=max_in_flight, task_name="step-batch")
         self._gateway = gateway
         self._single_only = False
+        self._kick_due = False
         # Counters for benchmarks and tests.
         self.batches = 0
         self.batched_steps = 0
@@ -112,6 +124,16 @@ class StepBatcher(BatchScheduler[QueuedStep]):
         close = getattr(self._gateway, "close", None)
         if close is not None:
             await close()
+
+    def _enqueue(self, item: QueuedStep) -> None:
+        self._queue.add(item, self.conflict_keys(item))
+        if not self._kick_due:  # once per loop turn, in no saga's context
+            self._kick_due = True
+            asyncio.get_running_loop().call_soon(self._turn_end, context=contextvars.Context())
+
+    def _turn_end(self) -> None:
+        self._kick_due = False
+        self._kick()
 
     def conflict_keys(self, item: QueuedStep) -> list[str]:
         return [item.call.transfer_id]
@@ -152,6 +174,8 @@ class StepBatcher(BatchScheduler[QueuedStep]):
             else:  # a batch belongs to no single saga: no audit id, no trace
                 many = self._gateway.apply_steps([item.call for item in batch], timeout)
                 sent = await asyncio.create_task(many, context=contextvars.Context())
+                # Every step of the batch applied, none of their sagas told yet.
+                await failpoint("saga.after_step_batch")
         except StepFailedError as failed:
             if len(batch) > 1 and failed.error.code == "UNIMPLEMENTED":
                 log.warning("WalletService has no BatchApplyTransferSteps: single step calls")
