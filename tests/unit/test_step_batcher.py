@@ -12,10 +12,18 @@ from collections.abc import Sequence
 
 import pytest
 
+from saga_orchestrator.bootstrap import retry_policy, step_gateway
 from saga_orchestrator.domain import StepName
-from saga_orchestrator.gateway import StepCall, StepFailedError, StepOutcome, WalletInfo
-from saga_orchestrator.step_batcher import MAX_STEP_BATCH, StepBatcher
+from saga_orchestrator.gateway import (
+    GrpcWalletGateway,
+    StepCall,
+    StepFailedError,
+    StepOutcome,
+    WalletInfo,
+)
+from saga_orchestrator.step_batcher import BATCHES_IN_FLIGHT, MAX_STEP_BATCH, StepBatcher
 from saga_orchestrator.step_errors import StepError, is_final
+from wallet_platform.config import Settings
 from wallet_platform.server.batches import MAX_BATCH_ITEMS
 
 caller_tag: contextvars.ContextVar[str] = contextvars.ContextVar("caller_tag", default="")
@@ -275,6 +283,31 @@ async def test_batches_in_flight_are_limited() -> None:
     gateway.gate.set()
     assert await settle(*tasks) == [False] * 7
     assert sorted(t for _, ids in gateway.sends for t in ids) == sorted(f"t{n}" for n in range(7))
+
+
+async def test_steps_issued_in_one_loop_turn_leave_together() -> None:
+    """Nothing in flight: the steps that sagas issue in the same turn (all those woken
+    by one answer) still share one call instead of the first going alone."""
+    gateway = FakeGateway()
+    batcher = StepBatcher(gateway, max_batch=100, max_in_flight=2)
+    ids = [f"t{n}" for n in range(5)]
+    results = await asyncio.gather(*(batcher.call_step(call(t), 5.0) for t in ids))
+    assert results == [False] * 5
+    assert gateway.sends == [("batch", ids)]
+
+
+def test_the_setting_switches_batching_and_widens_the_bulkhead() -> None:
+    plain = GrpcWalletGateway(lambda: None)  # never called: no channel is opened
+    on = Settings(saga_step_batch=1, saga_step_batch_max=300)
+    assert isinstance(step_gateway(on, plain), StepBatcher)
+    assert retry_policy(on).max_concurrent_calls == 300 * BATCHES_IN_FLIGHT
+    off = Settings(saga_step_batch=0)
+    assert step_gateway(off, plain) is plain
+    assert retry_policy(off).max_concurrent_calls == 64
+    with pytest.raises(ValueError, match="WALLET_SAGA_STEP_BATCH"):
+        step_gateway(Settings(saga_step_batch=2), plain)
+    with pytest.raises(ValueError, match="max_batch"):
+        step_gateway(Settings(saga_step_batch_max=1001), plain)
 
 
 def test_the_batch_size_is_bounded_by_the_servers_cap() -> None:
