@@ -174,7 +174,7 @@ class StepBatcher(BatchScheduler[QueuedStep]):
             else:  # a batch belongs to no single saga: no audit id, no trace
                 many = self._gateway.apply_steps([item.call for item in batch], timeout)
                 sent = await asyncio.create_task(many, context=contextvars.Context())
-                # Every step of the batch applied, none of their sagas told yet.
+                # Every step of the batch answered (applied or refused), no saga told yet.
                 await failpoint("saga.after_step_batch")
         except StepFailedError as failed:
             if len(batch) > 1 and failed.error.code == "UNIMPLEMENTED":
