@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import func, select
 
 from saga_orchestrator.domain import StepName, step_request_id
-from saga_orchestrator.gateway import GrpcWalletGateway, StepCall, StepFailedError
+from saga_orchestrator.gateway import GrpcWalletGateway, StepCall, StepFailedError, StepOutcome
 from saga_orchestrator.group_commit import SagaWrite
 from saga_orchestrator.step_batcher import StepBatcher
-from saga_orchestrator.step_errors import is_final
+from saga_orchestrator.step_errors import StepError, is_final
 from tests.conftest import requires_postgres
 from tests.integration.test_saga_transfers import (
     COMPLETED,
@@ -132,7 +132,10 @@ async def test_batched_steps_answer_exactly_as_single_calls(wallets: Wallets) ->
         assert await all_outcomes(batcher, settle) == [False] * 30
         # A credit after the refund is refused, as the single call would be.
         late = await outcome(batcher, step(StepName.CREDIT, ids[20], target, 10))
-        assert isinstance(late, tuple) and late[:2] == ("FAILED_PRECONDITION", "HOLD_ALREADY_VOIDED")
+        assert isinstance(late, tuple) and late[:2] == (
+            "FAILED_PRECONDITION",
+            "HOLD_ALREADY_VOIDED",
+        )
         assert is_final(
             (await _error(batcher, step(StepName.CREDIT, ids[21], target, 10))), StepName.CREDIT
         )
@@ -142,7 +145,7 @@ async def test_batched_steps_answer_exactly_as_single_calls(wallets: Wallets) ->
     assert await balance(wallets.stub, source) == 1_000 - 15 * 10
     assert await balance(wallets.stub, target) == 15 * 10
     async with wallets.db.read() as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             (
                 await conn.execute(
                     select(wallet_events.c.type, func.count())
@@ -154,7 +157,7 @@ async def test_batched_steps_answer_exactly_as_single_calls(wallets: Wallets) ->
     assert counts == {"transfer_debited": 30, "transfer_credited": 15, "transfer_refunded": 15}
 
 
-async def _error(gateway: StepBatcher, call: StepCall):  # type: ignore[no-untyped-def]
+async def _error(gateway: StepBatcher, call: StepCall) -> StepError:
     with pytest.raises(StepFailedError) as caught:
         await gateway.call_step(call, 5.0)
     return caught.value.error
@@ -204,7 +207,40 @@ async def test_a_batched_steps_audit_row_names_its_transfer(wallets: Wallets) ->
         if "batch" in request:
             batched += 1
             assert request["batch"]["audit_id"] in {b.audit_id for b in batch_rows}
-    assert batched == len(ids) - 1  # the first step went alone, the others in one batch
+    assert batched == len(ids)  # issued in one loop turn: one batch
+
+
+class LosesFirstAnswer(GrpcWalletGateway):
+    """The real gateway, except that the first batch's answer is lost on the way back
+    (the steps were applied by WalletService, the caller sees UNAVAILABLE)."""
+
+    lost = False
+
+    async def apply_steps(self, calls: Sequence[StepCall], deadline: float) -> list[StepOutcome]:
+        outcomes = await super().apply_steps(calls, deadline)
+        if not self.lost:
+            self.lost = True
+            raise StepFailedError(StepError("UNAVAILABLE", "", "connection lost", whole_batch=True))
+        return outcomes
+
+
+async def test_a_lost_batch_answer_is_retried_as_replays(wallets: Wallets) -> None:
+    source = await new_wallet(wallets.stub, 100)
+    target = await new_wallet(wallets.stub)
+    lossy = LosesFirstAnswer(lambda: grpc.aio.insecure_channel(wallets.server.target))
+    batcher = StepBatcher(lossy, max_batch=500, max_in_flight=1)
+    ids = [f"t-{rid()}" for _ in range(8)]
+    debits = [step(StepName.DEBIT, t, source, 5, target) for t in ids]
+    try:
+        first = await all_outcomes(batcher, debits)  # one batch: its answer is lost
+        assert lossy.lost
+        assert first == [("UNAVAILABLE", "", "connection lost")] * 8
+        assert await balance(wallets.stub, source) == 100 - 8 * 5  # yet every debit applied
+        # The runner's retry: the same steps again, each answered as a replay.
+        assert await all_outcomes(batcher, debits) == [True] * 8
+    finally:
+        await batcher.close()
+    assert await balance(wallets.stub, source) == 100 - 8 * 5
 
 
 @requires_postgres
