@@ -119,7 +119,11 @@ class StepBatcher(BatchScheduler[QueuedStep]):
         return await self._gateway.get_wallet(wallet_id, deadline)
 
     async def close(self) -> None:
-        """Wait for the calls in flight, then close the gateway (``SagaComponent.stop``)."""
+        """Stop the calls in flight and close the gateway (``SagaComponent.stop``, after
+        the runner cancelled its sagas: nobody waits for those answers any more, as
+        for a cancelled single call; the sagas' next owner repeats their steps)."""
+        for task in list(self._tasks):
+            task.cancel()
         await self._wait_idle()
         close = getattr(self._gateway, "close", None)
         if close is not None:

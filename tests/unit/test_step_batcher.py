@@ -296,6 +296,18 @@ async def test_steps_issued_in_one_loop_turn_leave_together() -> None:
     assert gateway.sends == [("batch", ids)]
 
 
+async def test_close_cancels_the_calls_in_flight() -> None:
+    gateway = FakeGateway()
+    batcher = StepBatcher(gateway, max_batch=100, max_in_flight=1)
+    gateway.gate.clear()
+    waiting = [asyncio.create_task(batcher.call_step(call(t), 5.0)) for t in ("a", "b")]
+    await gateway.sent.wait()
+    await batcher.close()
+    results = await settle(*waiting)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert not gateway.gate.is_set()  # the batch never got its answer
+
+
 def test_the_setting_switches_batching_and_widens_the_bulkhead() -> None:
     plain = GrpcWalletGateway(lambda: None)  # never called: no channel is opened
     on = Settings(saga_step_batch=1, saga_step_batch_max=300)
