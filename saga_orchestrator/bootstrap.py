@@ -22,7 +22,7 @@ from saga_orchestrator.grpc_api import TransferServicer
 from saga_orchestrator.notifier import TransferNotifier
 from saga_orchestrator.repository import TransferRepository
 from saga_orchestrator.service import TransferService
-from saga_orchestrator.step_batcher import BATCHES_IN_FLIGHT, StepBatcher
+from saga_orchestrator.step_batcher import BATCHES_IN_FLIGHT, MAX_STEP_BATCH, StepBatcher
 from saga_orchestrator.sweeper import Sweeper
 from saga_orchestrator.watch_feed import TransferFeed
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc
@@ -99,9 +99,17 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 def step_gateway(settings: Settings, gateway: GrpcWalletGateway) -> WalletGateway:
-    """``gateway`` itself, or with its step calls batched (``WALLET_SAGA_STEP_BATCH``)."""
+    """``gateway`` itself, or with its step calls batched (``WALLET_SAGA_STEP_BATCH``).
+
+    A bad value stops the process at start-up with the setting named (no traceback).
+    """
     if settings.saga_step_batch not in (0, 1):
-        raise ValueError(f"WALLET_SAGA_STEP_BATCH must be 0 or 1, got {settings.saga_step_batch}")
+        raise SystemExit(f"WALLET_SAGA_STEP_BATCH must be 0 or 1, got {settings.saga_step_batch}")
+    if not 1 <= settings.saga_step_batch_max <= MAX_STEP_BATCH:
+        raise SystemExit(
+            f"WALLET_SAGA_STEP_BATCH_MAX must be 1..{MAX_STEP_BATCH}, "
+            f"got {settings.saga_step_batch_max}"
+        )
     if not settings.saga_step_batch:
         return gateway
     return StepBatcher(gateway, max_batch=settings.saga_step_batch_max)

@@ -316,10 +316,12 @@ def test_the_setting_switches_batching_and_widens_the_bulkhead() -> None:
     off = Settings(saga_step_batch=0)
     assert step_gateway(off, plain) is plain
     assert retry_policy(off).max_concurrent_calls == 64
-    with pytest.raises(ValueError, match="WALLET_SAGA_STEP_BATCH"):
+    with pytest.raises(SystemExit, match="WALLET_SAGA_STEP_BATCH must be 0 or 1"):
         step_gateway(Settings(saga_step_batch=2), plain)
-    with pytest.raises(ValueError, match="max_batch"):
+    with pytest.raises(SystemExit, match=r"WALLET_SAGA_STEP_BATCH_MAX must be 1\.\.1000"):
         step_gateway(Settings(saga_step_batch_max=1001), plain)
+    with pytest.raises(SystemExit, match="WALLET_SAGA_STEP_BATCH_MAX"):
+        step_gateway(Settings(saga_step_batch=0, saga_step_batch_max=0), plain)
 
 
 def test_the_batch_size_is_bounded_by_the_servers_cap() -> None:
