@@ -284,3 +284,15 @@ def test_prometheus_scrapes_the_compose_services_and_loads_the_alerts():
     assert config["rule_files"] == ["alerts.yml"]
     assert mounts[str(config_dir / "alerts.yml")] == "./prometheus/alerts.yml"
     assert compose["prometheus"]["profiles"] == ["monitoring"]
+
+
+def test_the_monitoring_profile_collects_traces_when_asked() -> None:
+    """Jaeger runs with the monitoring profile (UI on loopback); every service sends its
+    spans there once OTEL_TRACES_EXPORTER=otlp is given, and none by default."""
+    compose = compose_services()
+    assert compose["jaeger"]["profiles"] == ["monitoring"]
+    assert compose["jaeger"]["ports"] == ["127.0.0.1:16686:16686"]
+    for name in CONTRACT_PORTS:
+        env = compose[name]["environment"]
+        assert env["OTEL_TRACES_EXPORTER"] == "${OTEL_TRACES_EXPORTER:-none}"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith("http://jaeger:4317}")

@@ -105,3 +105,22 @@ def test_a_valid_traceparent_is_continued() -> None:
         assert format(context.trace_id, "032x") == VALID.split("-")[1]
     with tracing.span("root", parent="garbage", use_parent=True) as span:
         assert format(span.get_span_context().trace_id, "032x") != VALID.split("-")[1]
+
+
+def test_log_lines_inside_a_span_carry_its_trace_and_span_ids() -> None:
+    import json
+    import logging
+
+    from wallet_platform.observability.logs import JsonFormatter
+
+    record = logging.makeLogRecord({"name": "t", "levelname": "INFO", "msg": "inside"})
+    formatter = JsonFormatter()
+    assert "trace_id" not in json.loads(formatter.format(record))  # tracing off
+    tracing.setup_from_env("stack", {"OTEL_TRACES_EXPORTER": "console"})
+    with tracing.span("child", parent=VALID, use_parent=True) as span:
+        line = json.loads(formatter.format(record))
+        assert line["trace_id"] == VALID.split("-")[1]
+        assert line["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert "trace_id" not in json.loads(formatter.format(record))  # outside every span
+    tracing.shutdown()
+    assert "trace_id" not in json.loads(formatter.format(record))  # tracing off again
