@@ -39,8 +39,8 @@ from tests.integration.test_saga_runner import FAST, ScriptedWallets, new_transf
 from tests.integration.walletctl_harness import running_stack
 from tests.rabbit import BusUnderTest
 from wallet.v1 import events_pb2, transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
+from wallet_platform import topology
 from wallet_platform.clock import utcnow
-from wallet_platform.messaging import topology
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.outbox.relay import relay_batch
 from wallet_platform.messaging.outbox.rows import outbox_row
