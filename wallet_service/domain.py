@@ -1,10 +1,13 @@
 """Pure wallet rules: what a balance change, a freeze or a past state looks like.
 
-No I/O here. The repository hands in the locked current state of a wallet and this
-module decides, deterministically, what the change is or which error it is. The same
-rules back the PostgreSQL single-statement fast path: its ``WHERE`` clause is built from
-:func:`balance_bounds`, and when that statement matches no row, :func:`plan_movement`
-on the locked row names the reason.
+No I/O here. The persistence adapter (:mod:`wallet_service.adapters`) hands in the
+locked current state of a wallet and this module decides, deterministically, what the
+change is or which error it is. The movement rule is defined once, here: the
+``Movement`` table (direction, freeze rule), :func:`balance_bounds` and
+:func:`plan_movement`. The PostgreSQL statements build their ``WHERE`` clause from the
+same definitions (:mod:`wallet_service.adapters.movement_sql`), a test runs every case
+through both, and when such a statement matches no row, :func:`plan_movement` on the
+locked row names the reason.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ WALLET_UNFROZEN = "wallet_unfrozen"
 
 STATUS_EVENTS = (WALLET_CREATED, WALLET_FROZEN, WALLET_UNFROZEN)
 
+# Idempotency scope of the clients' request_ids (transfer steps use holds.STEP_SCOPE).
+CLIENT_SCOPE = "wallet"
+
 
 @dataclass(frozen=True)
 class Wallet:
@@ -67,6 +73,27 @@ class WalletEvent:
     request_id: str
     audit_id: str | None
     occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class WriteKey:
+    """What one idempotent write is bound to: its method, key, scope and fingerprint."""
+
+    method: str
+    request_id: str
+    fingerprint: str
+    scope: str = CLIENT_SCOPE
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of a successful write: the wallet right after it, the event it
+    appended (None for a freeze that was already in force), and whether this is the
+    stored outcome of an earlier identical request."""
+
+    wallet: Wallet
+    event: WalletEvent | None = None
+    replayed: bool = False
 
 
 class Movement(Enum):

@@ -453,27 +453,28 @@ async def test_sequence_wins_over_time_when_both_are_given(service):
 
 async def test_plain_get_wallet_is_the_stored_row(service, database):
     """GetWallet without time travel (on PostgreSQL the driver-level read,
-    ``repository.pg_read_wallet``) returns exactly the row the SQLAlchemy read returns:
+    ``adapters.reads.pg_read_wallet``) returns exactly the row the SQLAlchemy read returns:
     balance, version, status, currency and both timestamps, for an active and a frozen
     wallet, and NOT_FOUND for an unknown one."""
-    from wallet_service import repository
+    from wallet_service.adapters import ledger_sql
+    from wallet_service.adapters.reads import pg_read_wallet
 
     active = await new_wallet(service, balance=1234, currency="EUR")
     frozen = await new_wallet(service, balance=99)
     await service.set_frozen(frozen, rid(), freeze=True)
     for wallet_id in (active, frozen):
         async with database.read() as conn:
-            stored = await repository.get_wallet(conn, wallet_id)
+            stored = await ledger_sql.get_wallet(conn, wallet_id)
         assert stored is not None
         assert await service.get_wallet(wallet_id) == stored
         if database.is_postgres:
-            assert await repository.pg_read_wallet(database, wallet_id) == stored
+            assert await pg_read_wallet(database, wallet_id) == stored
     assert (await service.get_wallet(frozen)).status == domain.FROZEN
     assert (await service.get_wallet(active)).currency == "EUR"
     with pytest.raises(WalletNotFoundError):
         await service.get_wallet("nobody-here")
     if database.is_postgres:
-        assert await repository.pg_read_wallet(database, "nobody-here") is None
+        assert await pg_read_wallet(database, "nobody-here") is None
 
 
 async def test_plain_get_wallet_on_an_unreachable_database_is_unavailable():
