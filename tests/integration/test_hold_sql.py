@@ -102,9 +102,7 @@ async def test_sql_and_domain_agree_on_every_case(db: Database):
             expected = domain_accepts(hold, command)
             if path == "fast":
                 async with db.transaction() as conn:
-                    result = await pg_move.move(
-                        conn, command, str(uuid.uuid4()), datetime.now(UTC)
-                    )
+                    result = await pg_move.move(conn, command, str(uuid.uuid4()), datetime.now(UTC))
                     applied = result.wallet is not None
                     await conn.rollback()
             else:
