@@ -7,6 +7,7 @@ backend, so the portable path and the PostgreSQL fast path pass the same cases.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -29,6 +30,7 @@ from wallet_platform.errors import (
 from wallet_platform.storage.schema import idempotency_records, outbox, wallet_events, wallets
 from wallet_service import domain
 from wallet_service.domain import INT64_MAX, Movement
+from wallet_service.messages import response_to_pb
 from wallet_service.service import WalletService
 
 
@@ -154,6 +156,45 @@ async def test_a_request_id_reused_with_other_parameters_is_rejected(service, ot
         await other_call(service, wallet_id)
     assert raised.value.code_name == "ALREADY_EXISTS"
     assert (await service.get_wallet(wallet_id)).balance == 50
+
+
+async def test_a_replay_answers_with_the_stored_bytes(service, database):
+    """The stored outcome is the RPC's response message; decoded into a domain result
+    and mapped back by the gRPC edge, it is the very bytes stored (``replayed`` aside)."""
+    wallet_id = await new_wallet(service, balance=500)
+    other = await new_wallet(service)
+    usd = {"currency": "USD", "transfer_id": "T"}
+    debit, credit = Movement.TRANSFER_DEBIT, Movement.TRANSFER_CREDIT
+    writes = [  # (method, key, the write)
+        ("CreateWallet", "k-create", lambda: service.create_wallet("", "EUR", "k-create")),
+        ("Deposit", "k-dep", lambda: service.deposit(wallet_id, 5, "k-dep")),
+        ("Withdraw", "k-wd", lambda: service.withdraw(wallet_id, 3, "k-wd")),
+        (
+            "DebitForTransfer",
+            "T:debit",
+            lambda: service.move(debit, wallet_id, 40, "", to_wallet_id=other, **usd),
+        ),
+        ("CreditForTransfer", "T:credit", lambda: service.move(credit, other, 40, "", **usd)),
+        ("FreezeWallet", "k-fr", lambda: service.set_frozen(wallet_id, "k-fr", freeze=True)),
+        ("FreezeWallet", "k-fr2", lambda: service.set_frozen(wallet_id, "k-fr2", freeze=True)),
+        ("UnfreezeWallet", "k-un", lambda: service.set_frozen(wallet_id, "k-un", freeze=False)),
+    ]
+    for method, key, write in writes:
+        first = await write()
+        again = await write()
+        assert again.replayed and not first.replayed
+        assert again.wallet == first.wallet
+        async with database.read() as conn:
+            stored = (
+                await conn.execute(
+                    select(idempotency_records.c.response).where(
+                        idempotency_records.c.request_id == key
+                    )
+                )
+            ).scalar_one()
+        assert response_to_pb(method, first).SerializeToString() == stored
+        assert response_to_pb(method, replace(again, replayed=False)).SerializeToString() == stored
+        assert response_to_pb(method, again).replayed  # type: ignore[attr-defined]
 
 
 async def test_insufficient_funds_is_stored_and_replayed_even_after_a_deposit(service, database):
