@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 
@@ -89,11 +89,18 @@ class WriteKey:
 class WriteResult:
     """The outcome of a successful write: the wallet right after it, the event it
     appended (None for a freeze that was already in force), and whether this is the
-    stored outcome of an earlier identical request."""
+    stored outcome of an earlier identical request.
+
+    A replay also carries ``stored_response``, the outcome exactly as stored (opaque
+    here): the gRPC edge answers with those bytes, so a replay is byte for byte the
+    original answer whatever fields the stored message has. A replay's ``event`` is
+    None for the writes whose answer does not carry it (CreateWallet, Freeze/Unfreeze).
+    """
 
     wallet: Wallet
     event: WalletEvent | None = None
     replayed: bool = False
+    stored_response: bytes | None = field(default=None, repr=False, compare=False)
 
 
 class Movement(Enum):

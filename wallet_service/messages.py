@@ -11,6 +11,7 @@ bytes that were stored.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -73,12 +74,20 @@ def event_to_pb(event: domain.WalletEvent) -> wallet_pb2.WalletEvent:
     )
 
 
+def _name(enum: Any, value: int) -> str:
+    """An enum value's protobuf name, or its number when this version has none."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return str(value)
+
+
 def wallet_from_pb(message: wallet_pb2.Wallet) -> domain.Wallet:
     return domain.Wallet(
         wallet_id=message.wallet_id,
         currency=message.currency,
         balance=message.balance,
-        status=STATUS_FROM_PB[message.status],
+        status=STATUS_FROM_PB.get(message.status) or _name(wallet_pb2.WalletStatus, message.status),
         version=message.version,
         created_at=message.created_at.ToDatetime(tzinfo=UTC),
         updated_at=message.updated_at.ToDatetime(tzinfo=UTC),
@@ -90,7 +99,9 @@ def event_from_pb(message: wallet_pb2.WalletEvent) -> domain.WalletEvent:
         event_id=message.event_id,
         wallet_id=message.wallet_id,
         sequence=message.sequence,
-        type=KIND_BY_ENUM[message.type].name,
+        type=KIND_BY_ENUM[message.type].name
+        if message.type in KIND_BY_ENUM
+        else _name(wallet_pb2.WalletEventType, message.type),
         amount=message.amount,
         balance_after=message.balance_after,
         currency=message.currency,
@@ -111,12 +122,17 @@ def response_to_pb(
     result: domain.WriteResult,
     event_pb: wallet_pb2.WalletEvent | None = None,
 ) -> Message:
-    """The response message of write RPC ``method`` for ``result``.
+    """The response message of write RPC ``method`` for ``result`` (for a replay, the
+    stored message with ``replayed`` set).
 
     ``event_pb``: the event's message when the caller built it already (the adapter
     builds it once for the outbox row and the stored response).
     """
     response_type = RESPONSE_TYPES[method]
+    if result.stored_response is not None:  # a replay: the stored answer, as stored
+        stored = response_type.FromString(result.stored_response)
+        stored.replayed = result.replayed  # type: ignore[attr-defined]
+        return stored
     response = response_type(wallet=wallet_to_pb(result.wallet))
     if result.event is not None and has_event(method):
         response.event.CopyFrom(  # type: ignore[attr-defined]
@@ -127,13 +143,15 @@ def response_to_pb(
     return response
 
 
-def result_from_response(response: Message, *, replayed: bool) -> domain.WriteResult:
-    """The domain result a write RPC's response message describes."""
+def result_from_stored(method: str, stored: bytes) -> domain.WriteResult:
+    """The replayed result of a write whose response message was stored as ``stored``.
+
+    The domain view is decoded leniently (a value this version has no name for keeps
+    its protobuf name); the answer itself is ``stored``, untouched.
+    """
+    response = RESPONSE_TYPES[method].FromString(stored)
     event = None
-    if "event" in response.DESCRIPTOR.fields_by_name and response.HasField("event"):
+    if has_event(method) and response.HasField("event"):
         event = event_from_pb(response.event)  # type: ignore[attr-defined]
-    return domain.WriteResult(
-        wallet_from_pb(response.wallet),  # type: ignore[attr-defined]
-        event,
-        replayed,
-    )
+    wallet = wallet_from_pb(response.wallet)  # type: ignore[attr-defined]
+    return domain.WriteResult(wallet, event, replayed=True, stored_response=stored)

@@ -159,8 +159,9 @@ async def test_a_request_id_reused_with_other_parameters_is_rejected(service, ot
 
 
 async def test_a_replay_answers_with_the_stored_bytes(service, database):
-    """The stored outcome is the RPC's response message; decoded into a domain result
-    and mapped back by the gRPC edge, it is the very bytes stored (``replayed`` aside)."""
+    """The stored outcome is the RPC's response message: the first answer's bytes are
+    what is stored, a replay's domain result decodes them faithfully, and the gRPC
+    edge answers a replay with exactly those bytes (``replayed`` aside)."""
     wallet_id = await new_wallet(service, balance=500)
     other = await new_wallet(service)
     usd = {"currency": "USD", "transfer_id": "T"}
@@ -183,7 +184,10 @@ async def test_a_replay_answers_with_the_stored_bytes(service, database):
         first = await write()
         again = await write()
         assert again.replayed and not first.replayed
+        # The domain view of the stored answer is the original result.
         assert again.wallet == first.wallet
+        if method not in ("CreateWallet", "FreezeWallet", "UnfreezeWallet"):
+            assert again.event == first.event
         async with database.read() as conn:
             stored = (
                 await conn.execute(

@@ -3,7 +3,8 @@
 * An outcome is stored as the write RPC's response message (``wallet.v1``), serialized:
   it is what a replay answers with, byte for byte. :func:`encode` builds it from the
   domain result; :meth:`StoredOutcome.replay` decodes it back into a domain result
-  (``replayed = True``), or raises the stored error.
+  (``replayed = True``, the bytes kept in ``stored_response`` for the gRPC edge), or
+  raises the stored error.
 * An event is queued in the outbox as its events.proto message
   (:func:`wallet_events.messages.wallet_event_outbox_row`).
 
@@ -20,12 +21,7 @@ from wallet_events.messages import wallet_event_outbox_row
 from wallet_platform.errors import IdempotencyKeyReusedError, error_from_record
 from wallet_service import domain
 from wallet_service.adapters.idempotency_sql import IdempotencyRecord
-from wallet_service.messages import (
-    RESPONSE_TYPES,
-    event_to_pb,
-    response_to_pb,
-    result_from_response,
-)
+from wallet_service.messages import event_to_pb, response_to_pb, result_from_stored
 
 
 @dataclass(frozen=True)
@@ -75,8 +71,7 @@ class StoredOutcome:
             raise error_from_record(
                 record.status_code, record.error_reason or "", record.error_message or ""
             )
-        response = RESPONSE_TYPES[self.key.method].FromString(record.response or b"")
-        return result_from_response(response, replayed=True)
+        return result_from_stored(self.key.method, record.response or b"")
 
 
 def stored_outcome(key: domain.WriteKey, record: IdempotencyRecord) -> StoredOutcome:
