@@ -91,10 +91,12 @@ class WriteResult:
     appended (None for a freeze that was already in force), and whether this is the
     stored outcome of an earlier identical request.
 
-    A replay also carries ``stored_response``, the outcome exactly as stored (opaque
-    here): the gRPC edge answers with those bytes, so a replay is byte for byte the
-    original answer whatever fields the stored message has. A replay's ``event`` is
-    None for the writes whose answer does not carry it (CreateWallet, Freeze/Unfreeze).
+    A result from the persistence adapter also carries ``stored_response``: the
+    outcome exactly as the adapter stored it under the idempotency key (opaque here).
+    The gRPC edge answers with it, so an answer is encoded once per write and a replay
+    is byte for byte the first answer, whatever fields the stored message has. A
+    replay's ``event`` is None for the writes whose answer does not carry it
+    (CreateWallet, FreezeWallet, UnfreezeWallet).
     """
 
     wallet: Wallet

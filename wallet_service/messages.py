@@ -129,14 +129,14 @@ def response_to_pb(
     result: domain.WriteResult,
     event_pb: wallet_pb2.WalletEvent | None = None,
 ) -> Message:
-    """The response message of write RPC ``method`` for ``result`` (for a replay, the
-    stored message with ``replayed`` set).
+    """The response message of write RPC ``method`` for ``result``: the message the
+    adapter stored for it (with ``replayed`` set), else one built from the domain.
 
     ``event_pb``: the event's message when the caller built it already (the adapter
     builds it once for the outbox row and the stored response).
     """
     response_type = RESPONSE_TYPES[method]
-    if result.stored_response is not None:  # a replay: the stored answer, as stored
+    if result.stored_response is not None:  # the answer as stored: encoded once
         stored = response_type.FromString(result.stored_response)
         stored.replayed = result.replayed  # type: ignore[attr-defined]
         return stored

@@ -125,7 +125,7 @@ class WalletService(WalletQueries):
                 raise WalletAlreadyExistsError(
                     f"wallet {new_id!r} already exists", field="wallet_id"
                 )
-            return await _finish(uow, key, WriteResult(wallet, event))
+            return await uow.finish(key, WriteResult(wallet, event))
 
         return await self._write(key, apply)
 
@@ -173,7 +173,7 @@ class WalletService(WalletQueries):
         # Not decided in a batch (off, replay, rejection, failed batch): the single path.
 
         async def apply(uow: WalletUnitOfWork, now: datetime) -> WriteResult:
-            return await _finish(uow, command.key, await _apply_portable(uow, command, now))
+            return await uow.finish(command.key, await _apply_portable(uow, command, now))
 
         async def explain(uow: WalletUnitOfWork) -> None:
             if command.hold_action is not None:
@@ -191,7 +191,7 @@ class WalletService(WalletQueries):
                 if moved.wallet is None:
                     return None  # key claimed, rule not met: the portable path says why
                 result = WriteResult(moved.wallet, command.event(moved.wallet, event_id))
-                return await _finish(uow, command.key, result)
+                return await uow.finish(command.key, result)
 
         return await self._write(command.key, apply, fast, balance_change=True, explain=explain)
 
@@ -209,7 +209,7 @@ class WalletService(WalletQueries):
                 raise WalletNotFoundError(wallet_id)
             event_type = domain.plan_status_change(wallet, freeze)
             if event_type is None:
-                return await _finish(uow, key, WriteResult(wallet))
+                return await uow.finish(key, WriteResult(wallet))
             at = domain.next_timestamp(now, wallet.updated_at)
             changed = replace(
                 wallet,
@@ -219,7 +219,7 @@ class WalletService(WalletQueries):
             )
             event = _event(changed, event_type, request_id, at, audit_id)
             await uow.save_change(changed, event)
-            return await _finish(uow, key, WriteResult(changed, event))
+            return await uow.finish(key, WriteResult(changed, event))
 
         return await self._write(key, apply)
 
@@ -268,12 +268,6 @@ async def _replay(
     if not stored.same_request and explain is not None:
         await explain(uow)  # raises the most precise reason
     return stored.replay()
-
-
-async def _finish(uow: WalletUnitOfWork, key: WriteKey, result: WriteResult) -> WriteResult:
-    """Store the result under the key (and queue its event); return it."""
-    await uow.finish(key, result)
-    return result
 
 
 async def _apply_portable(

@@ -14,7 +14,7 @@ these bytes; the service layer hands in and gets back domain objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from wallet_events.messages import wallet_event_outbox_row
@@ -30,6 +30,11 @@ class Encoded:
 
     response: bytes
     outbox_row: dict[str, Any] | None
+
+
+def as_stored(result: domain.WriteResult, encoded: Encoded) -> domain.WriteResult:
+    """``result`` carrying its stored form, which the gRPC edge answers with."""
+    return replace(result, stored_response=encoded.response)
 
 
 def encode(method: str, result: domain.WriteResult) -> Encoded:

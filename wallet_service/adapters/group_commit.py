@@ -130,8 +130,9 @@ class GroupCommitter(BatchScheduler[MoveRequest]):
                     continue
                 event = request.command.event(row.wallet, request.event_id)
                 result = domain.WriteResult(row.wallet, event)
-                results[row.position] = result
-                done.append((request.command, codec.encode(request.command.method, result)))
+                encoded = codec.encode(request.command.method, result)
+                results[row.position] = codec.as_stored(result, encoded)
+                done.append((request.command, encoded))
             if done or released:
                 await uow.finish_many(done, released)
             await uow.commit()

@@ -87,15 +87,17 @@ class WalletUnitOfWork(CoreUnitOfWork):
         """Store a rejection under the claimed ``key``: a retry gets the same error."""
         await idempotency_sql.finish_record(self.conn, key, error=error_to_record(error))
 
-    async def finish(self, key: domain.WriteKey, result: domain.WriteResult) -> None:
-        """Store ``result`` under the claimed ``key`` and queue its event's outbox row."""
+    async def finish(self, key: domain.WriteKey, result: domain.WriteResult) -> domain.WriteResult:
+        """Store ``result`` under the claimed ``key`` and queue its event's outbox row;
+        ``result`` carrying its stored form (``stored_response``)."""
         encoded = codec.encode(key.method, result)
         if encoded.outbox_row is not None and self.db.is_postgres:
             await pg_move.finish(self.conn, key, encoded.response, encoded.outbox_row)
-            return
-        if encoded.outbox_row is not None:
-            await ledger_sql.insert_outbox(self.conn, encoded.outbox_row)
-        await idempotency_sql.finish_record(self.conn, key, response=encoded.response)
+        else:
+            if encoded.outbox_row is not None:
+                await ledger_sql.insert_outbox(self.conn, encoded.outbox_row)
+            await idempotency_sql.finish_record(self.conn, key, response=encoded.response)
+        return codec.as_stored(result, encoded)
 
     # --- wallets and events ----------------------------------------------------------
 
