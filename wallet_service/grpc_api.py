@@ -10,7 +10,7 @@ them into status codes with error details.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -27,6 +27,19 @@ from wallet_service.service import WalletService
 SERVICE_NAME = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
+StepRequest = (
+    wallet_pb2.DebitForTransferRequest
+    | wallet_pb2.CreditForTransferRequest
+    | wallet_pb2.RefundForTransferRequest
+)
+ResponseT = TypeVar("ResponseT", bound=Message)
+
+
+def _as(response_type: type[ResponseT], message: Message) -> ResponseT:
+    """``message`` as the RPC's declared response type (``messages`` builds it by name)."""
+    if not isinstance(message, response_type):  # pragma: no cover - a table mismatch
+        raise TypeError(f"expected {response_type.__name__}, built {type(message).__name__}")
+    return message
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
@@ -44,14 +57,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             },
         )
 
-    async def CreateWallet(self, request: Any, context: Context) -> Any:
+    async def CreateWallet(
+        self, request: wallet_pb2.CreateWalletRequest, context: Context
+    ) -> wallet_pb2.CreateWalletResponse:
         with log_context(request_id=request.request_id):
             result = await self._service.create_wallet(
                 request.wallet_id, request.currency, request.request_id
             )
-        return response_to_pb("CreateWallet", result)
+        return _as(wallet_pb2.CreateWalletResponse, response_to_pb("CreateWallet", result))
 
-    async def GetWallet(self, request: Any, context: Context) -> Any:
+    async def GetWallet(
+        self, request: wallet_pb2.GetWalletRequest, context: Context
+    ) -> wallet_pb2.GetWalletResponse:
         as_of_time = None
         if request.HasField("as_of_time"):
             try:
@@ -65,21 +82,27 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         )
         return wallet_pb2.GetWalletResponse(wallet=wallet_to_pb(wallet))
 
-    async def Deposit(self, request: Any, context: Context) -> Any:
+    async def Deposit(
+        self, request: wallet_pb2.DepositRequest, context: Context
+    ) -> wallet_pb2.DepositResponse:
         with log_context(request_id=request.request_id):
             result = await self._service.deposit(
                 request.wallet_id, request.amount, request.request_id
             )
-        return response_to_pb("Deposit", result)
+        return _as(wallet_pb2.DepositResponse, response_to_pb("Deposit", result))
 
-    async def Withdraw(self, request: Any, context: Context) -> Any:
+    async def Withdraw(
+        self, request: wallet_pb2.WithdrawRequest, context: Context
+    ) -> wallet_pb2.WithdrawResponse:
         with log_context(request_id=request.request_id):
             result = await self._service.withdraw(
                 request.wallet_id, request.amount, request.request_id
             )
-        return response_to_pb("Withdraw", result)
+        return _as(wallet_pb2.WithdrawResponse, response_to_pb("Withdraw", result))
 
-    async def ListWalletEvents(self, request: Any, context: Context) -> Any:
+    async def ListWalletEvents(
+        self, request: wallet_pb2.ListWalletEventsRequest, context: Context
+    ) -> wallet_pb2.ListWalletEventsResponse:
         events, next_token = await self._service.list_events(
             request.wallet_id, request.page_size, request.page_token
         )
@@ -87,39 +110,63 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             events=[event_to_pb(event) for event in events], next_page_token=next_token
         )
 
-    async def FreezeWallet(self, request: Any, context: Context) -> Any:
+    async def FreezeWallet(
+        self, request: wallet_pb2.FreezeWalletRequest, context: Context
+    ) -> wallet_pb2.FreezeWalletResponse:
         with log_context(request_id=request.request_id):
             result = await self._service.set_frozen(
                 request.wallet_id, request.request_id, freeze=True
             )
-        return response_to_pb("FreezeWallet", result)
+        return _as(wallet_pb2.FreezeWalletResponse, response_to_pb("FreezeWallet", result))
 
-    async def UnfreezeWallet(self, request: Any, context: Context) -> Any:
+    async def UnfreezeWallet(
+        self, request: wallet_pb2.UnfreezeWalletRequest, context: Context
+    ) -> wallet_pb2.UnfreezeWalletResponse:
         with log_context(request_id=request.request_id):
             result = await self._service.set_frozen(
                 request.wallet_id, request.request_id, freeze=False
             )
-        return response_to_pb("UnfreezeWallet", result)
+        return _as(wallet_pb2.UnfreezeWalletResponse, response_to_pb("UnfreezeWallet", result))
 
-    async def DebitForTransfer(self, request: Any, context: Context) -> Any:
-        return await self._step(Movement.TRANSFER_DEBIT, request)
+    async def DebitForTransfer(
+        self, request: wallet_pb2.DebitForTransferRequest, context: Context
+    ) -> wallet_pb2.DebitForTransferResponse:
+        return _as(
+            wallet_pb2.DebitForTransferResponse, await self._step(Movement.TRANSFER_DEBIT, request)
+        )
 
-    async def CreditForTransfer(self, request: Any, context: Context) -> Any:
-        return await self._step(Movement.TRANSFER_CREDIT, request)
+    async def CreditForTransfer(
+        self, request: wallet_pb2.CreditForTransferRequest, context: Context
+    ) -> wallet_pb2.CreditForTransferResponse:
+        return _as(
+            wallet_pb2.CreditForTransferResponse,
+            await self._step(Movement.TRANSFER_CREDIT, request),
+        )
 
-    async def RefundForTransfer(self, request: Any, context: Context) -> Any:
-        return await self._step(Movement.TRANSFER_REFUND, request)
+    async def RefundForTransfer(
+        self, request: wallet_pb2.RefundForTransferRequest, context: Context
+    ) -> wallet_pb2.RefundForTransferResponse:
+        return _as(
+            wallet_pb2.RefundForTransferResponse,
+            await self._step(Movement.TRANSFER_REFUND, request),
+        )
 
-    async def BatchDeposit(self, request: Any, context: Context) -> Any:
+    async def BatchDeposit(
+        self, request: wallet_pb2.BatchDepositRequest, context: Context
+    ) -> wallet_pb2.BatchDepositResponse:
         return await self._batches.deposit(request, context)
 
-    async def BatchWithdraw(self, request: Any, context: Context) -> Any:
+    async def BatchWithdraw(
+        self, request: wallet_pb2.BatchWithdrawRequest, context: Context
+    ) -> wallet_pb2.BatchWithdrawResponse:
         return await self._batches.withdraw(request, context)
 
-    async def BatchApplyTransferSteps(self, request: Any, context: Context) -> Any:
+    async def BatchApplyTransferSteps(
+        self, request: wallet_pb2.BatchApplyTransferStepsRequest, context: Context
+    ) -> wallet_pb2.BatchApplyTransferStepsResponse:
         return await self._batches.apply_steps(request, context)
 
-    async def _step(self, movement: Movement, request: Any) -> Any:
+    async def _step(self, movement: Movement, request: StepRequest) -> Message:
         # Only the debit request has a destination (the hold's); the others read it
         # from the hold.
         to_wallet_id = getattr(request, "to_wallet_id", "")
