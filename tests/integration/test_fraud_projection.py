@@ -170,6 +170,7 @@ async def test_duplicate_delivery_raises_no_second_alert(
         ids = {row.alert_id for row in await conn.execute(sa.select(fraud_alerts.c.alert_id))}
     assert {row.message_id for row in published} == ids
     decoded = messages.decode("wallet.v1.FraudAlertRaised", bytes(published[0].payload))
+    assert isinstance(decoded, events_pb2.FraudAlertRaised)
     assert decoded.alert.alert_id in ids and decoded.alert.wallet_id == "w"
 
 

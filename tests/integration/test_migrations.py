@@ -148,7 +148,7 @@ def _plant_pre_hold_ledger(url: str) -> None:
                         version=1, created_at=now, updated_at=now,
                     )
                 )  # fmt: skip
-            events = [("a", "funds_deposited", 1000, None)]
+            events: list[tuple[str, str, int, str | None]] = [("a", "funds_deposited", 1000, None)]
             for transfer_id, source, target, amount, state, types in sagas:
                 conn.execute(
                     transfers.insert().values(
@@ -161,12 +161,12 @@ def _plant_pre_hold_ledger(url: str) -> None:
                     wallet_id = target if kind == "transfer_credited" else source
                     events.append((wallet_id, kind, amount, transfer_id))
             events.append(("a", "transfer_debited", 10, "X"))  # a direct call, no saga
-            for n, (wallet_id, kind, amount, transfer_id) in enumerate(events):
+            for n, (wallet_id, kind, amount, event_transfer) in enumerate(events):
                 conn.execute(
                     wallet_events.insert().values(
                         event_id=f"e{n}", wallet_id=wallet_id, sequence=100 + n, type=kind,
-                        amount=amount, balance_after=0, currency="USD", transfer_id=transfer_id,
-                        request_id=f"{transfer_id}:{kind}", occurred_at=now,
+                        amount=amount, balance_after=0, currency="USD", transfer_id=event_transfer,
+                        request_id=f"{event_transfer}:{kind}", occurred_at=now,
                     )
                 )  # fmt: skip
             records = [
@@ -187,6 +187,7 @@ def _plant_pre_hold_ledger(url: str) -> None:
 
 async def test_upgrade_backfills_holds_and_moves_unfinished_step_keys(old_database_url: str):
     from tests.e2e.test_hold_attacks import assert_conserved
+    from wallet.v1 import wallet_pb2
     from wallet_platform.config import Settings
     from wallet_platform.storage.database import Database
     from wallet_service.domain import Movement, fingerprint
@@ -228,8 +229,9 @@ async def test_upgrade_backfills_holds_and_moves_unfinished_step_keys(old_databa
         debit = await service.move(
             Movement.TRANSFER_DEBIT, "a", 20, "T4:debit", transfer_id="T4", to_wallet_id="b", **usd
         )
-        assert debit.replayed
+        assert isinstance(debit, wallet_pb2.DebitForTransferResponse) and debit.replayed
         credit = await service.move(Movement.TRANSFER_CREDIT, "b", 30, "", transfer_id="T3", **usd)
+        assert isinstance(credit, wallet_pb2.CreditForTransferResponse)
         assert not credit.replayed and credit.wallet.balance == 130
         await assert_conserved(db)
     finally:

@@ -50,7 +50,7 @@ async def stored(db: Database) -> set[str]:
         return {row[0] for row in rows}
 
 
-def kinds(database: Database) -> list[type[UnitOfWork]]:
+def kinds(database: Database) -> list[type[CoreUnitOfWork] | type[PipelineUnitOfWork]]:
     return [CoreUnitOfWork, PipelineUnitOfWork] if database.is_postgres else [CoreUnitOfWork]
 
 
