@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.descriptor import Descriptor
 
 from wallet.v1 import analytics_pb2, fraud_pb2, transfer_pb2, wallet_pb2
 from wallet_platform.server import security, tenancy
@@ -17,9 +18,9 @@ _MODULES = (wallet_pb2, transfer_pb2, analytics_pb2, fraud_pb2)
 WALLET_FIELDS = {m: p.wallet_fields for m, p in POLICIES.items() if p.wallet_fields}
 
 
-def _methods() -> dict[str, object]:
+def _methods() -> dict[str, Descriptor]:
     """Full method name -> its request message descriptor."""
-    found = {}
+    found: dict[str, Descriptor] = {}
     for module in _MODULES:
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
@@ -83,19 +84,19 @@ def test_tenant_table_names_real_rpcs_and_real_wallet_fields():
     methods = _methods()
     for method, fields in WALLET_FIELDS.items():
         assert method in methods, method
-        request_fields = methods[method].fields_by_name  # type: ignore[attr-defined]
+        request_fields = methods[method].fields_by_name
         for field in fields:
             assert field in request_fields, (method, field)
     # Every wallet-id field of every request is checked (a new one must be listed).
     for method, descriptor in methods.items():
-        wallet_fields = {f.name for f in descriptor.fields if f.name.endswith("wallet_id")}  # type: ignore[attr-defined]
+        wallet_fields = {f.name for f in descriptor.fields if f.name.endswith("wallet_id")}
         assert wallet_fields == set(WALLET_FIELDS.get(method, ())), method
 
 
 def _request(method: str, **fields):
     descriptor = _methods()[method]
     for module in _MODULES:
-        cls = getattr(module, descriptor.name, None)  # type: ignore[attr-defined]
+        cls = getattr(module, descriptor.name, None)
         if cls is not None:
             return cls(**fields)
     raise AssertionError(method)
