@@ -369,9 +369,7 @@ async def test_unreachable_broker_keeps_rows_pending(database: Database) -> None
 
 
 class _RecordingBus:
-    """Records the size of every publish call (one call per relay round).
-
-    Only ``publish`` of an EventBus: all the relay calls, hence the ignores below."""
+    """Records the size of every publish call (one call per relay round)."""
 
     def __init__(self) -> None:
         self.rounds: list[int] = []
@@ -392,14 +390,14 @@ async def test_commits_during_a_round_interval_share_the_next_round(
     service = WalletService(database)
     await service.create_wallet("burst", "USD", rid())
     bus = _RecordingBus()
-    while await relay_batch(database, bus):  # type: ignore[arg-type]
+    while await relay_batch(database, bus):  # type: ignore[arg-type]  # only publishes
         pass
     bus.rounds.clear()
     runtime = Runtime(settings=Settings(), db=database)  # the relay reads only the db
     relay = relay_module.OutboxRelay(runtime)
     relay._loop = asyncio.get_running_loop()
     relay._install_commit_hook()
-    task = asyncio.create_task(relay._run(bus))  # type: ignore[arg-type]
+    task = asyncio.create_task(relay._run(bus))  # type: ignore[arg-type]  # only publishes
     try:
         await service.deposit("burst", 1, rid())
         await eventually(
