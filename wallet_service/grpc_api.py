@@ -1,9 +1,10 @@
 """The WalletService gRPC servicer: protobuf in, one service call, protobuf out.
 
-No rules live here. The batch RPCs run each item through these same methods
-(``grpc_batches``). Domain errors propagate to the server's error mapping
-(``wallet_platform.server.builder.map_errors``), which turns them into status codes
-with error details.
+No rules live here. The service answers with domain objects; this edge maps them to
+the RPC's response message (:mod:`wallet_service.messages`). The batch RPCs run each
+item through these same methods (``grpc_batches``). Domain errors propagate to the
+server's error mapping (``wallet_platform.server.builder.map_errors``), which turns
+them into status codes with error details.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from wallet_platform.errors import InvalidArgumentError
 from wallet_platform.observability.logs import log_context
 from wallet_service.domain import Movement
 from wallet_service.grpc_batches import BatchMethods
-from wallet_service.messages import event_to_pb, wallet_to_pb
+from wallet_service.messages import event_to_pb, response_to_pb, wallet_to_pb
+from wallet_service.moves import MOVEMENT_METHODS
 from wallet_service.service import WalletService
 
 SERVICE_NAME = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
@@ -44,9 +46,10 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     async def CreateWallet(self, request: Any, context: Context) -> Any:
         with log_context(request_id=request.request_id):
-            return await self._service.create_wallet(
+            result = await self._service.create_wallet(
                 request.wallet_id, request.currency, request.request_id
             )
+        return response_to_pb("CreateWallet", result)
 
     async def GetWallet(self, request: Any, context: Context) -> Any:
         as_of_time = None
@@ -64,15 +67,17 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     async def Deposit(self, request: Any, context: Context) -> Any:
         with log_context(request_id=request.request_id):
-            return await self._service.move(
-                Movement.DEPOSIT, request.wallet_id, request.amount, request.request_id
+            result = await self._service.deposit(
+                request.wallet_id, request.amount, request.request_id
             )
+        return response_to_pb("Deposit", result)
 
     async def Withdraw(self, request: Any, context: Context) -> Any:
         with log_context(request_id=request.request_id):
-            return await self._service.move(
-                Movement.WITHDRAW, request.wallet_id, request.amount, request.request_id
+            result = await self._service.withdraw(
+                request.wallet_id, request.amount, request.request_id
             )
+        return response_to_pb("Withdraw", result)
 
     async def ListWalletEvents(self, request: Any, context: Context) -> Any:
         events, next_token = await self._service.list_events(
@@ -84,15 +89,17 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     async def FreezeWallet(self, request: Any, context: Context) -> Any:
         with log_context(request_id=request.request_id):
-            return await self._service.set_frozen(
+            result = await self._service.set_frozen(
                 request.wallet_id, request.request_id, freeze=True
             )
+        return response_to_pb("FreezeWallet", result)
 
     async def UnfreezeWallet(self, request: Any, context: Context) -> Any:
         with log_context(request_id=request.request_id):
-            return await self._service.set_frozen(
+            result = await self._service.set_frozen(
                 request.wallet_id, request.request_id, freeze=False
             )
+        return response_to_pb("UnfreezeWallet", result)
 
     async def DebitForTransfer(self, request: Any, context: Context) -> Any:
         return await self._step(Movement.TRANSFER_DEBIT, request)
@@ -117,7 +124,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         # from the hold.
         to_wallet_id = getattr(request, "to_wallet_id", "")
         with log_context(request_id=request.request_id, transfer_id=request.transfer_id):
-            return await self._service.move(
+            result = await self._service.move(
                 movement,
                 request.wallet_id,
                 request.amount,
@@ -126,6 +133,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 currency=request.currency,
                 to_wallet_id=to_wallet_id,
             )
+        return response_to_pb(MOVEMENT_METHODS[movement], result)
 
 
 class _Undecodable:
