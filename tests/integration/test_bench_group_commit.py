@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 
 from tests.conftest import requires_postgres
 from tests.integration.test_wallet_service import check_invariants
-from wallet.v1 import wallet_pb2
 from wallet_platform.config import Settings
 from wallet_platform.errors import (
     HoldNotFoundError,
@@ -125,9 +124,7 @@ async def test_group_commit_can_be_switched_off(pg_database_url_fresh):
         service = WalletService(db, group_commit=False)
         assert service.store.group is None
         await service.create_wallet("solo", "USD", "c")
-        deposited = await service.deposit("solo", 5, "d")
-        assert isinstance(deposited, wallet_pb2.DepositResponse)
-        assert deposited.wallet.balance == 5
+        assert (await service.deposit("solo", 5, "d")).wallet.balance == 5
     finally:
         await db.dispose()
 
