@@ -7,7 +7,7 @@ commit's WAL flush. When several sagas write at the same time, :class:`SagaGroup
 sends their writes together as ONE statement of data-modifying CTEs over the rows of
 each kind (one JSON document per kind, read by ``json_to_recordset``), in autocommit
 (one statement is one transaction): the same idea as the wallet service's
-``wallet_service/group_commit.py``, for the saga tables.
+``wallet_service/adapters/group_commit.py``, for the saga tables.
 
 Each saga keeps its own guarantees and outcome:
 

@@ -54,7 +54,7 @@ class PostgresDatabases:
 
     def _admin(self, statement: str) -> None:
         with psycopg.connect(_admin_conninfo(PG_URL), autocommit=True) as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
     def fresh(self) -> str:
         """A new migrated database (a clone of the run's template) and its URL."""

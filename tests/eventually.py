@@ -11,19 +11,44 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
 
+# Two signatures so that the value handed to ``check`` and returned is what the probe
+# gives once awaited: an async probe's result, not the coroutine. The async one comes
+# first, as a coroutine function also matches the sync signature.
+@overload
 async def eventually(
-    probe: Callable[[], T | Awaitable[T]],
-    check: Callable[[T], Any] = bool,
+    probe: Callable[[], Awaitable[T]],
+    check: Callable[[T], object] = ...,
+    *,
+    what: str = ...,
+    within: float = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    check: Callable[[T], object] = ...,
+    *,
+    what: str = ...,
+    within: float = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Any],
+    check: Callable[[Any], object] = bool,
     *,
     what: str = "the condition",
     within: float = 30.0,
     interval: float = 0.05,
-) -> T:
+) -> Any:
     """Call ``probe()`` (sync or async) until ``check(value)`` holds; return that value.
 
     A probe that raises counts as "not yet" (a broker restarted for a moment by another

@@ -40,7 +40,7 @@ class WalletComponent:
 
 
 def build_components(runtime: Runtime) -> list[Component]:
-    # Group commit (wallet_service.group_commit) is on unless WALLET_GROUP_COMMIT=0: the
+    # Group commit (wallet_service.adapters.group_commit) is on unless WALLET_GROUP_COMMIT=0: the
     # switch exists for benchmarks (docs/benchmarks.md), not as a tuning knob.
     group_commit = os.environ.get("WALLET_GROUP_COMMIT", "1") != "0"
     try:

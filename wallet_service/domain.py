@@ -1,17 +1,20 @@
 """Pure wallet rules: what a balance change, a freeze or a past state looks like.
 
-No I/O here. The repository hands in the locked current state of a wallet and this
-module decides, deterministically, what the change is or which error it is. The same
-rules back the PostgreSQL single-statement fast path: its ``WHERE`` clause is built from
-:func:`balance_bounds`, and when that statement matches no row, :func:`plan_movement`
-on the locked row names the reason.
+No I/O here. The persistence adapter (:mod:`wallet_service.adapters`) hands in the
+locked current state of a wallet and this module decides, deterministically, what the
+change is or which error it is. The movement rule is defined once, here: the
+``Movement`` table (direction, freeze rule), :func:`balance_bounds` and
+:func:`plan_movement`. The PostgreSQL statements build their ``WHERE`` clause from the
+same definitions (:mod:`wallet_service.adapters.movement_sql`), a test runs every case
+through both, and when such a statement matches no row, :func:`plan_movement` on the
+locked row names the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 
@@ -39,6 +42,9 @@ FROZEN = "FROZEN"
 
 
 STATUS_EVENTS = (WALLET_CREATED, WALLET_FROZEN, WALLET_UNFROZEN)
+
+# Idempotency scope of the clients' request_ids (transfer steps use holds.STEP_SCOPE).
+CLIENT_SCOPE = "wallet"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,36 @@ class WalletEvent:
     request_id: str
     audit_id: str | None
     occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class WriteKey:
+    """What one idempotent write is bound to: its method, key, scope and fingerprint."""
+
+    method: str
+    request_id: str
+    fingerprint: str
+    scope: str = CLIENT_SCOPE
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of a successful write: the wallet right after it, the event it
+    appended (None for a freeze that was already in force), and whether this is the
+    stored outcome of an earlier identical request.
+
+    A result from the persistence adapter also carries ``stored_response``: the
+    outcome exactly as the adapter stored it under the idempotency key (opaque here).
+    The gRPC edge answers with it, so an answer is encoded once per write and a replay
+    is byte for byte the first answer, whatever fields the stored message has. A
+    replay's ``event`` is None for the writes whose answer does not carry it
+    (CreateWallet, FreezeWallet, UnfreezeWallet).
+    """
+
+    wallet: Wallet
+    event: WalletEvent | None = None
+    replayed: bool = False
+    stored_response: bytes | None = field(default=None, repr=False, compare=False)
 
 
 class Movement(Enum):

@@ -1,15 +1,16 @@
 """The WalletService gRPC servicer: protobuf in, one service call, protobuf out.
 
-No rules live here. The batch RPCs run each item through these same methods
-(``grpc_batches``). Domain errors propagate to the server's error mapping
-(``wallet_platform.server.builder.map_errors``), which turns them into status codes
-with error details.
+No rules live here. The service answers with domain objects; this edge maps them to
+the RPC's response message (:mod:`wallet_service.messages`). The batch RPCs run each
+item through these same methods (``grpc_batches``). Domain errors propagate to the
+server's error mapping (``wallet_platform.server.builder.map_errors``), which turns
+them into status codes with error details.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -19,12 +20,26 @@ from wallet_platform.errors import InvalidArgumentError
 from wallet_platform.observability.logs import log_context
 from wallet_service.domain import Movement
 from wallet_service.grpc_batches import BatchMethods
-from wallet_service.messages import event_to_pb, wallet_to_pb
+from wallet_service.messages import event_to_pb, response_to_pb, wallet_to_pb
+from wallet_service.moves import MOVEMENT_METHODS
 from wallet_service.service import WalletService
 
 SERVICE_NAME = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
+StepRequest = (
+    wallet_pb2.DebitForTransferRequest
+    | wallet_pb2.CreditForTransferRequest
+    | wallet_pb2.RefundForTransferRequest
+)
+ResponseT = TypeVar("ResponseT", bound=Message)
+
+
+def _as(response_type: type[ResponseT], message: Message) -> ResponseT:
+    """``message`` as the RPC's declared response type (``messages`` builds it by name)."""
+    if not isinstance(message, response_type):  # pragma: no cover - a table mismatch
+        raise TypeError(f"expected {response_type.__name__}, built {type(message).__name__}")
+    return message
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
@@ -42,13 +57,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             },
         )
 
-    async def CreateWallet(self, request: Any, context: Context) -> Any:
+    async def CreateWallet(
+        self, request: wallet_pb2.CreateWalletRequest, context: Context
+    ) -> wallet_pb2.CreateWalletResponse:
         with log_context(request_id=request.request_id):
-            return await self._service.create_wallet(
+            result = await self._service.create_wallet(
                 request.wallet_id, request.currency, request.request_id
             )
+        return _as(wallet_pb2.CreateWalletResponse, response_to_pb("CreateWallet", result))
 
-    async def GetWallet(self, request: Any, context: Context) -> Any:
+    async def GetWallet(
+        self, request: wallet_pb2.GetWalletRequest, context: Context
+    ) -> wallet_pb2.GetWalletResponse:
         as_of_time = None
         if request.HasField("as_of_time"):
             try:
@@ -62,19 +82,27 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         )
         return wallet_pb2.GetWalletResponse(wallet=wallet_to_pb(wallet))
 
-    async def Deposit(self, request: Any, context: Context) -> Any:
+    async def Deposit(
+        self, request: wallet_pb2.DepositRequest, context: Context
+    ) -> wallet_pb2.DepositResponse:
         with log_context(request_id=request.request_id):
-            return await self._service.move(
-                Movement.DEPOSIT, request.wallet_id, request.amount, request.request_id
+            result = await self._service.deposit(
+                request.wallet_id, request.amount, request.request_id
             )
+        return _as(wallet_pb2.DepositResponse, response_to_pb("Deposit", result))
 
-    async def Withdraw(self, request: Any, context: Context) -> Any:
+    async def Withdraw(
+        self, request: wallet_pb2.WithdrawRequest, context: Context
+    ) -> wallet_pb2.WithdrawResponse:
         with log_context(request_id=request.request_id):
-            return await self._service.move(
-                Movement.WITHDRAW, request.wallet_id, request.amount, request.request_id
+            result = await self._service.withdraw(
+                request.wallet_id, request.amount, request.request_id
             )
+        return _as(wallet_pb2.WithdrawResponse, response_to_pb("Withdraw", result))
 
-    async def ListWalletEvents(self, request: Any, context: Context) -> Any:
+    async def ListWalletEvents(
+        self, request: wallet_pb2.ListWalletEventsRequest, context: Context
+    ) -> wallet_pb2.ListWalletEventsResponse:
         events, next_token = await self._service.list_events(
             request.wallet_id, request.page_size, request.page_token
         )
@@ -82,42 +110,68 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             events=[event_to_pb(event) for event in events], next_page_token=next_token
         )
 
-    async def FreezeWallet(self, request: Any, context: Context) -> Any:
+    async def FreezeWallet(
+        self, request: wallet_pb2.FreezeWalletRequest, context: Context
+    ) -> wallet_pb2.FreezeWalletResponse:
         with log_context(request_id=request.request_id):
-            return await self._service.set_frozen(
+            result = await self._service.set_frozen(
                 request.wallet_id, request.request_id, freeze=True
             )
+        return _as(wallet_pb2.FreezeWalletResponse, response_to_pb("FreezeWallet", result))
 
-    async def UnfreezeWallet(self, request: Any, context: Context) -> Any:
+    async def UnfreezeWallet(
+        self, request: wallet_pb2.UnfreezeWalletRequest, context: Context
+    ) -> wallet_pb2.UnfreezeWalletResponse:
         with log_context(request_id=request.request_id):
-            return await self._service.set_frozen(
+            result = await self._service.set_frozen(
                 request.wallet_id, request.request_id, freeze=False
             )
+        return _as(wallet_pb2.UnfreezeWalletResponse, response_to_pb("UnfreezeWallet", result))
 
-    async def DebitForTransfer(self, request: Any, context: Context) -> Any:
-        return await self._step(Movement.TRANSFER_DEBIT, request)
+    async def DebitForTransfer(
+        self, request: wallet_pb2.DebitForTransferRequest, context: Context
+    ) -> wallet_pb2.DebitForTransferResponse:
+        return _as(
+            wallet_pb2.DebitForTransferResponse, await self._step(Movement.TRANSFER_DEBIT, request)
+        )
 
-    async def CreditForTransfer(self, request: Any, context: Context) -> Any:
-        return await self._step(Movement.TRANSFER_CREDIT, request)
+    async def CreditForTransfer(
+        self, request: wallet_pb2.CreditForTransferRequest, context: Context
+    ) -> wallet_pb2.CreditForTransferResponse:
+        return _as(
+            wallet_pb2.CreditForTransferResponse,
+            await self._step(Movement.TRANSFER_CREDIT, request),
+        )
 
-    async def RefundForTransfer(self, request: Any, context: Context) -> Any:
-        return await self._step(Movement.TRANSFER_REFUND, request)
+    async def RefundForTransfer(
+        self, request: wallet_pb2.RefundForTransferRequest, context: Context
+    ) -> wallet_pb2.RefundForTransferResponse:
+        return _as(
+            wallet_pb2.RefundForTransferResponse,
+            await self._step(Movement.TRANSFER_REFUND, request),
+        )
 
-    async def BatchDeposit(self, request: Any, context: Context) -> Any:
+    async def BatchDeposit(
+        self, request: wallet_pb2.BatchDepositRequest, context: Context
+    ) -> wallet_pb2.BatchDepositResponse:
         return await self._batches.deposit(request, context)
 
-    async def BatchWithdraw(self, request: Any, context: Context) -> Any:
+    async def BatchWithdraw(
+        self, request: wallet_pb2.BatchWithdrawRequest, context: Context
+    ) -> wallet_pb2.BatchWithdrawResponse:
         return await self._batches.withdraw(request, context)
 
-    async def BatchApplyTransferSteps(self, request: Any, context: Context) -> Any:
+    async def BatchApplyTransferSteps(
+        self, request: wallet_pb2.BatchApplyTransferStepsRequest, context: Context
+    ) -> wallet_pb2.BatchApplyTransferStepsResponse:
         return await self._batches.apply_steps(request, context)
 
-    async def _step(self, movement: Movement, request: Any) -> Any:
+    async def _step(self, movement: Movement, request: StepRequest) -> Message:
         # Only the debit request has a destination (the hold's); the others read it
         # from the hold.
         to_wallet_id = getattr(request, "to_wallet_id", "")
         with log_context(request_id=request.request_id, transfer_id=request.transfer_id):
-            return await self._service.move(
+            result = await self._service.move(
                 movement,
                 request.wallet_id,
                 request.amount,
@@ -126,6 +180,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 currency=request.currency,
                 to_wallet_id=to_wallet_id,
             )
+        return response_to_pb(MOVEMENT_METHODS[movement], result)
 
 
 class _Undecodable:

@@ -12,7 +12,7 @@ Items are independent: one refused item leaves its neighbours alone.
 
 Items run concurrently (``asyncio.gather``; at most ``MAX_ITEMS_IN_FLIGHT`` items of all
 batch calls of the process at once), so the group commit
-(``wallet_service.group_commit``) folds them into a few transactions. Concurrent items
+(``wallet_service.adapters.group_commit``) folds them into a few transactions. Concurrent items
 have no order between them, so two items of one batch acting on the same idempotency
 key or hold would race; the first of them runs and every later one is refused with
 INVALID_ARGUMENT naming the first. The keys compared:

@@ -11,10 +11,10 @@ changes nothing, whoever sends it: the ledger never creates money on a caller's 
 So at every instant, whatever any caller did: sum of balances + sum of OPEN holds =
 deposits - withdrawals.
 
-No I/O here. The repository hands in the locked hold (or None) and these functions
-decide. The PostgreSQL statements enforce the same rules in SQL; their predicates are
-built from the tables below (:mod:`wallet_service.hold_sql`), and a test runs every
-case through both to prove they agree.
+No I/O here. The persistence adapter hands in the locked hold (or None) and these
+functions decide. The PostgreSQL statements enforce the same rules in SQL; their
+predicates are built from the tables below (:mod:`wallet_service.adapters.hold_sql`),
+and a test runs every case through both to prove they agree.
 """
 
 from __future__ import annotations

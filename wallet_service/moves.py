@@ -1,9 +1,10 @@
-"""One balance change as every write path sees it, and its portable application.
+"""One balance change as every write path sees it (pure: no I/O).
 
 :class:`MoveCommand` is built once per call (validated, its idempotency key and
 fingerprint fixed) and then handed to whichever path runs it: the PostgreSQL group
-commit, the PostgreSQL single-statement fast path, or :func:`apply_portable` (SQLite,
-and PostgreSQL when a rule is not met and the domain must name the reason).
+commit, the PostgreSQL single-statement fast path, or the portable path of
+:mod:`wallet_service.service` (SQLite, and PostgreSQL when a rule is not met and the
+domain must name the reason).
 
 Deposits and withdrawals are keyed by the client's ``request_id`` in scope
 ``wallet``. Transfer steps are keyed by ``<transfer_id>:<step>`` in scope ``step``,
@@ -14,18 +15,12 @@ action: a debit opens the transfer's hold, a credit posts it, a refund voids it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from wallet_platform import validation
-from wallet_platform.errors import (
-    IdempotencyKeyReusedError,
-    InvalidArgumentError,
-    WalletNotFoundError,
-)
-from wallet_service import domain, hold_store, holds, repository
+from wallet_platform.errors import IdempotencyKeyReusedError, InvalidArgumentError
+from wallet_service import domain, holds
 
 MOVEMENT_METHODS = {
     domain.Movement.DEPOSIT: "Deposit",
@@ -53,8 +48,8 @@ class MoveCommand:
     audit_id: str | None = None
 
     @property
-    def key(self) -> repository.WriteKey:
-        return repository.WriteKey(self.method, self.request_id, self.fingerprint, self.scope)
+    def key(self) -> domain.WriteKey:
+        return domain.WriteKey(self.method, self.request_id, self.fingerprint, self.scope)
 
     @property
     def hold_action(self) -> holds.HoldAction | None:
@@ -116,7 +111,7 @@ def client_move(
         movement=movement,
         wallet_id=wallet_id,
         amount=amount,
-        scope=repository.CLIENT_SCOPE,
+        scope=domain.CLIENT_SCOPE,
         request_id=request_id,
         fingerprint=domain.fingerprint(method, wallet_id, amount, "", ""),
         audit_id=audit_id,
@@ -173,48 +168,20 @@ def transfer_step(
     )
 
 
-async def apply_portable(
-    conn: AsyncConnection, command: MoveCommand, now: datetime
-) -> tuple[domain.Wallet, domain.WalletEvent]:
-    """Lock (hold, then wallet), let the domain decide, write: the portable path.
+def reused_key_error(command: MoveCommand) -> IdempotencyKeyReusedError:
+    """Why ``command``'s key is taken by a request with other parameters.
 
-    Raises the domain's error when a rule forbids the change; nothing is written then.
-    """
-    action = command.hold_action
-    settled_state: str | None = None
-    if action is not None:
-        hold = await hold_store.get_hold(conn, command.transfer_id, for_update=True)
-        settled_state = command.check_hold(hold)
-    wallet = await repository.get_wallet(conn, command.wallet_id, for_update=True)
-    if wallet is None:
-        raise WalletNotFoundError(command.wallet_id)
-    balance = domain.plan_movement(wallet, command.movement, command.amount, command.currency)
-    at = domain.next_timestamp(now, wallet.updated_at)
-    changed = replace(wallet, balance=balance, version=wallet.version + 1, updated_at=at)
-    event = command.event(changed, at=at)
-    await repository.save_change(conn, changed, event)
-    if action is holds.HoldAction.OPEN:
-        await hold_store.open_hold(conn, command.new_hold(wallet.currency), at)
-    elif settled_state is not None:
-        await hold_store.settle_hold(conn, command.transfer_id, settled_state, at)
-    return changed, event
-
-
-async def explain_key_conflict(conn: AsyncConnection, command: MoveCommand) -> None:
-    """Raise why ``command``'s key is taken by a request with other parameters.
-
-    For a step the hold says it best (the transfer was already credited, or this is
-    not its wallet or amount); otherwise, and for a debit whose earlier attempt was
-    refused, it is a reused key.
+    For a step, once the hold had its say (see ``WalletService``'s key-conflict check:
+    the transfer was already credited, or this is not its wallet or amount), the
+    transfer's step was used with other parameters; otherwise it is a reused key.
     """
     if command.hold_action is not None:
-        command.check_hold(await hold_store.get_hold(conn, command.transfer_id))
-        raise IdempotencyKeyReusedError(
+        return IdempotencyKeyReusedError(
             f"transfer {command.transfer_id!r} already had its "
             f"{holds.STEP_NAMES[command.movement]} step with other parameters",
             field="transfer_id",
         )
-    raise IdempotencyKeyReusedError(
+    return IdempotencyKeyReusedError(
         f"request_id {command.request_id!r} was already used with other parameters "
         "(or another method)",
         field="request_id",

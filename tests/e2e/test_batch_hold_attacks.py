@@ -15,7 +15,7 @@ import pytest
 from google.rpc import code_pb2
 
 from tests.e2e import test_hold_attacks as attacks
-from tests.e2e.test_hold_attacks import Ledger, assert_conserved, ledger_state
+from tests.e2e.test_hold_attacks import Ledger, Stubs, assert_conserved, ledger_state
 from wallet.v1 import wallet_pb2 as pb
 from wallet_platform.storage.database import Database
 
@@ -23,7 +23,7 @@ stubs = attacks.stubs  # the admin / orchestrator token pair of the single-step 
 
 
 @pytest.fixture
-async def ledger(stubs, database: Database) -> Ledger:
+async def ledger(stubs: Stubs, database: Database) -> Ledger:
     return Ledger(*stubs, database)
 
 

@@ -36,10 +36,11 @@ Code = grpc.StatusCode
 TOKENS = "t-admin=admin;t-orch=orchestrator;t-write=writer"
 
 
+Stubs = tuple[wallet_pb2_grpc.WalletServiceStub, wallet_pb2_grpc.WalletServiceStub]
+
+
 @pytest.fixture(params=["t-admin", "t-orch"])
-async def stubs(
-    request: pytest.FixtureRequest, settings: Settings
-) -> AsyncIterator[tuple[wallet_pb2_grpc.WalletServiceStub, wallet_pb2_grpc.WalletServiceStub]]:
+async def stubs(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Stubs]:
     """(set-up stub with the admin token, attacker stub with the parametrized token)."""
     running = await start_server(
         settings.replace(auth_tokens=TOKENS), wallet_only, role="wallet-service"
@@ -92,14 +93,14 @@ async def assert_conserved(db: Database) -> None:
     async with db.read() as conn:
         balances = (
             await conn.execute(select(func.coalesce(func.sum(wallets.c.balance), 0)))
-        ).scalar()
+        ).scalar_one()
         held = (
             await conn.execute(
                 select(func.coalesce(func.sum(transfer_holds.c.amount), 0)).where(
                     transfer_holds.c.state == "OPEN"
                 )
             )
-        ).scalar()
+        ).scalar_one()
         flows = {
             kind: (
                 await conn.execute(
@@ -107,7 +108,7 @@ async def assert_conserved(db: Database) -> None:
                         wallet_events.c.type == kind
                     )
                 )
-            ).scalar()
+            ).scalar_one()
             for kind in ("funds_deposited", "funds_withdrawn")
         }
     assert balances + held == flows["funds_deposited"] - flows["funds_withdrawn"]
@@ -182,7 +183,7 @@ class Ledger:
 
 
 @pytest.fixture
-async def ledger(stubs, database: Database) -> Ledger:
+async def ledger(stubs: Stubs, database: Database) -> Ledger:
     return Ledger(*stubs, database)
 
 

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -140,7 +140,7 @@ async def unapplied(db: Database) -> dict[str, int]:
     return result
 
 
-async def wait_for(predicate, limit: float) -> float | None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], Awaitable[object]], limit: float) -> float | None:
     """Seconds until ``predicate()`` held (polled), or None after ``limit``."""
     started = time.monotonic()
     while time.monotonic() - started < limit:

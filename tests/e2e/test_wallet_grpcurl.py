@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,9 @@ async def target(settings: Settings) -> AsyncIterator[str]:
         await running.stop(grace=1)
 
 
-async def grpcurl(target: str, *args: str, data: dict[str, object] | None = None):
+async def grpcurl(
+    target: str, *args: str, data: Mapping[str, object] | None = None
+) -> tuple[int | None, str, str]:
     """Run grpcurl without blocking the event loop that serves the server."""
     command = [str(GRPCURL), "-plaintext", "-max-time", "20"]
     if data is not None:

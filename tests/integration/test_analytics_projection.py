@@ -10,6 +10,7 @@ rebuild; a duplicate delivery changes nothing; GetWalletStats serves it over gRP
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC
 
 import grpc
@@ -17,13 +18,14 @@ import pytest
 import sqlalchemy as sa
 
 from analytics_worker.bootstrap import build_components
+from analytics_worker.domain import StatsDelta
 from analytics_worker.projection import AnalyticsProjection
 from analytics_worker.rebuild import compare_with_log, count_unapplied, rebuild_wallet_stats
-from analytics_worker.store import CONSUMER_NAME, AnalyticsStore
+from analytics_worker.store import CONSUMER_NAME, AnalyticsStore, StatsUnitOfWork
 from wallet.v1 import analytics_pb2, analytics_pb2_grpc
 from wallet_platform.config import Settings
 from wallet_platform.messaging.bus import Delivery
-from wallet_platform.messaging.consumer import ConsumerRunner
+from wallet_platform.messaging.consumer import ConsumerRunner, Recorded
 from wallet_platform.server.process import start_server
 from wallet_platform.server.status import error_reason
 from wallet_platform.storage.database import Database
@@ -275,7 +277,13 @@ class CountingProjection(AnalyticsProjection):
         self.batches: list[int] = []  # distinct message ids per unit of work
         self.applied = 0  # wallet events applied (new, with a stats change)
 
-    async def record_and_apply(self, uow, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+    async def record_and_apply(
+        self,
+        uow: StatsUnitOfWork,
+        consumer: str,
+        message_ids: Sequence[str],
+        work: Sequence[StatsDelta | None],
+    ) -> Recorded:
         recorded = await super().record_and_apply(uow, consumer, message_ids, work)
         new = await recorded.new_ids()
         self.batches.append(len(message_ids))
@@ -329,7 +337,13 @@ async def test_a_failing_batch_falls_back_to_one_by_one(database: Database) -> N
     """A batch whose statement fails is applied event by event, with the same result."""
 
     class FailingBatch(CountingProjection):
-        async def record_and_apply(self, uow, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+        async def record_and_apply(
+            self,
+            uow: StatsUnitOfWork,
+            consumer: str,
+            message_ids: Sequence[str],
+            work: Sequence[StatsDelta | None],
+        ) -> Recorded:
             if len(message_ids) > 1:
                 raise RuntimeError("batch statement failed")
             return await super().record_and_apply(uow, consumer, message_ids, work)

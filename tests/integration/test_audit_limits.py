@@ -197,7 +197,7 @@ async def test_a_slow_database_bounds_the_backlog_and_keeps_every_write_record(
             await stub.Deposit(wallet_pb2.DepositRequest(wallet_id="w", amount=1, request_id="z"))
             await writer.flush()
         async with server.runtime.db.read() as conn:
-            by_status = dict(
+            by_status: dict[str, int] = dict(
                 (
                     await conn.execute(
                         select(audit_log.c.status_code, func.count()).group_by(

@@ -40,7 +40,7 @@ async def pg_service(pg_database_url_fresh):
 
 async def test_a_mixed_burst_is_batched_and_every_request_keeps_its_outcome(pg_service):
     service, db = pg_service
-    assert service._group is not None
+    assert service.store.group is not None
     for name in ("rich", "frozen", "same", "src", *(f"w{i}" for i in range(40))):
         await service.create_wallet(name, "USD", f"create-{name}")
     await service.deposit("rich", 100, "fund-rich")
@@ -50,7 +50,7 @@ async def test_a_mixed_burst_is_batched_and_every_request_keeps_its_outcome(pg_s
     )
     await service.set_frozen("frozen", "freeze", freeze=True)
     await service.deposit("w0", 5, "reused-key")
-    batches_before = service._group.batches
+    batches_before = service.store.group.batches
 
     async def attempt(coroutine):
         try:
@@ -74,8 +74,8 @@ async def test_a_mixed_burst_is_batched_and_every_request_keeps_its_outcome(pg_s
     ]
     outcomes = await asyncio.gather(*(attempt(c) for c in calls))
 
-    assert service._group.batches > batches_before
-    assert service._group.batched_requests >= 40
+    assert service.store.group.batches > batches_before
+    assert service.store.group.batched_requests >= 40
     deposits, same, retries = outcomes[:40], outcomes[40:55], outcomes[55:61]
     too_much, fits, frozen, ghost, reused, credit, minted = outcomes[61:]
     for i, response in enumerate(deposits):
@@ -122,7 +122,7 @@ async def test_group_commit_can_be_switched_off(pg_database_url_fresh):
     db = Database.from_settings(Settings(database_url=pg_database_url_fresh))
     try:
         service = WalletService(db, group_commit=False)
-        assert service._group is None
+        assert service.store.group is None
         await service.create_wallet("solo", "USD", "c")
         assert (await service.deposit("solo", 5, "d")).wallet.balance == 5
     finally:

@@ -22,7 +22,7 @@ pytestmark = [
 
 def _scalar(conninfo: str, sql: str) -> int:
     with psycopg.connect(conninfo) as conn:
-        row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(sql).fetchone()
         assert row is not None
         return int(row[0])
 

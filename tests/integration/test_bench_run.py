@@ -8,6 +8,7 @@ Nothing here measures speed: benchmarks prove numbers, tests prove behaviour.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 
@@ -25,22 +26,21 @@ from wallet_platform.storage.schema import transfers, wallets
 from wallet_stack.main import build_stack
 
 
-def _config(**changes: object) -> LoadConfig:
-    values: dict[str, object] = {
-        "duration_s": None,
-        "requests": 200,
-        "concurrency": 8,
-        "wallets": 20,
-        "hot_skew": 0.3,
-        "hot_wallets": 3,
-        "retry_share": 0.1,
-        "initial_balance": 5_000,
-        "max_amount": 400,
-        "progress": False,
-        "seed": 7,
-    }
-    values.update(changes)
-    return LoadConfig(**values)  # type: ignore[arg-type]
+def _config() -> LoadConfig:
+    """A small seeded run (each call its own run id, so its own wallets)."""
+    return LoadConfig(
+        duration_s=None,
+        requests=200,
+        concurrency=8,
+        wallets=20,
+        hot_skew=0.3,
+        hot_wallets=3,
+        retry_share=0.1,
+        initial_balance=5_000,
+        max_amount=400,
+        progress=False,
+        seed=7,
+    )
 
 
 def _plant_violations(database_url: str, config: LoadConfig) -> None:
@@ -133,7 +133,9 @@ async def test_the_checker_catches_a_lost_acknowledged_write(database_url: str) 
     """A request the client saw acknowledged must be in the log exactly once."""
     settings = Settings(database_url=database_url, listen="127.0.0.1:0", log_format="console")
     running = await start_server(settings, build_stack, role="stack")
-    config = _config(requests=40, mix={"deposit": 1}, retry_share=0.0, wallets=5)
+    config = dataclasses.replace(
+        _config(), requests=40, mix={"deposit": 1}, retry_share=0.0, wallets=5
+    )
     try:
         report = await bench_run(
             config, Targets.single(running.target), settings, database_url=database_url

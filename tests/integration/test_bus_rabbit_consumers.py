@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiormq
+
 from tests.eventually import eventually
 from tests.rabbit import BusUnderTest, queue_consumers, rabbitmqctl
 from wallet_platform import topology
 from wallet_platform.messaging.bus import Delivery, OutgoingMessage
+from wallet_platform.messaging.rabbit import RabbitBus
 
 
 def message() -> OutgoingMessage:
@@ -43,9 +46,12 @@ async def test_lost_consumer_is_registered_again(rabbit_bus_under_test: BusUnder
     await eventually(consuming, what="one consumer")
 
     # 1. The consumer disappears while the channel stays open (the robust trap).
-    consumer = bus._consumers[topology.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
+    assert isinstance(bus, RabbitBus)
+    consumer = bus._consumers[topology.ANALYTICS_QUEUE]
     old_tag = consumer.tag
+    assert consumer.channel is not None and old_tag is not None  # it is consuming
     underlay = await consumer.channel.get_underlay_channel()
+    assert isinstance(underlay, aiormq.Channel)
     await underlay.basic_cancel(old_tag)
     assert old_tag not in underlay.consumers
 
@@ -113,15 +119,20 @@ async def test_committed_batches_are_acked_together_around_a_retry(
     await component.start()
     acks: list[tuple[int, bool]] = []
     try:
-        consumer = but.bus._consumers[topology.ANALYTICS_QUEUE]  # type: ignore[attr-defined]
+        assert isinstance(but.bus, RabbitBus)
+        consumer = but.bus._consumers[topology.ANALYTICS_QUEUE]
+        assert consumer.window is not None  # the component started consuming
         channel = consumer.window.channel
         real_ack = channel.basic_ack
 
-        async def recording_ack(tag: int, multiple: bool = False, wait: bool = True) -> None:
-            acks.append((tag, multiple))
-            await real_ack(tag, multiple=multiple, wait=wait)
+        async def recording_ack(
+            delivery_tag: int, multiple: bool = False, wait: bool = True
+        ) -> None:
+            acks.append((delivery_tag, multiple))
+            await real_ack(delivery_tag, multiple=multiple, wait=wait)
 
-        channel.basic_ack = recording_ack
+        # Wrapped in place: the window holds this channel, so it sends its acks here.
+        channel.basic_ack = recording_ack  # type: ignore[method-assign]
         clean = [deposit(f"w{i % 7}") for i in range(120)]
         await but.bus.publish(clean)
 

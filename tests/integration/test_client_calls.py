@@ -10,6 +10,7 @@ then the replay), what is never retried, TLS with a client certificate, and toke
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -213,7 +214,7 @@ async def test_tls_with_client_certificate_and_tokens(tmp_path: Path):
                 wc.WalletClient(running.target, token="t-read", retry=policy),
             ):
                 with refused:
-                    _raises(wc.UnavailableError, lambda c=refused: c.get_wallet("alice"))
+                    _raises(wc.UnavailableError, functools.partial(refused.get_wallet, "alice"))
 
         await in_thread(scenario)
 

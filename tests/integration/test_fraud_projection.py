@@ -9,6 +9,7 @@ are read back through FraudService over gRPC.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -18,14 +19,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from fraud_worker.bootstrap import build_components
 from fraud_worker.projection import FraudProjection
-from fraud_worker.rules import FraudRules
-from fraud_worker.store import FraudStore
+from fraud_worker.rules import FraudRules, Withdrawal
+from fraud_worker.store import FraudStore, FraudUnitOfWork
 from tests.eventually import eventually
 from wallet.v1 import events_pb2, fraud_pb2, fraud_pb2_grpc, wallet_pb2
 from wallet_platform.config import Settings
 from wallet_platform.messaging import events as messages
 from wallet_platform.messaging.bus import Delivery
-from wallet_platform.messaging.consumer import ConsumerRunner
+from wallet_platform.messaging.consumer import ConsumerRunner, Recorded
 from wallet_platform.server.process import start_server
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import fraud_alerts, outbox
@@ -169,6 +170,7 @@ async def test_duplicate_delivery_raises_no_second_alert(
         ids = {row.alert_id for row in await conn.execute(sa.select(fraud_alerts.c.alert_id))}
     assert {row.message_id for row in published} == ids
     decoded = messages.decode("wallet.v1.FraudAlertRaised", bytes(published[0].payload))
+    assert isinstance(decoded, events_pb2.FraudAlertRaised)
     assert decoded.alert.alert_id in ids and decoded.alert.wallet_id == "w"
 
 
@@ -326,7 +328,13 @@ async def test_a_batch_judges_like_one_by_one(database: Database) -> None:
     class Counting(FraudProjection):
         batches: list[int] = []
 
-        async def record_and_apply(self, uow, consumer, message_ids, work):  # type: ignore[no-untyped-def]
+        async def record_and_apply(
+            self,
+            uow: FraudUnitOfWork,
+            consumer: str,
+            message_ids: Sequence[str],
+            work: Sequence[Withdrawal | None],
+        ) -> Recorded:
             Counting.batches.append(len(message_ids))
             return await super().record_and_apply(uow, consumer, message_ids, work)
 

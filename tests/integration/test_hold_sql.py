@@ -2,7 +2,7 @@
 
 1. Every case (hold state x step x wallet x amount x currency) runs through the two
    statements that decide steps in SQL, the single-request fast path
-   (``pg_fast_path._PG_MOVE``) and the group commit (``group_commit._MOVE_MANY``): each
+   (``adapters.pg_move.PG_MOVE``) and the group commit (``adapters.pg_batch.MOVE_MANY``): each
    applies exactly when :func:`wallet_service.holds.check_step` accepts the step.
 2. Many concurrent credits and refunds of the same OPEN hold, from several services
    (group commit and single path, separate transactions): exactly one applies.
@@ -24,9 +24,10 @@ from wallet_platform.config import Settings
 from wallet_platform.errors import UnavailableError, WalletPlatformError
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import transfer_holds, wallet_events
-from wallet_service import holds, moves, pg_fast_path
+from wallet_service import holds, moves
+from wallet_service.adapters import pg_move
+from wallet_service.adapters.group_commit import MoveRequest
 from wallet_service.domain import Movement
-from wallet_service.group_commit import MoveRequest
 from wallet_service.service import WalletService
 
 pytestmark = requires_postgres
@@ -80,7 +81,7 @@ async def test_sql_and_domain_agree_on_every_case(db: Database):
             name = wallet_id if currency == "USD" else f"{wallet_id}-eur"
             await service.create_wallet(name, currency, f"c-{name}")
             await service.deposit(name, 10_000_000, f"d-{name}")
-    group = service._group
+    group = service.store.group
     assert group is not None
     disagreements = []
     for state, movement, wallet_id, amount, currency in CASES:
@@ -101,9 +102,7 @@ async def test_sql_and_domain_agree_on_every_case(db: Database):
             expected = domain_accepts(hold, command)
             if path == "fast":
                 async with db.transaction() as conn:
-                    result = await pg_fast_path.move(
-                        conn, command, str(uuid.uuid4()), datetime.now(UTC)
-                    )
+                    result = await pg_move.move(conn, command, str(uuid.uuid4()), datetime.now(UTC))
                     applied = result.wallet is not None
                     await conn.rollback()
             else:
@@ -174,5 +173,5 @@ async def test_concurrent_credits_and_refunds_of_one_hold_apply_once(db: Databas
         assert settlements == 1
         await assert_conserved(db)
     for service in services:
-        if service._group is not None:
-            await service._group.stop()
+        if service.store.group is not None:
+            await service.store.group.stop()

@@ -185,7 +185,9 @@ def rolled_back(database_url: str) -> Iterator[Connection]:
         with engine.connect() as conn:
             postgres = engine.dialect.name == "postgresql"
             if not postgres:
-                conn.connection.dbapi_connection.execute("PRAGMA ignore_check_constraints = ON")
+                sqlite = conn.connection.dbapi_connection
+                assert sqlite is not None  # a connection just checked out of the pool
+                sqlite.execute("PRAGMA ignore_check_constraints = ON")
             trans = conn.begin()
             if postgres:  # drift the schema would refuse is what the checks are for
                 for table, name in (
@@ -201,10 +203,13 @@ def rolled_back(database_url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
-def failing(database_url: str, ledger: Ledger, **options: object) -> dict[str, CheckResult]:
+def failing(
+    database_url: str, ledger: Ledger, wallet_prefix: str | None = None
+) -> dict[str, CheckResult]:
     with rolled_back(database_url) as conn:
         ledger.write(conn)
-        results = run_checks(conn, CheckOptions(bus="inprocess", **options), NOW)
+        options = CheckOptions(bus="inprocess", wallet_prefix=wallet_prefix)
+        results = run_checks(conn, options, NOW)
     assert [r.name for r in results] == list(CHECKS)
     return {r.name: r for r in results if not r.ok}
 

@@ -33,6 +33,7 @@ from wallet_platform.observability.state_metrics import (
     OutboxSource,
     SagaSource,
     StateCollector,
+    StateSource,
     state_sources,
 )
 from wallet_platform.server.plumbing import METRICS_HTTP
@@ -188,7 +189,7 @@ async def test_state_collector_reports_sagas_outbox_and_consumer_lag(settings: S
                     )
                 ).scalar()
 
-        sources = [
+        sources: list[StateSource] = [
             SagaSource(tuple(TransferState), TERMINAL_STATES),
             OutboxSource(),
             ConsumerSource("analytics", topology.ANALYTICS_QUEUE, topology.ANALYTICS_DLQ),

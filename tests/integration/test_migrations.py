@@ -148,7 +148,7 @@ def _plant_pre_hold_ledger(url: str) -> None:
                         version=1, created_at=now, updated_at=now,
                     )
                 )  # fmt: skip
-            events = [("a", "funds_deposited", 1000, None)]
+            events: list[tuple[str, str, int, str | None]] = [("a", "funds_deposited", 1000, None)]
             for transfer_id, source, target, amount, state, types in sagas:
                 conn.execute(
                     transfers.insert().values(
@@ -161,12 +161,12 @@ def _plant_pre_hold_ledger(url: str) -> None:
                     wallet_id = target if kind == "transfer_credited" else source
                     events.append((wallet_id, kind, amount, transfer_id))
             events.append(("a", "transfer_debited", 10, "X"))  # a direct call, no saga
-            for n, (wallet_id, kind, amount, transfer_id) in enumerate(events):
+            for n, (wallet_id, kind, amount, event_transfer) in enumerate(events):
                 conn.execute(
                     wallet_events.insert().values(
                         event_id=f"e{n}", wallet_id=wallet_id, sequence=100 + n, type=kind,
-                        amount=amount, balance_after=0, currency="USD", transfer_id=transfer_id,
-                        request_id=f"{transfer_id}:{kind}", occurred_at=now,
+                        amount=amount, balance_after=0, currency="USD", transfer_id=event_transfer,
+                        request_id=f"{event_transfer}:{kind}", occurred_at=now,
                     )
                 )  # fmt: skip
             records = [

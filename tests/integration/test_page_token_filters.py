@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -33,9 +33,9 @@ from wallet_platform import page_tokens
 COMPLETED = transfer_pb2.TRANSFER_STATE_COMPLETED
 
 
-def raw(listing: str, filters: dict[str, Any], position: dict[str, Any]) -> str:
+def raw(listing: str, filters: Mapping[str, object], position: Mapping[str, object]) -> str:
     """A token as an attacker would craft it (no checks on the way out)."""
-    document = {"l": listing, "f": filters, "p": position}
+    document = {"l": listing, "f": dict(filters), "p": dict(position)}
     return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
 
 
@@ -154,7 +154,7 @@ async def test_tokens_follow_their_filters_and_forgeries_are_refused(database_ur
         assert "(wallet_id differ)" in message
 
         # Forgeries: INVALID_ARGUMENT, never INTERNAL, whatever they carry.
-        transfer_filters = {"state": 0, "wallet_id": ""}
+        transfer_filters: page_tokens.Filters = {"state": 0, "wallet_id": ""}
         for forged in [
             "garbage!",
             "A" * 600,
@@ -174,8 +174,8 @@ async def test_tokens_follow_their_filters_and_forgeries_are_refused(database_ur
             await invalid(
                 fraud.ListFraudAlerts(fraud_pb2.ListFraudAlertsRequest(page_token=forged))
             )
-        for position in [{"s": 2**63}, {"s": -1}, {"s": 0}, {"s": "1"}]:
-            forged = raw("wallet_events", {"wallet_id": "alice"}, position)
+        for sequence in [2**63, -1, 0, "1"]:
+            forged = raw("wallet_events", {"wallet_id": "alice"}, {"s": sequence})
             await invalid(
                 wallets.ListWalletEvents(
                     wallet_pb2.ListWalletEventsRequest(wallet_id="alice", page_token=forged)

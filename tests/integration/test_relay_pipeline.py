@@ -38,6 +38,7 @@ from wallet.v1 import events_pb2, wallet_pb2_grpc
 from wallet.v1 import wallet_pb2 as pb
 from wallet_platform import topology
 from wallet_platform.clock import utcnow
+from wallet_platform.config import Settings
 from wallet_platform.messaging.bus import Delivery, EventBus, PublishError
 from wallet_platform.messaging.consumer import (
     ConsumerComponent,
@@ -389,14 +390,14 @@ async def test_commits_during_a_round_interval_share_the_next_round(
     service = WalletService(database)
     await service.create_wallet("burst", "USD", rid())
     bus = _RecordingBus()
-    while await relay_batch(database, bus):  # type: ignore[arg-type]
+    while await relay_batch(database, bus):  # type: ignore[arg-type]  # only publishes
         pass
     bus.rounds.clear()
-    runtime = Runtime(settings=None, db=database)  # type: ignore[arg-type]
+    runtime = Runtime(settings=Settings(), db=database)  # the relay reads only the db
     relay = relay_module.OutboxRelay(runtime)
     relay._loop = asyncio.get_running_loop()
     relay._install_commit_hook()
-    task = asyncio.create_task(relay._run(bus))  # type: ignore[arg-type]
+    task = asyncio.create_task(relay._run(bus))  # type: ignore[arg-type]  # only publishes
     try:
         await service.deposit("burst", 1, rid())
         await eventually(

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from saga_orchestrator.batch import MAX_BATCH_TRANSFERS
+from saga_orchestrator.bootstrap import SagaComponent
 from saga_orchestrator.group_commit import SagaWrite
 from tests.conftest import requires_postgres
 from tests.integration.test_saga_transfers import (
@@ -266,20 +267,23 @@ async def test_the_inserts_of_a_batch_share_statements(pg_database_url_fresh: st
 
 
 async def check_inserts_share_statements(platform: Platform) -> None:
-    group = platform.saga_server.components[0].service.repository.group  # type: ignore[attr-defined]
+    saga = platform.saga_server.components[0]
+    assert isinstance(saga, SagaComponent)
+    group = saga.service.repository.group
+    assert group is not None  # PostgreSQL: saga writes are group-committed
     source = await new_wallet(platform.wallets, 100_000)
     target = await new_wallet(platform.wallets)
     await platform.transfers.CreateTransfer(item(source, target, 1))  # wallets cached
     inserts_per_statement: list[int] = []
     execute = group._execute
 
-    async def counted(writes: list[SagaWrite]) -> set[str]:
-        inserts = sum(w.insert_row is not None for w in writes)
+    async def counted(batch: list[SagaWrite]) -> set[str]:
+        inserts = sum(w.insert_row is not None for w in batch)
         if inserts:
             inserts_per_statement.append(inserts)
-        return await execute(writes)
+        return await execute(batch)
 
-    group._execute = counted
+    group._execute = counted  # type: ignore[method-assign]  # counts what it executes
 
     results = await batch(platform.transfers, [item(source, target, 1) for _ in range(200)])
 

@@ -64,7 +64,7 @@ def record_batch_sizes(group: SagaGroupCommitter) -> list[int]:
         sizes.append(len(batch))
         return await execute(batch)
 
-    group._execute = counted  # type: ignore[method-assign]
+    group._execute = counted  # type: ignore[method-assign]  # counts what it executes
     return sizes
 
 

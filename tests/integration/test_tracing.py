@@ -39,8 +39,8 @@ from tests.integration.test_saga_runner import FAST, ScriptedWallets, new_transf
 from tests.integration.walletctl_harness import running_stack
 from tests.rabbit import BusUnderTest
 from wallet.v1 import events_pb2, transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
+from wallet_platform import topology
 from wallet_platform.clock import utcnow
-from wallet_platform.messaging import topology
 from wallet_platform.messaging.bus import Delivery
 from wallet_platform.messaging.outbox.relay import relay_batch
 from wallet_platform.messaging.outbox.rows import outbox_row
@@ -91,6 +91,12 @@ def one(finished: list[ReadableSpan], name: str) -> ReadableSpan:
     found = named(finished, name)
     assert len(found) == 1, (name, [s.name for s in finished])
     return found[0]
+
+
+def attribute(span: ReadableSpan, key: str) -> object:
+    """The span's attribute ``key``; the spans looked at here all have attributes."""
+    assert span.attributes is not None, span.name
+    return span.attributes[key]
 
 
 async def _open_wallets(channel: grpc.aio.Channel, tag: str) -> tuple[str, str]:
@@ -152,10 +158,10 @@ async def test_one_transfer_is_one_trace_from_client_to_consumers(
 
     create = one(finished, "saga create")
     assert parent_of(create) == span_id(create_call)
-    assert create.attributes["wallet.transfer.id"] == transfer.transfer_id
+    assert attribute(create, "wallet.transfer.id") == transfer.transfer_id
     run = one(finished, "saga run")
     assert parent_of(run) == span_id(create)  # the context stored with the saga
-    assert run.attributes["wallet.saga.resumed"] is False
+    assert attribute(run, "wallet.saga.resumed") is False
 
     for step, rpc in (("debit", "DebitForTransfer"), ("credit", "CreditForTransfer")):
         call = one(finished, f"saga step {step}")
@@ -166,12 +172,12 @@ async def test_one_transfer_is_one_trace_from_client_to_consumers(
         assert parent_of(write) == span_id(served)
         publish = one(finished, f"wallet.transfer_{step}ed publish")
         assert publish.kind is SpanKind.PRODUCER and parent_of(publish) == span_id(write)
-        message_id = publish.attributes["messaging.message.id"]
+        message_id = attribute(publish, "messaging.message.id")
         for consumer in ("analytics", "fraud"):
             (handled,) = [
                 s
                 for s in named(finished, f"{consumer} process")
-                if s.attributes["messaging.message.id"] == message_id
+                if attribute(s, "messaging.message.id") == message_id
             ]
             assert handled.kind is SpanKind.CONSUMER
             assert parent_of(handled) == span_id(publish)
@@ -257,7 +263,8 @@ async def test_a_resumed_saga_continues_the_stored_trace(
     transfer = new_transfer(None)  # as after a crash: nobody holds it
     transfer = dataclasses.replace(transfer, traceparent=CLIENT_TRACEPARENT)
     await repository.insert(transfer)
-    assert (await repository.get(transfer.transfer_id)).traceparent == CLIENT_TRACEPARENT
+    stored_transfer = await repository.get(transfer.transfer_id)
+    assert stored_transfer is not None and stored_transfer.traceparent == CLIENT_TRACEPARENT
 
     # What the sweeper does: lease the due saga, then drive it from the database.
     claimed = await repository.claim_due("r2", utcnow(), runner.lease_until(), 10)
@@ -268,7 +275,7 @@ async def test_a_resumed_saga_continues_the_stored_trace(
     finished = list(spans.get_finished_spans())
     run = one(finished, "saga run")
     assert trace_of(run) == TRACE_ID and parent_of(run) == CLIENT_SPAN
-    assert run.attributes["wallet.saga.resumed"] is True
+    assert attribute(run, "wallet.saga.resumed") is True
     # The milestone row carries the resumed saga's context (so its consumers join in).
     async with database.read() as conn:
         stored = (

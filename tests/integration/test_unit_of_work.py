@@ -27,6 +27,9 @@ from wallet_platform.storage.unit_of_work import (
     UnitOfWork,
 )
 
+# The two implementations (both take the database); the base class takes nothing.
+Kind = type[CoreUnitOfWork] | type[PipelineUnitOfWork]
+
 
 async def add_row(uow: UnitOfWork, message_id: str) -> None:
     """One inbox row, in the style of the unit of work at hand."""
@@ -50,7 +53,7 @@ async def stored(db: Database) -> set[str]:
         return {row[0] for row in rows}
 
 
-def kinds(database: Database) -> list[type[UnitOfWork]]:
+def kinds(database: Database) -> list[Kind]:
     return [CoreUnitOfWork, PipelineUnitOfWork] if database.is_postgres else [CoreUnitOfWork]
 
 
@@ -89,16 +92,16 @@ async def stalling_database(pg_database_url_fresh: str) -> AsyncIterator[tuple[D
 @requires_postgres
 @pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
 async def test_a_deadline_drops_a_stalled_connection(
-    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+    stalling_database: tuple[Database, TcpProxy], kind: Kind
 ) -> None:
     db, proxy = stalling_database
     first = uuid.uuid4().hex
-    async with kind(db) as uow:  # type: ignore[call-arg]
+    async with kind(db) as uow:
         await add_row(uow, first)
         await uow.commit()
     # The connection goes silent (never closed); new connections get through.
     proxy.stall()
-    stuck = kind(db)  # type: ignore[call-arg]
+    stuck = kind(db)
     stuck.deadline = 1.0
     async with asyncio.timeout(20):  # a hang fails the test instead of blocking it
         with pytest.raises(TimeoutError, match=r"not done within 1\.0s"):
@@ -107,7 +110,7 @@ async def test_a_deadline_drops_a_stalled_connection(
                 await uow.commit()
     proxy.forget()
     second = uuid.uuid4().hex
-    retry = kind(db)  # type: ignore[call-arg]
+    retry = kind(db)
     retry.deadline = 5.0
     async with asyncio.timeout(20):
         async with retry as uow:  # a fresh connection: the stalled one is not reused
@@ -119,14 +122,14 @@ async def test_a_deadline_drops_a_stalled_connection(
 @requires_postgres
 @pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
 async def test_after_a_stall_the_idle_pooled_connections_are_not_reused(
-    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+    stalling_database: tuple[Database, TcpProxy], kind: Kind
 ) -> None:
     """A partition stalls every pooled connection at once: one expired deadline must
     be enough, not one per idle connection."""
     db, proxy = stalling_database
 
     async def add_one(message_id: str, deadline: float | None = None) -> None:
-        unit = kind(db)  # type: ignore[call-arg]
+        unit = kind(db)
         unit.deadline = deadline
         async with unit as uow:
             await add_row(uow, message_id)
@@ -135,7 +138,8 @@ async def test_after_a_stall_the_idle_pooled_connections_are_not_reused(
 
     before = [uuid.uuid4().hex for _ in range(3)]
     await asyncio.gather(*(add_one(message_id) for message_id in before))
-    assert db.engine.pool.checkedin() == 3  # type: ignore[attr-defined]
+    pool = db.engine.pool
+    assert isinstance(pool, sa.QueuePool) and pool.checkedin() == 3
     proxy.stall()
     proxy.forget()  # those three stay silent; new connections get through
     async with asyncio.timeout(20):
@@ -149,13 +153,13 @@ async def test_after_a_stall_the_idle_pooled_connections_are_not_reused(
 @requires_postgres
 @pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
 async def test_a_stalled_transaction_does_not_keep_its_locks(
-    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+    stalling_database: tuple[Database, TcpProxy], kind: Kind
 ) -> None:
     """The server still holds the stalled transaction (the middlebox never told it):
     retrying the same work must not wait for that transaction's locks."""
     db, proxy = stalling_database
     message_id = uuid.uuid4().hex
-    stuck = kind(db)  # type: ignore[call-arg]
+    stuck = kind(db)
     stuck.deadline = 1.0
     async with asyncio.timeout(20):
         with pytest.raises(TimeoutError, match=r"not done within 1\.0s"):
@@ -166,7 +170,7 @@ async def test_a_stalled_transaction_does_not_keep_its_locks(
                 proxy.forget()  # this connection stays silent; new ones get through
                 await round_trip(uow)
                 await uow.commit()
-        retry = kind(db)  # type: ignore[call-arg]
+        retry = kind(db)
         retry.deadline = 5.0
         async with retry as uow:  # the same key: waits on the stalled insert unless ended
             await add_row(uow, message_id)
@@ -187,13 +191,13 @@ async def round_trip(uow: UnitOfWork) -> None:
 @requires_postgres
 @pytest.mark.parametrize("kind", [CoreUnitOfWork, PipelineUnitOfWork])
 async def test_a_connection_that_cannot_be_set_up_fails_at_the_deadline(
-    stalling_database: tuple[Database, TcpProxy], kind: type[UnitOfWork]
+    stalling_database: tuple[Database, TcpProxy], kind: Kind
 ) -> None:
     """No pooled connection, and the new one's handshake goes unanswered: the unit of
     work gives up at its deadline, not at the driver's connect timeout (5 s) or never."""
     db, proxy = stalling_database
     proxy.stall()  # new connections are accepted and then held
-    stuck = kind(db)  # type: ignore[call-arg]
+    stuck = kind(db)
     stuck.deadline = 1.0
     started = asyncio.get_running_loop().time()
     with pytest.raises(TimeoutError, match=r"not done within 1\.0s"):
@@ -203,7 +207,7 @@ async def test_a_connection_that_cannot_be_set_up_fails_at_the_deadline(
     assert asyncio.get_running_loop().time() - started < 4.0
     await proxy.heal()
     after = uuid.uuid4().hex
-    async with kind(db) as uow:  # type: ignore[call-arg]
+    async with kind(db) as uow:
         await add_row(uow, after)
         await uow.commit()
     assert await stored(db) == {after}

@@ -7,12 +7,13 @@ backend, so the portable path and the PostgreSQL fast path pass the same cases.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, timedelta
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
-from wallet.v1 import events_pb2, wallet_pb2
+from wallet.v1 import events_pb2
 from wallet_platform.errors import (
     BalanceOverflowError,
     CurrencyMismatchError,
@@ -29,6 +30,7 @@ from wallet_platform.errors import (
 from wallet_platform.storage.schema import idempotency_records, outbox, wallet_events, wallets
 from wallet_service import domain
 from wallet_service.domain import INT64_MAX, Movement
+from wallet_service.messages import response_to_pb
 from wallet_service.service import WalletService
 
 
@@ -89,7 +91,7 @@ async def test_create_wallet_opens_an_empty_active_wallet_with_its_first_event(s
         0,
         1,
     )
-    assert wallet.status == wallet_pb2.WALLET_STATUS_ACTIVE
+    assert wallet.status == domain.ACTIVE
     events, token = await service.list_events("alice")
     assert [(e.sequence, e.type, e.amount) for e in events] == [(1, domain.WALLET_CREATED, 0)]
     assert token == ""
@@ -117,12 +119,12 @@ async def test_deposit_and_withdraw_move_money_and_log_it(service, database):
     wallet_id = await new_wallet(service)
     deposited = await service.deposit(wallet_id, 1_000, "r-dep")
     assert deposited.wallet.balance == 1_000 and not deposited.replayed
-    assert deposited.event.type == wallet_pb2.WALLET_EVENT_TYPE_FUNDS_DEPOSITED
+    assert deposited.event.type == domain.FUNDS_DEPOSITED
     assert (deposited.event.sequence, deposited.event.balance_after) == (2, 1_000)
     assert deposited.event.request_id == "r-dep"
     withdrawn = await service.withdraw(wallet_id, 300, "r-wd")
     assert withdrawn.wallet.balance == 700 and withdrawn.wallet.version == 3
-    assert withdrawn.event.type == wallet_pb2.WALLET_EVENT_TYPE_FUNDS_WITHDRAWN
+    assert withdrawn.event.type == domain.FUNDS_WITHDRAWN
     assert (await service.get_wallet(wallet_id)).balance == 700
     await check_invariants(database, wallet_id)
 
@@ -154,6 +156,49 @@ async def test_a_request_id_reused_with_other_parameters_is_rejected(service, ot
         await other_call(service, wallet_id)
     assert raised.value.code_name == "ALREADY_EXISTS"
     assert (await service.get_wallet(wallet_id)).balance == 50
+
+
+async def test_a_replay_answers_with_the_stored_bytes(service, database):
+    """The stored outcome is the RPC's response message: the first answer's bytes are
+    what is stored, a replay's domain result decodes them faithfully, and the gRPC
+    edge answers a replay with exactly those bytes (``replayed`` aside)."""
+    wallet_id = await new_wallet(service, balance=500)
+    other = await new_wallet(service)
+    usd = {"currency": "USD", "transfer_id": "T"}
+    debit, credit = Movement.TRANSFER_DEBIT, Movement.TRANSFER_CREDIT
+    writes = [  # (method, key, the write)
+        ("CreateWallet", "k-create", lambda: service.create_wallet("", "EUR", "k-create")),
+        ("Deposit", "k-dep", lambda: service.deposit(wallet_id, 5, "k-dep")),
+        ("Withdraw", "k-wd", lambda: service.withdraw(wallet_id, 3, "k-wd")),
+        (
+            "DebitForTransfer",
+            "T:debit",
+            lambda: service.move(debit, wallet_id, 40, "", to_wallet_id=other, **usd),
+        ),
+        ("CreditForTransfer", "T:credit", lambda: service.move(credit, other, 40, "", **usd)),
+        ("FreezeWallet", "k-fr", lambda: service.set_frozen(wallet_id, "k-fr", freeze=True)),
+        ("FreezeWallet", "k-fr2", lambda: service.set_frozen(wallet_id, "k-fr2", freeze=True)),
+        ("UnfreezeWallet", "k-un", lambda: service.set_frozen(wallet_id, "k-un", freeze=False)),
+    ]
+    for method, key, write in writes:
+        first = await write()
+        again = await write()
+        assert again.replayed and not first.replayed
+        # The domain view of the stored answer is the original result.
+        assert again.wallet == first.wallet
+        if method not in ("CreateWallet", "FreezeWallet", "UnfreezeWallet"):
+            assert again.event == first.event
+        async with database.read() as conn:
+            stored = (
+                await conn.execute(
+                    select(idempotency_records.c.response).where(
+                        idempotency_records.c.request_id == key
+                    )
+                )
+            ).scalar_one()
+        assert response_to_pb(method, first).SerializeToString() == stored
+        assert response_to_pb(method, replace(again, replayed=False)).SerializeToString() == stored
+        assert response_to_pb(method, again).replayed  # type: ignore[attr-defined]
 
 
 async def test_insufficient_funds_is_stored_and_replayed_even_after_a_deposit(service, database):
@@ -209,7 +254,7 @@ async def test_freeze_blocks_debits_and_credits_and_unfreeze_restores(service, d
         to_wallet_id=wallet_id,
     )
     frozen = await service.set_frozen(wallet_id, "r-freeze", freeze=True)
-    assert frozen.wallet.status == wallet_pb2.WALLET_STATUS_FROZEN
+    assert frozen.wallet.status == domain.FROZEN
     again = await service.set_frozen(wallet_id, rid(), freeze=True)  # already frozen
     assert again.wallet.version == frozen.wallet.version  # no new event
     assert (await service.set_frozen(wallet_id, "r-freeze", freeze=True)).replayed
@@ -233,9 +278,9 @@ async def test_freeze_blocks_debits_and_credits_and_unfreeze_restores(service, d
         Movement.TRANSFER_REFUND, wallet_id, 30, "", transfer_id="t0", currency="USD"
     )
     assert refunded.wallet.balance == 100
-    assert refunded.wallet.status == wallet_pb2.WALLET_STATUS_FROZEN
+    assert refunded.wallet.status == domain.FROZEN
     active = await service.set_frozen(wallet_id, rid(), freeze=False)
-    assert active.wallet.status == wallet_pb2.WALLET_STATUS_ACTIVE
+    assert active.wallet.status == domain.ACTIVE
     assert (await service.withdraw(wallet_id, 100, rid())).wallet.balance == 0
     events, _ = await service.list_events(wallet_id)
     assert [e.type for e in events[:4]] == [
@@ -259,7 +304,7 @@ async def test_transfer_steps_carry_the_transfer_and_check_currency(service, dat
         currency="USD",
         to_wallet_id=receiver,
     )
-    assert debit.event.type == wallet_pb2.WALLET_EVENT_TYPE_TRANSFER_DEBITED
+    assert debit.event.type == domain.TRANSFER_DEBITED
     assert debit.event.transfer_id == "t9" and debit.wallet.balance == 600
     assert debit.event.request_id == "t9:debit"
     with pytest.raises(CurrencyMismatchError):
@@ -269,7 +314,7 @@ async def test_transfer_steps_carry_the_transfer_and_check_currency(service, dat
     refund = await service.move(
         Movement.TRANSFER_REFUND, sender, 400, "t9:refund", transfer_id="t9", currency="USD"
     )
-    assert refund.event.type == wallet_pb2.WALLET_EVENT_TYPE_TRANSFER_REFUNDED
+    assert refund.event.type == domain.TRANSFER_REFUNDED
     assert refund.wallet.balance == 1_000
     # The orchestrator retries the same step after a crash: replayed, applied once.
     assert (
@@ -430,7 +475,7 @@ async def test_time_travel_by_sequence_and_by_time(service):
         assert past.version >= n  # events at the same instant: the last one counts
         assert past.balance == by_sequence[past.version].balance_after
     future = await service.get_wallet(
-        wallet_id, as_of_time=after_withdraw.updated_at.ToDatetime(tzinfo=UTC) + timedelta(days=1)
+        wallet_id, as_of_time=after_withdraw.updated_at + timedelta(days=1)
     )
     assert future == now
     with pytest.raises(NotFoundError) as before_creation:
@@ -453,27 +498,28 @@ async def test_sequence_wins_over_time_when_both_are_given(service):
 
 async def test_plain_get_wallet_is_the_stored_row(service, database):
     """GetWallet without time travel (on PostgreSQL the driver-level read,
-    ``repository.pg_read_wallet``) returns exactly the row the SQLAlchemy read returns:
+    ``adapters.reads.pg_read_wallet``) returns exactly the row the SQLAlchemy read returns:
     balance, version, status, currency and both timestamps, for an active and a frozen
     wallet, and NOT_FOUND for an unknown one."""
-    from wallet_service import repository
+    from wallet_service.adapters import ledger_sql
+    from wallet_service.adapters.reads import pg_read_wallet
 
     active = await new_wallet(service, balance=1234, currency="EUR")
     frozen = await new_wallet(service, balance=99)
     await service.set_frozen(frozen, rid(), freeze=True)
     for wallet_id in (active, frozen):
         async with database.read() as conn:
-            stored = await repository.get_wallet(conn, wallet_id)
+            stored = await ledger_sql.get_wallet(conn, wallet_id)
         assert stored is not None
         assert await service.get_wallet(wallet_id) == stored
         if database.is_postgres:
-            assert await repository.pg_read_wallet(database, wallet_id) == stored
+            assert await pg_read_wallet(database, wallet_id) == stored
     assert (await service.get_wallet(frozen)).status == domain.FROZEN
     assert (await service.get_wallet(active)).currency == "EUR"
     with pytest.raises(WalletNotFoundError):
         await service.get_wallet("nobody-here")
     if database.is_postgres:
-        assert await repository.pg_read_wallet(database, "nobody-here") is None
+        assert await pg_read_wallet(database, "nobody-here") is None
 
 
 async def test_plain_get_wallet_on_an_unreachable_database_is_unavailable():

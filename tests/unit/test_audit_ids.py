@@ -48,10 +48,10 @@ def test_local_peers() -> None:
 
 def test_without_tokens_only_a_local_caller_sets_the_audit_id() -> None:
     header = (("x-audit-id", PARENT),)
-    assert trusted_audit_id(Context("ipv4:127.0.0.1:1", header), None) == PARENT  # type: ignore[arg-type]
-    assert trusted_audit_id(Context("ipv4:10.1.2.3:1", header), None) is None  # type: ignore[arg-type]
+    assert trusted_audit_id(Context("ipv4:127.0.0.1:1", header), None) == PARENT
+    assert trusted_audit_id(Context("ipv4:10.1.2.3:1", header), None) is None
     garbage = (("x-audit-id", "not-a-uuid"),)
-    assert trusted_audit_id(Context("ipv4:127.0.0.1:1", garbage), None) is None  # type: ignore[arg-type]
+    assert trusted_audit_id(Context("ipv4:127.0.0.1:1", garbage), None) is None
 
 
 def test_with_tokens_only_the_orchestrator_or_admin_role_sets_it_from_anywhere() -> None:
@@ -59,7 +59,7 @@ def test_with_tokens_only_the_orchestrator_or_admin_role_sets_it_from_anywhere()
 
     def honoured(token: str, peer: str) -> str | None:
         metadata = (("authorization", f"Bearer {token}"), ("x-audit-id", PARENT))
-        return trusted_audit_id(Context(peer, metadata), authority)  # type: ignore[arg-type]
+        return trusted_audit_id(Context(peer, metadata), authority)
 
     assert honoured("o", "ipv4:10.1.2.3:1") == PARENT
     assert honoured("a", "ipv4:10.1.2.3:1") == PARENT

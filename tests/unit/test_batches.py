@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from google.rpc import status_pb2
 
 from wallet.v1 import wallet_pb2 as pb
 from wallet_platform.errors import InvalidArgumentError
@@ -124,7 +125,9 @@ async def test_items_of_all_batches_share_the_slots_and_always_give_them_back():
     assert [type(o).__name__ for o in first] == [
         "DepositResponse", "DepositResponse", "Status", "DepositResponse", "DepositResponse"
     ]  # fmt: skip
-    assert first[2].code == 3 and [o.replayed for o in second if hasattr(o, "replayed")] == [
+    refused = first[2]
+    assert isinstance(refused, status_pb2.Status)
+    assert refused.code == 3 and [o.replayed for o in second if hasattr(o, "replayed")] == [
         False, True, True
     ]  # fmt: skip
     # A batch cancelled mid-way gives back every slot it held.

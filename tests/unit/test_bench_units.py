@@ -14,7 +14,7 @@ from wallet_bench.load import _replay_problem
 from wallet_bench.run import RunReport
 from wallet_bench.stats import RunStats, percentile
 from wallet_bench.targets import render_verdicts, verdicts
-from wallet_checks.context import CheckResult
+from wallet_checks.context import CheckResult, Row
 from wallet_checks.runner import CHECKS
 from wallet_platform.server.prefork import listen_port
 
@@ -71,13 +71,13 @@ def test_the_expected_wallets_follow_acknowledged_writes_and_completed_transfers
     assert b["withdrawal_count"] == 1 and b["total_withdrawn"] == 30
 
 
-def _results(**problems: list[dict[str, object]]) -> dict[str, CheckResult]:
+def _results(**problems: list[Row]) -> dict[str, CheckResult]:
     """Every shared check's result, clean except the ones given offending rows."""
     results = {}
     for name in CHECKS:
         result = CheckResult(name, "")
         for row in problems.get(name, []):
-            result.add(row, limit=20)  # type: ignore[arg-type]
+            result.add(row, limit=20)
         results[name] = result
     results["conservation"].facts["USD"] = {
         "balances": 10, "deposits": 10, "withdrawals": 0, "in_flight": 0,
@@ -99,8 +99,8 @@ def test_check_log_groups_the_shared_checks_under_the_bench_verdicts() -> None:
     assert all(check.ok for check in checks.values()), checks
     assert checks["conservation"].detail.startswith("1 wallets: USD: balances 10")
 
-    gap = {"wallet_id": wallet, "events": 2, "first_sequence": 1, "last_sequence": 3}
-    lost = {"event_id": "e1", "wallet_id": wallet, "sequence": 1, "type": "wallet_created"}
+    gap: Row = {"wallet_id": wallet, "events": 2, "first_sequence": 1, "last_sequence": 3}
+    lost: Row = {"event_id": "e1", "wallet_id": wallet, "sequence": 1, "type": "wallet_created"}
     broken = LogSnapshot(
         _results(sequences_gap_free=[gap], outbox_row_per_event=[lost]),
         {wallet: 1010},

@@ -11,6 +11,7 @@ from wallet_platform.messaging.rabbit import AckWindow
 
 
 def window(*tags: int) -> AckWindow:
+    # No channel: these tests read what take() would ack instead of sending it.
     result = AckWindow(channel=None)  # type: ignore[arg-type]
     for tag in tags:
         result.delivered(tag)

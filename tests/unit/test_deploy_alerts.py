@@ -53,7 +53,8 @@ def test_alerts_are_the_documented_ones():
 def test_every_alert_has_a_firing_and_a_quiet_test():
     tests = yaml_docs(PROMETHEUS / "alerts_test.yml")[0]
     assert tests["rule_files"] == ["alerts.yml"]
-    fired, quiet = set(), set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for case in tests["tests"]:
         for check in case["alert_rule_test"]:
             (fired if check["exp_alerts"] else quiet).add(check["alertname"])

@@ -43,11 +43,20 @@ INIT = DEPLOY / "compose" / "init-secrets.sh"
 ADMIN_OVERRIDE = DEPLOY / "docker-compose.admin.yml"
 
 
+def _search(pattern: str, text: str) -> re.Match[str]:
+    """The first match of ``pattern`` (multi-line) in ``text``, which must have one."""
+    match = re.search(pattern, text, flags=re.MULTILINE)
+    assert match is not None, pattern
+    return match
+
+
 @pytest.mark.parametrize("script", sorted(CONTRACT_PORTS))
 def test_contract_ports_are_the_code_defaults(script):
     """The deploy tests trust CONTRACT_PORTS: check it against each main() first."""
     module_name = scripts()[script].split(":")[0]
-    source = Path(importlib.util.find_spec(module_name).origin).read_text()
+    spec = importlib.util.find_spec(module_name)
+    assert spec is not None and spec.origin is not None, module_name
+    source = Path(spec.origin).read_text()
     literal = re.search(r'default_listen="[^"]*:(\d+)"', source)
     if literal:
         port = int(literal.group(1))
@@ -71,9 +80,9 @@ def test_dockerfile_builds_from_real_paths_and_runs_a_script():
     text = (DEPLOY / "Dockerfile").read_text()
     for source in re.findall(r"^COPY (?!--from)(\S+) ", text, flags=re.MULTILINE):
         assert (DEPLOY.parent / source).exists() or source == "README.md", source
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, flags=re.MULTILINE).group(1))
+    cmd = json.loads(_search(r"^CMD (\[.*\])$", text).group(1))
     assert cmd[0] in scripts()
-    exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", text, flags=re.MULTILINE)[1].split()}
+    exposed = {int(p) for p in _search(r"^EXPOSE (.*)$", text)[1].split()}
     assert set(CONTRACT_PORTS.values()) <= exposed
     for name in re.findall(r"\b(WALLET_[A-Z_]+)=", text):
         assert name in ENV_NAMES, name
@@ -220,7 +229,7 @@ def test_compose_servers_run_with_tls_and_their_own_tokens():
     # The orchestrator dials a name its TLS certificate carries.
     target = _all_env(services["saga-orchestrator"])["WALLET_SERVICE_TARGET"]
     assert target == "wallet-service:50051"
-    names = re.search(r"server_names=\$\{SERVER_NAMES:-([^}]*)\}", init)[1].split()
+    names = _search(r"server_names=\$\{SERVER_NAMES:-([^}]*)\}", init)[1].split()
     assert set(CONTRACT_PORTS) <= set(names)
 
 
@@ -284,3 +293,15 @@ def test_prometheus_scrapes_the_compose_services_and_loads_the_alerts():
     assert config["rule_files"] == ["alerts.yml"]
     assert mounts[str(config_dir / "alerts.yml")] == "./prometheus/alerts.yml"
     assert compose["prometheus"]["profiles"] == ["monitoring"]
+
+
+def test_the_monitoring_profile_collects_traces_when_asked() -> None:
+    """Jaeger runs with the monitoring profile (UI on loopback); every service sends its
+    spans there once OTEL_TRACES_EXPORTER=otlp is given, and none by default."""
+    compose = compose_services()
+    assert compose["jaeger"]["profiles"] == ["monitoring"]
+    assert compose["jaeger"]["ports"] == ["127.0.0.1:16686:16686"]
+    for name in CONTRACT_PORTS:
+        env = compose[name]["environment"]
+        assert env["OTEL_TRACES_EXPORTER"] == "${OTEL_TRACES_EXPORTER:-none}"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith("http://jaeger:4317}")

@@ -48,7 +48,7 @@ PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)(?: ; ([^\\]+?))? \\?$")
 
 def _pins(path: Path) -> dict[str, str]:
     """name -> version of every requirement in an export that applies to this machine."""
-    pins = {}
+    pins: dict[str, str] = {}
     for line in path.read_text().splitlines():
         match = PIN.match(line)
         if match and (match[3] is None or Marker(match[3]).evaluate()):
@@ -97,7 +97,7 @@ def test_every_export_is_hashed():
 
 def test_this_environment_is_exactly_the_dev_lock():
     """What `make install` leaves: the dev export's pins and the two local packages."""
-    installed = {
+    installed: dict[str, str] = {
         canonicalize_name(dist.metadata["Name"]): dist.version
         for dist in importlib.metadata.distributions()
     }
@@ -142,7 +142,8 @@ def _imported_modules(roots: list[Path]) -> set[str]:
 
 def _installed_files() -> tuple[dict[str, str], dict[Path, str]]:
     """Every installed file -> its distribution, and each editable install's source tree."""
-    files, trees = {}, {}
+    files: dict[str, str] = {}
+    trees: dict[Path, str] = {}
     for dist in importlib.metadata.distributions():
         name = canonicalize_name(dist.metadata["Name"])
         for file in dist.files or ():

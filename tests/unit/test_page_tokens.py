@@ -11,7 +11,7 @@ import pytest
 from wallet_platform import page_tokens
 from wallet_platform.errors import InvalidArgumentError
 
-FILTERS = {"state": 3, "wallet_id": "alice"}
+FILTERS: page_tokens.Filters = {"state": 3, "wallet_id": "alice"}
 SHAPE = {"c": str, "t": str}
 POSITION = {"c": "2026-01-01T00:00:00+00:00", "t": "t-1"}
 
@@ -20,9 +20,9 @@ def raw_token(document: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
 
 
-def refused(token: str, filters: dict[str, object] | None = None) -> str:
+def refused(token: str, filters: page_tokens.Filters | None = None) -> str:
     with pytest.raises(InvalidArgumentError) as raised:
-        page_tokens.redeem(token, "transfers", filters or FILTERS, SHAPE)  # type: ignore[arg-type]
+        page_tokens.redeem(token, "transfers", filters or FILTERS, SHAPE)
     assert raised.value.field == "page_token"
     return raised.value.message
 

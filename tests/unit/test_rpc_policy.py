@@ -9,6 +9,7 @@ fallback by accident.
 from __future__ import annotations
 
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -19,9 +20,9 @@ from wallet_platform.server.grants import ADMIN, READER, Principal
 _SERVED = (wallet_pb2, transfer_pb2, analytics_pb2, fraud_pb2, health_pb2, reflection_pb2)
 
 
-def _served() -> dict[str, object]:
+def _served() -> dict[str, MethodDescriptor]:
     """Full method name -> its method descriptor, for every service a server registers."""
-    methods: dict[str, object] = {}
+    methods: dict[str, MethodDescriptor] = {}
     for module in _SERVED:
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
@@ -48,7 +49,7 @@ def test_each_row_is_coherent(method):
     if row.audited:
         assert row.role not in (None, READER), f"{method}: a write RPC open to readers"
     # The wallet fields are real fields of the request, and every *wallet_id field is one.
-    request = descriptor.input_type  # type: ignore[attr-defined]
+    request = descriptor.input_type
     assert set(row.wallet_fields) <= set(request.fields_by_name), method
     if wallet_rpc and row.wallet_fields:
         named = {f.name for f in request.fields if f.name.endswith("wallet_id")}

@@ -77,7 +77,7 @@ async def run(
     return result, calls, sleeps
 
 
-SCRIPTS = {
+SCRIPTS: dict[str, list[object]] = {
     "success at once": ["ok"],
     "final error at once": [Final("no")],
     "one transient, then success": [Transient("t1"), "ok"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TypedDict
 
 import pytest
 
@@ -41,7 +42,15 @@ def _settings(**changes) -> Settings:
     return Settings(listen="0.0.0.0:50051", **changes)
 
 
-MTLS = {"tls_cert": "server.crt", "tls_key": "server.key", "tls_client_ca": "ca.crt"}
+class MutualTls(TypedDict):
+    """The settings of a server that asks its callers for a client certificate."""
+
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
+
+
+MTLS: MutualTls = {"tls_cert": "server.crt", "tls_key": "server.key", "tls_client_ca": "ca.crt"}
 
 
 def test_a_reachable_server_without_authentication_is_refused_with_the_fix_named():

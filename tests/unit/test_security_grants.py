@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.descriptor import Descriptor
 
 from wallet.v1 import analytics_pb2, fraud_pb2, transfer_pb2, wallet_pb2
 from wallet_platform.server import security, tenancy
-from wallet_platform.server.authority import Authority
+from wallet_platform.server.authority import Authority, Refusal
 from wallet_platform.server.cert_roles import CertificateRoles, parse_certificate_roles
 from wallet_platform.server.grants import Principal
 from wallet_platform.server.rpc_policy import POLICIES
@@ -17,9 +18,9 @@ _MODULES = (wallet_pb2, transfer_pb2, analytics_pb2, fraud_pb2)
 WALLET_FIELDS = {m: p.wallet_fields for m, p in POLICIES.items() if p.wallet_fields}
 
 
-def _methods() -> dict[str, object]:
+def _methods() -> dict[str, Descriptor]:
     """Full method name -> its request message descriptor."""
-    found = {}
+    found: dict[str, Descriptor] = {}
     for module in _MODULES:
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
@@ -70,8 +71,10 @@ def test_certificate_role_specs():
 def test_the_first_certificate_name_with_an_entry_decides_and_matching_is_exact():
     roles = CertificateRoles(parse_certificate_roles("a.example=writer;cn-only=operator"))
     # DNS SANs (certificate order) come before the common name.
-    assert roles.lookup(["a.example", "cn-only"]).roles == {"writer"}
-    assert roles.lookup(["unmapped", "cn-only"]).roles == {"operator"}
+    by_dns = roles.lookup(["a.example", "cn-only"])
+    assert by_dns is not None and by_dns.roles == {"writer"}
+    by_cn = roles.lookup(["unmapped", "cn-only"])
+    assert by_cn is not None and by_cn.roles == {"operator"}
     assert roles.lookup(["A.example", "cn-only-x"]) is None
     assert roles.lookup(["*.example"]) is None
     assert roles.lookup([]) is None
@@ -81,19 +84,19 @@ def test_tenant_table_names_real_rpcs_and_real_wallet_fields():
     methods = _methods()
     for method, fields in WALLET_FIELDS.items():
         assert method in methods, method
-        request_fields = methods[method].fields_by_name  # type: ignore[attr-defined]
+        request_fields = methods[method].fields_by_name
         for field in fields:
             assert field in request_fields, (method, field)
     # Every wallet-id field of every request is checked (a new one must be listed).
     for method, descriptor in methods.items():
-        wallet_fields = {f.name for f in descriptor.fields if f.name.endswith("wallet_id")}  # type: ignore[attr-defined]
+        wallet_fields = {f.name for f in descriptor.fields if f.name.endswith("wallet_id")}
         assert wallet_fields == set(WALLET_FIELDS.get(method, ())), method
 
 
 def _request(method: str, **fields):
     descriptor = _methods()[method]
     for module in _MODULES:
-        cls = getattr(module, descriptor.name, None)  # type: ignore[attr-defined]
+        cls = getattr(module, descriptor.name, None)
         if cls is not None:
             return cls(**fields)
     raise AssertionError(method)
@@ -172,6 +175,15 @@ _CERT = {"x509_common_name": [b"teller"], "peer_dns": [b"teller.example.com"]}
 _DEPOSIT = "/wallet.v1.WalletService/Deposit"
 
 
+def _refused(
+    authority: Authority, context: _Context, request: wallet_pb2.DepositRequest
+) -> Refusal:
+    """The refusal of a Deposit needing the writer role (the call must be refused)."""
+    refusal = authority.refusal(_DEPOSIT, "writer", context, request)
+    assert refusal is not None, "the call was allowed"
+    return refusal
+
+
 def test_with_tokens_and_certificate_roles_both_must_allow():
     authority = Authority(
         security.TokenTable(
@@ -181,22 +193,22 @@ def test_with_tokens_and_certificate_roles_both_must_allow():
     )
     ok = wallet_pb2.DepositRequest(wallet_id="acme-1")
     assert authority.refusal(_DEPOSIT, "writer", _Context("t-admin", _CERT), ok) is None
-    code, _ = authority.refusal(_DEPOSIT, "writer", _Context(None, _CERT), ok)
+    code, _ = _refused(authority, _Context(None, _CERT), ok)
     assert code == grpc.StatusCode.UNAUTHENTICATED
-    code, why = authority.refusal(_DEPOSIT, "writer", _Context("t-read", _CERT), ok)
+    code, why = _refused(authority, _Context("t-read", _CERT), ok)
     assert code == grpc.StatusCode.PERMISSION_DENIED and "lacks role" in why
     # The admin token does not lift a certificate that may only read...
     reader_cert = {"x509_common_name": [b"other"]}
-    code, why = authority.refusal(_DEPOSIT, "writer", _Context("t-admin", reader_cert), ok)
+    code, why = _refused(authority, _Context("t-admin", reader_cert), ok)
     assert code == grpc.StatusCode.PERMISSION_DENIED and "certificate other" in why
     # ...nor one without an entry.
     stranger = {"x509_common_name": [b"stranger"], "peer_dns": [b"s.example"]}
-    code, why = authority.refusal(_DEPOSIT, "writer", _Context("t-admin", stranger), ok)
+    code, why = _refused(authority, _Context("t-admin", stranger), ok)
     assert code == grpc.StatusCode.PERMISSION_DENIED and "s.example, stranger" in why
     # A tenant-limited token stays limited whatever the certificate may do.
     foreign = wallet_pb2.DepositRequest(wallet_id="beta-1")
     assert authority.refusal(_DEPOSIT, "writer", _Context("t-acme", _CERT), ok) is None
-    code, _ = authority.refusal(_DEPOSIT, "writer", _Context("t-acme", _CERT), foreign)
+    code, _ = _refused(authority, _Context("t-acme", _CERT), foreign)
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert authority.may_act_as(_Context("t-admin", _CERT), "orchestrator") is False
     assert authority.may_act_as(_Context("t-admin", _CERT), "writer") is True

@@ -56,13 +56,16 @@ def test_console_turns_tracing_on_with_the_service_name() -> None:
 
 def test_the_role_names_the_service_by_default() -> None:
     tracing.setup_from_env("saga-orchestrator", {"OTEL_TRACES_EXPORTER": "console"})
-    assert tracing._provider.resource.attributes["service.name"] == "saga-orchestrator"
+    provider = tracing._provider
+    assert provider is not None
+    assert provider.resource.attributes["service.name"] == "saga-orchestrator"
 
 
 def test_the_sampler_comes_from_otel_traces_sampler(monkeypatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     tracing.setup_from_env("stack", {"OTEL_TRACES_EXPORTER": "console"})
-    assert tracing._provider.sampler is ALWAYS_OFF
+    provider = tracing._provider
+    assert provider is not None and provider.sampler is ALWAYS_OFF
     with tracing.span("x", parent=VALID, use_parent=True) as span:
         assert span is not None and not span.is_recording()
 
@@ -101,7 +104,29 @@ def test_a_valid_traceparent_is_continued() -> None:
     assert tracing.context_from(VALID.encode()) is not None
     tracing.setup_from_env("stack", {"OTEL_TRACES_EXPORTER": "console"})
     with tracing.span("child", parent=VALID, use_parent=True) as span:
+        assert span is not None  # tracing is on
         context = span.get_span_context()
         assert format(context.trace_id, "032x") == VALID.split("-")[1]
     with tracing.span("root", parent="garbage", use_parent=True) as span:
+        assert span is not None
         assert format(span.get_span_context().trace_id, "032x") != VALID.split("-")[1]
+
+
+def test_log_lines_inside_a_span_carry_its_trace_and_span_ids() -> None:
+    import json
+    import logging
+
+    from wallet_platform.observability.logs import JsonFormatter
+
+    record = logging.makeLogRecord({"name": "t", "levelname": "INFO", "msg": "inside"})
+    formatter = JsonFormatter()
+    assert "trace_id" not in json.loads(formatter.format(record))  # tracing off
+    tracing.setup_from_env("stack", {"OTEL_TRACES_EXPORTER": "console"})
+    with tracing.span("child", parent=VALID, use_parent=True) as span:
+        assert span is not None
+        line = json.loads(formatter.format(record))
+        assert line["trace_id"] == VALID.split("-")[1]
+        assert line["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert "trace_id" not in json.loads(formatter.format(record))  # outside every span
+    tracing.shutdown()
+    assert "trace_id" not in json.loads(formatter.format(record))  # tracing off again

@@ -87,10 +87,15 @@ def wallet_event_message(event: wallet_pb2.WalletEvent) -> Message:
     return kind.message(event=event)
 
 
-def wallet_event_outbox_row(event: wallet_pb2.WalletEvent, created_at: datetime) -> dict[str, Any]:
-    """The outbox row announcing a log entry (same transaction as the entry)."""
+def wallet_event_outbox_row(
+    event: wallet_pb2.WalletEvent, created_at: datetime, traceparent: str | None = None
+) -> dict[str, Any]:
+    """The outbox row announcing a log entry (same transaction as the entry); with the
+    write's trace context when tracing is on."""
     kind = KIND_BY_ENUM[event.type]
-    return outbox_row(event.event_id, kind.routing_key, wallet_event_message(event), created_at)
+    return outbox_row(
+        event.event_id, kind.routing_key, wallet_event_message(event), created_at, traceparent
+    )
 
 
 def decode(message_type: str, body: bytes) -> Message:

@@ -2,7 +2,9 @@
 
 Request-scoped identifiers (request id, transfer id, audit id) live in context
 variables so every log line written while serving a call carries them without
-threading them through every function.
+threading them through every function. While tracing is on, every line written inside
+a span also carries ``trace_id`` and ``span_id`` (``tracing`` registers them with
+:func:`add_context_source`), so a trace and its log lines find each other.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import logging.handlers
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +33,14 @@ _CONTEXT_VARS = {
     "audit_id": audit_id_var,
 }
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# More fields for every line, each from a callable of the current context.
+_CONTEXT_SOURCES: list[Callable[[], dict[str, str]]] = []
+
+
+def add_context_source(source: Callable[[], dict[str, str]]) -> None:
+    """Have every log line carry ``source()``'s fields too (added once per source)."""
+    if source not in _CONTEXT_SOURCES:
+        _CONTEXT_SOURCES.append(source)
 
 
 @contextmanager
@@ -50,6 +60,8 @@ def _context_fields(record: logging.LogRecord) -> dict[str, Any]:
         value = var.get()
         if value:
             fields[key] = value
+    for source in _CONTEXT_SOURCES:
+        fields.update(source())
     for key, value in vars(record).items():
         if key not in _STANDARD_ATTRS and not key.startswith("_"):
             fields[key] = value

@@ -41,6 +41,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from wallet_platform.observability import logs
+
 log = logging.getLogger(__name__)
 
 HEADER = "traceparent"  # gRPC metadata key, AMQP header and column name
@@ -138,6 +140,21 @@ def install(provider: TracerProvider | None) -> None:
     global _tracer, _provider
     _provider = provider
     _tracer = None if provider is None else provider.get_tracer(INSTRUMENTATION)
+    if provider is not None:
+        logs.add_context_source(log_ids)
+
+
+def log_ids() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the current span for log lines (none outside one)."""
+    if _tracer is None:
+        return {}
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
 
 
 def shutdown() -> None:

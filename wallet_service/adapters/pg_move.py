@@ -1,15 +1,19 @@
 """The PostgreSQL single-request fast path of a balance change: two statements.
 
-:data:`_PG_MOVE` claims the idempotency key, locks the transfer's hold when the step
-settles one, conditionally moves the balance (the ``WHERE`` clause is
-``domain.balance_bounds`` plus the status and currency rules plus the hold gate of
-:mod:`wallet_service.hold_sql`; PostgreSQL re-checks it on the latest row version
-after waiting for a lock, so there is no lost update), appends the event with
+:data:`PG_MOVE` claims the idempotency key, locks the transfer's hold when the step
+settles one, conditionally moves the balance (the ``WHERE`` clause is the movement
+rule of :mod:`~wallet_service.adapters.movement_sql` plus the hold gate of
+:mod:`~wallet_service.adapters.hold_sql`, both built from the domain; PostgreSQL
+re-checks it on the latest row version after waiting for a lock, so there is no lost
+update), appends the event with
 sequence = the new version, and opens or settles the hold, all in one round trip. It
 always returns one row: ``claimed`` says whether the key was ours, the wallet columns
 are NULL when the change did not apply (the caller then runs the portable path in the
-same transaction, which locks the rows and asks the domain why). :data:`_PG_FINISH`
+same transaction, which locks the rows and asks the domain why). :data:`PG_FINISH`
 queues the outbox row and stores the response.
+
+Both run through SQLAlchemy (``text()``) on the unit of work's connection, because
+the portable path may have to run after them in the same transaction.
 
 Event times come from ``clock_timestamp()`` taken after the row lock, never earlier
 than the previous change, so a wallet's events are ordered in time as in sequence.
@@ -24,13 +28,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallet_service import domain, hold_sql, holds, repository
+from wallet_service import domain, holds
+from wallet_service.adapters import hold_sql, movement_sql
+from wallet_service.adapters.idempotency_sql import PENDING
+from wallet_service.adapters.rows import wallet_from_row
+from wallet_service.domain import WriteKey
 from wallet_service.moves import MoveCommand
 
 _ACTION = "CAST(:hold_action AS varchar)"
 _TRANSFER = "CAST(:transfer_id AS varchar)"
 
-_PG_MOVE = text(
+PG_MOVE = text(
     f"""
 WITH claim AS (
     INSERT INTO idempotency_records (scope, request_id, fingerprint, status_code, created_at)
@@ -51,9 +59,15 @@ WITH claim AS (
         updated_at = GREATEST(w.updated_at, clock_timestamp())
     WHERE w.wallet_id = :wallet_id
       AND EXISTS (SELECT 1 FROM claim)
-      AND (w.status = 'ACTIVE' OR CAST(:allow_frozen AS boolean))
-      AND w.balance BETWEEN CAST(:low AS bigint) AND CAST(:high AS bigint)
-      AND (CAST(:currency AS varchar) = '' OR w.currency = CAST(:currency AS varchar))
+      AND {
+        movement_sql.predicate(
+            wallet="w",
+            allow_frozen="CAST(:allow_frozen AS boolean)",
+            low="CAST(:low AS bigint)",
+            high="CAST(:high AS bigint)",
+            currency="CAST(:currency AS varchar)",
+        )
+    }
       AND {
         hold_sql.gate(
             held="held",
@@ -93,7 +107,7 @@ FROM (SELECT 1) AS one LEFT JOIN moved AS m ON true
 """
 )
 
-_PG_FINISH = text(
+PG_FINISH = text(
     """
 WITH queued AS (
     INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,
@@ -116,22 +130,17 @@ class FastMove:
 async def move(
     conn: AsyncConnection, command: MoveCommand, event_id: str, now: datetime
 ) -> FastMove:
-    """Run :data:`_PG_MOVE` for ``command``."""
-    low, high = domain.balance_bounds(command.movement, command.amount)
+    """Run :data:`PG_MOVE` for ``command``."""
     row = (
         await conn.execute(
-            _PG_MOVE,
+            PG_MOVE,
             {
+                **movement_sql.parameters(command.movement, command.amount, command.currency),
                 "scope": command.scope,
                 "request_id": command.request_id,
                 "fingerprint": command.fingerprint,
-                "pending": repository.PENDING,
+                "pending": PENDING,
                 "now": now,
-                "delta": command.movement.sign * command.amount,
-                "allow_frozen": command.movement.allowed_when_frozen,
-                "low": low,
-                "high": high,
-                "currency": command.currency,
                 "wallet_id": command.wallet_id,
                 "event_id": event_id,
                 "event_type": command.movement.event_type,
@@ -143,23 +152,15 @@ async def move(
             },
         )
     ).one()
-    wallet = None if row.wallet_id is None else repository.wallet_from_row(row)
+    wallet = None if row.wallet_id is None else wallet_from_row(row)
     return FastMove(claimed=bool(row.claimed), wallet=wallet)
 
 
 async def finish(
-    conn: AsyncConnection,
-    command: MoveCommand,
-    response: bytes,
-    outbox_row: dict[str, Any],
+    conn: AsyncConnection, key: WriteKey, response: bytes, outbox_row: dict[str, Any]
 ) -> None:
     """Queue the outbox row and store the response, in one round trip."""
     await conn.execute(
-        _PG_FINISH,
-        {
-            **outbox_row,
-            "response": response,
-            "scope": command.scope,
-            "request_id": command.request_id,
-        },
+        PG_FINISH,
+        {**outbox_row, "response": response, "scope": key.scope, "request_id": key.request_id},
     )

@@ -9,13 +9,13 @@ statements lock them in, and written in the same transaction as the balance chan
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallet_platform.storage.schema import transfer_holds
 from wallet_service import holds
+from wallet_service.adapters.rows import hold_from_row
 
 _GET_HOLD = select(
     transfer_holds.c.transfer_id,
@@ -26,17 +26,6 @@ _GET_HOLD = select(
     transfer_holds.c.state,
 ).where(transfer_holds.c.transfer_id == bindparam("transfer_id"))
 _GET_HOLD_FOR_UPDATE = _GET_HOLD.with_for_update()
-
-
-def hold_from_row(row: Any) -> holds.Hold:
-    return holds.Hold(
-        transfer_id=row.transfer_id,
-        from_wallet_id=row.from_wallet_id,
-        to_wallet_id=row.to_wallet_id,
-        amount=row.amount,
-        currency=row.currency,
-        state=row.state,
-    )
 
 
 async def get_hold(

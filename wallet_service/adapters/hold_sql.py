@@ -1,7 +1,7 @@
 """SQL fragments of the hold rules, built from :mod:`wallet_service.holds`.
 
-The PostgreSQL fast path (``pg_fast_path._PG_MOVE``) and the group-commit statement
-(``group_commit._MOVE_MANY``) decide in SQL whether a transfer step applies. Their
+The PostgreSQL single-request statement (``pg_move.PG_MOVE``) and the group-commit
+statement (``pg_batch_sql.MOVE_MANY``) decide in SQL whether a transfer step applies. Their
 hold predicates are generated here from the domain's tables (``HoldAction``,
 ``MATCHED_FIELDS``, ``SETTLEABLE``), so a rule changed in the domain changes the SQL
 with it; ``tests/integration/test_hold_sql.py`` runs every case through both.
