@@ -199,7 +199,7 @@ class GrpcWalletGateway:
 
         Each outcome is mapped as the single call's (``step_outcome``); a failure of the
         call as a whole raises StepFailedError with a ``whole_batch`` error (transient
-        for every step). Sent without an audit id: the server gives each item its own.
+        for every step). A batch ignores ``x-audit-id``: the server gives each item its own.
         """
         request = wallet_pb2.BatchApplyTransferStepsRequest(
             operations=[step_operation(call) for call in calls]
