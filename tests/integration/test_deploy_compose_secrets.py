@@ -171,10 +171,17 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _interpolate(value: str) -> str:
+    """``${NAME:-default}`` as Compose reads it with NAME unset (the defaults shipped)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
 def _compose_env(service: str, secrets: Path) -> dict[str, str]:
     """The service's environment from the Compose file, its paths moved to ``secrets``."""
     declared = yaml.safe_load(COMPOSE.read_text())["services"][service].get("environment", {})
-    env = {k: str(v).replace(SECRETS_MOUNT, str(secrets)) for k, v in declared.items()}
+    env = {
+        k: _interpolate(str(v)).replace(SECRETS_MOUNT, str(secrets)) for k, v in declared.items()
+    }
     env["WALLET_LOG_FORMAT"] = "console"
     env.pop("WALLET_METRICS_PORT", None)
     return {
