@@ -11,6 +11,11 @@ database and vhost, it starts ``wallet-service`` (its outbox relay publishing, w
 the wallets (not measured, the consumers caught up on them), then sends the deposits as
 ``BatchDeposit`` calls and waits until both consumers have applied every one of them.
 
+With ``--relay-only`` no service runs: this process fills the outbox with
+``--deposits`` rows (one routing key, as a deposit load) and runs the relay's rounds
+(:func:`relay_batch`) until it is empty: the relay's events/s and its CPU per event
+(this process), with RabbitMQ's.
+
 With ``--backlog`` the consumers start only after the load, once the relay published
 it all: then it reports how fast they drain the queued backlog (events/s from their
 first applied event until both applied the last one, CPU over the same span), the
@@ -46,6 +51,10 @@ from wallet.v1 import wallet_pb2 as pb
 from wallet.v1 import wallet_pb2_grpc
 from wallet_bench import procs
 from wallet_bench.platform import create_database, create_vhost, delete_vhost, drop_database
+from wallet_platform.config import Settings
+from wallet_platform.messaging.outbox.relay import relay_batch
+from wallet_platform.messaging.rabbit import RabbitBus
+from wallet_platform.storage.database import Database
 
 PROCESSES = ("wallet-service", "analytics-worker", "fraud-worker")
 CONSUMERS = ("analytics", "fraud")
@@ -68,6 +77,11 @@ def _arguments() -> argparse.Namespace:
         "--backlog",
         action="store_true",
         help="start the consumers only once the load is relayed: their drain rate",
+    )
+    parser.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="the outbox relay alone, in this process, on --deposits pre-written outbox rows",
     )
     parser.add_argument("--json", action="store_true")
     return parser.parse_args()
@@ -240,12 +254,52 @@ async def _measure(args: argparse.Namespace, services: dict[str, procs.Service],
     }
 
 
+FILL_OUTBOX = (
+    "INSERT INTO outbox (message_id, routing_key, message_type, payload, status, attempts,"
+    " created_at) SELECT gen_random_uuid()::text, 'wallet.funds_deposited',"
+    " 'wallet.v1.FundsDeposited', convert_to(repeat('x', 120), 'UTF8'), 'pending', 0, now()"
+    " FROM generate_series(1, %s)"
+)
+
+
+async def _relay_only(args: argparse.Namespace, database_url: str, amqp_url: str) -> Any:
+    with psycopg.connect(_conninfo(database_url)) as conn:
+        conn.execute(FILL_OUTBOX, (args.deposits,))
+    envelope_max = args.envelope_max if args.mode_envelopes else 0
+    db = Database.from_settings(Settings(database_url=database_url))
+    bus = RabbitBus(amqp_url, envelope_max=envelope_max)
+    await bus.start()
+    try:
+        rabbit0 = _cpu()
+        cpu0 = time.process_time()
+        started = time.monotonic()
+        published = 0
+        while batch := await relay_batch(db, bus):
+            published += batch
+        seconds = time.monotonic() - started
+        cpu = {"relay (this process)": time.process_time() - cpu0}
+        cpu["rabbitmq (beam.smp, shared)"] = _cpu() - rabbit0
+    finally:
+        await bus.close()
+        await db.dispose()
+    if published != args.deposits:
+        raise SystemExit(f"relayed {published} rows of {args.deposits}")
+    return {
+        "events": published,
+        "events_per_s_relayed": round(published / seconds, 1),
+        "cpu_ms_per_event": {name: round(s * 1000 / published, 3) for name, s in cpu.items()},
+    }
+
+
 def _run_mode(args: argparse.Namespace, envelopes: bool) -> dict[str, Any]:
     name = f"env_bench_{uuid.uuid4().hex[:8]}"
     database_url = create_database(args.database_url, name)
     services: dict[str, procs.Service] = {}
     try:
         amqp_url = create_vhost(args.amqp_url, name)
+        if args.relay_only:
+            args.mode_envelopes = envelopes
+            return dict(asyncio.run(_relay_only(args, database_url, amqp_url)))
         with tempfile.TemporaryDirectory() as work:
             env = {
                 "WALLET_DATABASE_URL": database_url,
@@ -281,7 +335,9 @@ def main() -> int:
     for mode in args.modes.split(","):
         results[mode] = _run_mode(args, envelopes=mode == "on")
     results["settings"] = {
-        k: v for k, v in vars(args).items() if k not in ("database_url", "amqp_url")
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("database_url", "amqp_url", "mode_envelopes")
     }
     results["machine"] = {"cpus": os.cpu_count(), "loadavg_after": os.getloadavg()}
     if args.json:
@@ -289,6 +345,13 @@ def main() -> int:
         return 0
     for mode in args.modes.split(","):
         row = results[mode]
+        if args.relay_only:
+            cpu = ", ".join(f"{k} {v}" for k, v in row["cpu_ms_per_event"].items())
+            print(
+                f"envelopes {mode:3}: {row['events_per_s_relayed']:>8} events/s relayed "
+                f"({row['events']} events); CPU ms/event: {cpu}"
+            )
+            continue
         if args.backlog:
             cpu = ", ".join(f"{k} {v}" for k, v in row["cpu_ms_per_event"].items())
             print(

@@ -51,6 +51,7 @@ def test_an_envelope_reads_back_as_its_events() -> None:
         (b"\xff\xff\xff", 1),  # not protobuf
         (Envelope("k", (message(1, "k"), message(2, "k"))).body(), 3),  # header disagrees
         (envelope_pb2.EventEnvelope().SerializeToString(), 0),  # empty
+        (Envelope("k", tuple(message(i % 250, "k") for i in range(1001))).body(), 1001),
     ],
 )
 def test_a_broken_envelope_is_an_error(body: bytes, count: int) -> None:

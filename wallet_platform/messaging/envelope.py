@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from wallet.v1 import envelope_pb2
+from wallet_platform.config import ENVELOPE_MAX_RANGE
 from wallet_platform.messaging.bus import OutgoingMessage
 
 HEADER_ENVELOPE = "x-wallet-envelope"  # on an envelope: how many events it carries
 ENVELOPE_TYPE = envelope_pb2.EventEnvelope.DESCRIPTOR.full_name
 ENVELOPE_ID_PREFIX = "envelope:"
-DEFAULT_MAX_EVENTS = 100
+# The most events a consumer accepts in one envelope (what the relay may be set to):
+# one delivery never puts more than this many events in a consumer's hands.
+MAX_EVENTS = ENVELOPE_MAX_RANGE[1]
 
 
 class EnvelopeError(ValueError):
@@ -89,13 +92,16 @@ class EnvelopedEvent:
 
 def unpack(body: bytes, count: int) -> list[EnvelopedEvent]:
     """The events of an envelope whose header said ``count``; raises
-    :class:`EnvelopeError` if the body is not an envelope of that many events."""
+    :class:`EnvelopeError` if the body is not an envelope of that many events (1 to
+    :data:`MAX_EVENTS`)."""
+    if not 1 <= count <= MAX_EVENTS:
+        raise EnvelopeError(f"envelope header says {count} events: not in 1..{MAX_EVENTS}")
     envelope = envelope_pb2.EventEnvelope()
     try:
         envelope.ParseFromString(body)
     except DecodeError as error:
         raise EnvelopeError(f"undecodable envelope: {error}") from error
-    if len(envelope.events) != count or count < 1:
+    if len(envelope.events) != count:
         raise EnvelopeError(
             f"envelope header says {count} events, its body holds {len(envelope.events)}"
         )
