@@ -19,6 +19,10 @@ The last failure (``attempt >= max_attempts``) or a :class:`PoisonMessageError` 
 published to the DLX with the reason and acked. If even that publish fails the message
 is rejected without requeue, and the queue's own ``x-dead-letter-exchange`` puts it in
 the same DLQ.
+
+An envelope (header ``x-wallet-envelope``) is split into its events, each handled as a
+delivery of its own; its failed events are retried or dead-lettered alone
+(:mod:`~wallet_platform.messaging.rabbit.envelopes`).
 """
 
 from __future__ import annotations
