@@ -174,13 +174,18 @@ async def _bus_under_test(request, tmp_path, kind: str) -> AsyncIterator[BusUnde
             database_url=db_url,
             amqp_url=vhost_url(vhost),
             amqp_queue_type="classic" if kind == "rabbit-classic" else "quorum",
+            amqp_envelopes=kind == "rabbit-envelopes",
             listen="127.0.0.1:0",
         )
     else:
         settings = Settings(database_url=db_url, listen="127.0.0.1:0")
     db = Database.from_settings(settings)
     bus: EventBus = (
-        RabbitBus(settings.amqp_url, queue_type=settings.amqp_queue_type)
+        RabbitBus(
+            settings.amqp_url,
+            queue_type=settings.amqp_queue_type,
+            envelope_max=settings.amqp_envelope_max if settings.amqp_envelopes else 0,
+        )
         if settings.amqp_url
         else InProcessBus(db)
     )
@@ -198,11 +203,12 @@ async def _bus_under_test(request, tmp_path, kind: str) -> AsyncIterator[BusUnde
         pytest.param("inprocess-postgres", id="inprocess-postgres", marks=requires_postgres),
         pytest.param("rabbit", id="rabbit", marks=requires_rabbitmq),
         pytest.param("rabbit-classic", id="rabbit-classic", marks=requires_rabbitmq),
+        pytest.param("rabbit-envelopes", id="rabbit-envelopes", marks=requires_rabbitmq),
     ]
 )
 async def bus_under_test(request, tmp_path) -> AsyncIterator[BusUnderTest]:
-    """Each bus kind in turn; RabbitMQ (quorum queues, and classic ones) runs on its
-    own vhost with PostgreSQL if set."""
+    """Each bus kind in turn; RabbitMQ (quorum queues, classic ones, and quorum queues
+    with the relay's envelopes on) runs on its own vhost with PostgreSQL if set."""
     async with _bus_under_test(request, tmp_path, request.param) as but:
         yield but
 

@@ -32,6 +32,11 @@ class Option:
     kind: type = str
 
 
+# Events per envelope message: a body of a thousand events is still far below the
+# broker's message size limit, and one delivery never holds more than that in flight.
+ENVELOPE_MAX_RANGE = (2, 1000)
+
+
 @dataclass
 class Settings:
     """Everything a process may need. Unused fields are simply ignored by a service."""
@@ -39,6 +44,8 @@ class Settings:
     database_url: str = field(default_factory=default_database_url)
     amqp_url: str = ""
     amqp_queue_type: str = "quorum"
+    amqp_envelopes: bool = False
+    amqp_envelope_max: int = 100
     listen: str = "127.0.0.1:50051"
     wallet_service_target: str = "127.0.0.1:50051"
     target: str = "127.0.0.1:50051"
@@ -96,6 +103,18 @@ OPTIONS: tuple[Option, ...] = (
         "amqp_queue_type",
         "WALLET_AMQP_QUEUE_TYPE",
         "RabbitMQ type of the consumer queues and DLQs: quorum or classic",
+    ),
+    Option(
+        "amqp_envelopes",
+        "WALLET_AMQP_ENVELOPES",
+        "the outbox relay packs a round's events of one routing key into envelope messages",
+        bool,
+    ),
+    Option(
+        "amqp_envelope_max",
+        "WALLET_AMQP_ENVELOPE_MAX",
+        "most events in one envelope message (2 to 1000)",
+        int,
     ),
     Option("listen", "WALLET_LISTEN", "HOST:PORT this server listens on"),
     Option(
@@ -300,7 +319,13 @@ def load_settings(
                 values[option.name] = flag_value
     if values.get("database_url") == "":
         values.pop("database_url")
-    return Settings(**values)
+    settings = Settings(**values)
+    if not ENVELOPE_MAX_RANGE[0] <= settings.amqp_envelope_max <= ENVELOPE_MAX_RANGE[1]:
+        low, high = ENVELOPE_MAX_RANGE
+        raise SystemExit(
+            f"WALLET_AMQP_ENVELOPE_MAX={settings.amqp_envelope_max} is not in {low}..{high}"
+        )
+    return settings
 
 
 def parse_settings(

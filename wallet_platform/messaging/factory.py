@@ -12,7 +12,12 @@ from wallet_platform.runtime import BUS_EXTRA_KEY, Runtime
 def create_bus(runtime: Runtime) -> EventBus:
     """A new bus for this runtime's settings (use :func:`get_bus` to share one)."""
     if runtime.settings.amqp_url:
-        return RabbitBus(runtime.settings.amqp_url, queue_type=runtime.settings.amqp_queue_type)
+        settings = runtime.settings
+        return RabbitBus(
+            settings.amqp_url,
+            queue_type=settings.amqp_queue_type,
+            envelope_max=settings.amqp_envelope_max if settings.amqp_envelopes else 0,
+        )
     return InProcessBus(runtime.db)
 
 

@@ -14,7 +14,12 @@ recent traffic, slowing to 200 ms when idle. Under load rounds start at most eve
 rows stay pending, writes keep working and the relay retries with back-off (at most
 2 s), so the backlog drains soon after the broker returns.
 
-Tracing (when on): one PRODUCER span per message, a child of the write that queued
+On RabbitMQ with envelopes on (``WALLET_AMQP_ENVELOPES``) a round's events of one
+routing key go out as envelope messages of several events
+(:mod:`wallet_platform.messaging.envelope`); each event keeps its id, type and trace
+context inside.
+
+Tracing (when on): one PRODUCER span per event, a child of the write that queued
 it (the row's ``traceparent``); the message carries that span's context as its
 ``traceparent`` header. Off: the row's value, if any, goes out unchanged.
 """

@@ -72,8 +72,12 @@ class RabbitBus:
         *,
         queue_type: str = DEFAULT_QUEUE_TYPE,
         start_wait: float = START_WAIT_SECONDS,
+        envelope_max: int = 0,
     ) -> None:
         self.url = url
+        # Publish each batch's events of a routing key in envelopes of at most this
+        # many (below 2: one message per event); consumers read both kinds anyway.
+        self.envelope_max = envelope_max
         self.queue_type = check_queue_type(queue_type)
         self.start_wait = start_wait
         self.connections_opened = 0  # how many connections this bus has had
@@ -177,7 +181,7 @@ class RabbitBus:
         except BaseException:
             await close_quietly(connection)
             raise
-        return connection, Publisher(channel)
+        return connection, Publisher(channel, envelope_max=self.envelope_max)
 
     async def _serve(self, connection: AbstractConnection, publisher: Publisher) -> None:
         """Keep ``connection`` and its consumers checked; return when it must go."""

@@ -19,6 +19,10 @@ The last failure (``attempt >= max_attempts``) or a :class:`PoisonMessageError` 
 published to the DLX with the reason and acked. If even that publish fails the message
 is rejected without requeue, and the queue's own ``x-dead-letter-exchange`` puts it in
 the same DLQ.
+
+An envelope (header ``x-wallet-envelope``) is split into its events, each handled as a
+delivery of its own; its failed events are retried or dead-lettered alone
+(:mod:`~wallet_platform.messaging.rabbit.envelopes`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from wallet_platform.messaging.bus import (
     PoisonMessageError,
     error_text,
 )
+from wallet_platform.messaging.envelope import HEADER_ENVELOPE
 from wallet_platform.messaging.rabbit.acks import AckWindow, ack_later, settle_otherwise
+from wallet_platform.messaging.rabbit.envelopes import split_envelope
 from wallet_platform.messaging.rabbit.messages import (
     HEADER_ROUTING_KEY,
     amqp_message,
@@ -186,14 +192,26 @@ class QueueConsumer:
         self.unsettled += 1
         properties = message.header.properties
         headers = properties.headers
+        routing_key = header_str(headers, HEADER_ROUTING_KEY) or message.routing_key or ""
+        attempt = delivery_attempt(headers, broker_counts=self.queue_type == QUORUM)
+        if HEADER_ENVELOPE in (headers or {}):
+            split_envelope(self, window, message, routing_key, attempt)
+            return
         delivery = Delivery(
             message_id=properties.message_id or "",
-            routing_key=header_str(headers, HEADER_ROUTING_KEY) or message.routing_key or "",
+            routing_key=routing_key,
             message_type=properties.message_type or "",
             body=message.body,
-            attempt=delivery_attempt(headers, broker_counts=self.queue_type == QUORUM),
+            attempt=attempt,
             traceparent=header_str(headers, HEADER_TRACEPARENT),
         )
+        self.dispatch(delivery, self.settler(window, message, delivery))
+
+    def settler(
+        self, window: AckWindow, message: DeliveredMessage, delivery: Delivery
+    ) -> Callable[[BaseException | None, bool], None]:
+        """The callback that settles ``message`` (carrying ``delivery``) once: ack on
+        success, else retry or dead-letter it."""
         settled = False
 
         def settle(error: BaseException | None, _applied: bool = False) -> None:
@@ -202,31 +220,37 @@ class QueueConsumer:
                 return
             settled = True
             if error is None:
-                ack_later(window, tag, self.ack_batch, self.tasks)
-                self._handled()
+                ack_later(window, message.delivery_tag or 0, self.ack_batch, self.tasks)
+                self.handled()
             else:
-                self._spawn(self._failed(window, message, delivery, error))
+                self.spawn(self.failed(window, message, delivery, error))
 
+        return settle
+
+    def dispatch(
+        self, delivery: Delivery, settle: Callable[[BaseException | None, bool], None]
+    ) -> None:
+        """Hand ``delivery`` to the handler; ``settle`` is called once with its outcome."""
         submit = getattr(self.handler, "submit", None)
         if submit is None:
-            self._spawn(_run_handler(self.handler, delivery, settle))
+            self.spawn(_run_handler(self.handler, delivery, settle))
             return
         try:
             submit(delivery, settle)
         except Exception as error:
-            settle(error)
+            settle(error, False)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _handled(self) -> None:
+    def handled(self) -> None:
         self.unsettled -= 1
         if self.unsettled <= 0:
             self.idle.set()
 
-    async def _failed(
+    async def failed(
         self,
         window: AckWindow,
         message: DeliveredMessage,
@@ -249,7 +273,7 @@ class QueueConsumer:
                 error_text(failure),
             )
         finally:
-            self._handled()
+            self.handled()
 
     async def _retry(
         self, window: AckWindow, message: DeliveredMessage, delivery: Delivery, reason: str
@@ -322,12 +346,12 @@ def _copy(
 
 
 async def _run_handler(
-    handler: Handler, delivery: Delivery, settle: Callable[[BaseException | None], None]
+    handler: Handler, delivery: Delivery, settle: Callable[[BaseException | None, bool], None]
 ) -> None:
     """A plain async handler in its own task."""
     try:
         await handler(delivery)
     except Exception as error:
-        settle(error)
+        settle(error, False)
     else:
-        settle(None)
+        settle(None, True)
