@@ -61,6 +61,7 @@ async def envelopes(url: str, queue_name: str) -> list[set[str]]:
         while (message := await queue.get(no_ack=False, fail=False, timeout=5)) is not None:
             count = (message.headers or {}).get(HEADER_ENVELOPE)
             if count is not None:
+                assert isinstance(count, int | str), count  # the relay writes an integer
                 found.append({e.message_id for e in unpack(message.body, int(count))})
     return found
 
