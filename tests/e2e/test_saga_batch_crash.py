@@ -9,7 +9,6 @@ as a replay and starts the rest; every balance is exact and no step ran twice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -23,11 +22,9 @@ from tests.integration.test_saga_transfers import (
     balance,
     new_wallet,
     rid,
-    start_wallet_service,
     wait_terminal,
 )
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2_grpc
-from wallet_platform.config import Settings
 from wallet_platform.server.process import RunningServer
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import transfers, wallet_events
@@ -36,20 +33,6 @@ pytestmark = pytest.mark.slow
 
 ITEMS = 300
 WALLETS = 6
-
-
-@pytest.fixture
-async def wallet_server(pg_database_url_fresh: str) -> AsyncIterator[RunningServer]:
-    server = await start_wallet_service(pg_database_url_fresh, pool_size=10)
-    yield server
-    await server.stop(grace=1)
-
-
-@pytest.fixture
-async def db(pg_database_url_fresh: str) -> AsyncIterator[Database]:
-    database = Database.from_settings(Settings(database_url=pg_database_url_fresh))
-    yield database
-    await database.dispose()
 
 
 async def stored(db: Database, request_ids: list[str]) -> list[tuple[str, str, str]]:

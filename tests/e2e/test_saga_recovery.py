@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -35,12 +34,10 @@ from tests.integration.test_saga_transfers import (
     balance,
     new_wallet,
     rid,
-    start_wallet_service,
     transfer_events,
     wait_terminal,
 )
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2, wallet_pb2_grpc
-from wallet_platform.config import Settings
 from wallet_platform.server.process import RunningServer
 from wallet_platform.storage.database import Database
 from wallet_platform.storage.schema import outbox, transfers, wallet_events, wallets
@@ -133,20 +130,6 @@ async def assert_reconciled(database_url: str) -> None:
     options = ReconcileOptions(skip=("outbox_drained",))
     report = await asyncio.to_thread(reconcile, database_url, options)
     assert report.ok, report.render_text()
-
-
-@pytest.fixture
-async def wallet_server(pg_database_url_fresh: str) -> AsyncIterator[RunningServer]:
-    server = await start_wallet_service(pg_database_url_fresh, pool_size=10)
-    yield server
-    await server.stop(grace=1)
-
-
-@pytest.fixture
-async def db(pg_database_url_fresh: str) -> AsyncIterator[Database]:
-    database = Database.from_settings(Settings(database_url=pg_database_url_fresh))
-    yield database
-    await database.dispose()
 
 
 @requires_postgres

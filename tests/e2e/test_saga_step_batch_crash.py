@@ -11,7 +11,6 @@ test_saga_step_batch.py.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -25,11 +24,9 @@ from tests.integration.test_saga_transfers import (
     balance,
     new_wallet,
     rid,
-    start_wallet_service,
     wait_terminal,
 )
 from wallet.v1 import transfer_pb2, transfer_pb2_grpc, wallet_pb2_grpc
-from wallet_platform.config import Settings
 from wallet_platform.server.plumbing import AUDIT_WRITER
 from wallet_platform.server.process import RunningServer
 from wallet_platform.storage.database import Database
@@ -40,20 +37,6 @@ pytestmark = pytest.mark.slow
 ITEMS = 200
 WALLETS = 6
 BATCH_METHOD = "/wallet.v1.WalletService/BatchApplyTransferSteps"
-
-
-@pytest.fixture
-async def wallet_server(pg_database_url_fresh: str) -> AsyncIterator[RunningServer]:
-    server = await start_wallet_service(pg_database_url_fresh, pool_size=10)
-    yield server
-    await server.stop(grace=1)
-
-
-@pytest.fixture
-async def db(pg_database_url_fresh: str) -> AsyncIterator[Database]:
-    database = Database.from_settings(Settings(database_url=pg_database_url_fresh))
-    yield database
-    await database.dispose()
 
 
 def plan(ids: list[str]) -> list[transfer_pb2.CreateTransferRequest]:
