@@ -120,8 +120,12 @@ class UnitOfWork:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._stop_timer()
-        await self._end(error)
+        try:
+            # Ending the transaction talks to the server too (leaving pipeline mode, a
+            # rollback, the pool's reset): the deadline covers it as well.
+            await self._end(error)
+        finally:
+            self._stop_timer()
         if self.expired:
             await self._after_stall()
         if isinstance(error, Exception):  # never turn a cancellation into something else
