@@ -109,7 +109,11 @@ async def _singles(stub: Any, plan: list[tuple[str, int]], concurrency: int) -> 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _batches(stub: Any, plan: list[tuple[str, int]], size: int, in_flight: int) -> None:
+async def send_batch_deposits(
+    stub: Any, plan: list[tuple[str, int]], size: int, in_flight: int
+) -> None:
+    """Deposit ``plan`` as BatchDeposit calls of ``size``, ``in_flight`` at a time; every
+    item must be a fresh success (shared with ``envelope_throughput.py``)."""
     chunks = iter([plan[i : i + size] for i in range(0, len(plan), size)])
 
     async def worker() -> None:
@@ -157,7 +161,7 @@ async def _run(args: argparse.Namespace, service: procs.Service) -> dict[str, An
                 if name == "single":
                     await _singles(stub, plan, args.concurrency)
                 else:
-                    await _batches(stub, plan, args.batch_size, args.batches_in_flight)
+                    await send_batch_deposits(stub, plan, args.batch_size, args.batches_in_flight)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)

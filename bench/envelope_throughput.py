@@ -45,6 +45,7 @@ from typing import Any
 
 import grpc
 import psycopg
+from batch_deposits import send_batch_deposits  # bench/, the directory of this script
 from sqlalchemy.engine import make_url
 
 from wallet.v1 import wallet_pb2 as pb
@@ -144,24 +145,9 @@ def _stats_match_log(conninfo: str) -> bool:
 
 
 async def _deposits(target: str, plan: list[tuple[str, int]], size: int, in_flight: int) -> None:
-    chunks = iter([plan[i : i + size] for i in range(0, len(plan), size)])
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wallet_pb2_grpc.WalletServiceStub(channel)
-
-        async def worker() -> None:
-            for chunk in chunks:
-                request = pb.BatchDepositRequest(
-                    requests=[
-                        pb.DepositRequest(wallet_id=w, amount=a, request_id=str(uuid.uuid4()))
-                        for w, a in chunk
-                    ]
-                )
-                answer = await stub.BatchDeposit(request, timeout=120)
-                for result in answer.results:
-                    if result.WhichOneof("result") != "response" or result.response.replayed:
-                        raise SystemExit(f"a batch item was not a fresh success: {result}")
-
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        await send_batch_deposits(stub, plan, size, in_flight)
 
 
 async def _open_wallets(target: str, wallets: list[str]) -> None:
